@@ -1,0 +1,26 @@
+"""Reading tokcal's YAML files with one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tracking.errors import TokcalError
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Load a YAML mapping; a missing file or bad YAML is a :class:`TokcalError`."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise TokcalError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise TokcalError(f"{p} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TokcalError(f"expected a mapping at the top of {p}, got {type(data).__name__}")
+    return data

@@ -1,0 +1,27 @@
+"""Errors that tokcal shows to users as one line, without a traceback."""
+
+from __future__ import annotations
+
+
+class TokcalError(ValueError):
+    """A problem with the user's input or setup; the message says what to do."""
+
+
+class MissingDependencyError(TokcalError, ImportError):
+    """An optional package is not installed; the message names the pip command."""
+
+
+def require(module: str, extra: str):
+    """Import ``module`` or raise an error that names ``pip install 'tokcal[extra]'``.
+
+    Example:
+        >>> np = require("numpy", "core")
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # the hint is the point; keep the cause chained
+        raise MissingDependencyError(
+            f"{module} is not installed; run: pip install 'tokcal[{extra}]'"
+        ) from exc

@@ -1,0 +1,363 @@
+"""Calibration and decision metrics: numpy arrays in, numbers and bins out.
+
+Pure functions (no torch) so that the callback, backfill and reports share one
+implementation. ``compute_metrics`` is the entry point; the helpers are public too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from tracking.errors import TokcalError
+from tracking.spec import label_key
+
+_EPS = float(np.finfo(np.float64).eps)
+_TINY = 1e-300
+
+
+@dataclass
+class ReliabilityBins:
+    """Equal-width reliability bins on [0, 1]; bin m is ((m-1)/M, m/M], 0 in the first.
+
+    ``confidence`` and ``accuracy`` are NaN in empty bins.
+    """
+
+    edges: np.ndarray
+    counts: np.ndarray
+    confidence: np.ndarray
+    accuracy: np.ndarray
+
+    def to_dict(self) -> dict[str, list]:
+        return {
+            "edges": [float(x) for x in self.edges],
+            "counts": [int(x) for x in self.counts],
+            "confidence": [_num(x) for x in self.confidence],
+            "accuracy": [_num(x) for x in self.accuracy],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ReliabilityBins":
+        return cls(
+            edges=np.asarray(d["edges"], dtype=float),
+            counts=np.asarray(d["counts"], dtype=np.int64),
+            confidence=np.asarray([np.nan if x is None else x for x in d["confidence"]], dtype=float),
+            accuracy=np.asarray([np.nan if x is None else x for x in d["accuracy"]], dtype=float),
+        )
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per bin, for tables."""
+        return [
+            {
+                "bin": m,
+                "lower": float(self.edges[m]),
+                "upper": float(self.edges[m + 1]),
+                "count": int(self.counts[m]),
+                "confidence": _num(self.confidence[m]),
+                "accuracy": _num(self.accuracy[m]),
+            }
+            for m in range(len(self.counts))
+        ]
+
+
+@dataclass
+class Histogram:
+    """Counts over fixed edges on [0, 1], so histograms line up across steps."""
+
+    edges: np.ndarray
+    counts: np.ndarray
+
+    def to_dict(self) -> dict[str, list]:
+        return {"edges": [float(x) for x in self.edges], "counts": [int(x) for x in self.counts]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Histogram":
+        return cls(np.asarray(d["edges"], dtype=float), np.asarray(d["counts"], dtype=np.int64))
+
+
+@dataclass
+class DecisionMetrics:
+    """Everything about one evaluation.
+
+    Attributes:
+        labels: the spec's labels, positive class first.
+        scalars: metric name -> value, names carry ``prefix`` (``eval_decision_ece``).
+        reliability: top-label reliability bins on the normalised probabilities.
+        positive_reliability: binary specs only: mean q(positive) against the fraction
+            that truly is positive.
+        histograms: ``p_<label>``, ``mass``, ``confidence`` over fixed edges.
+        notes: why a metric was left out (e.g. one class absent for AUROC).
+    """
+
+    labels: list[str]
+    prefix: str
+    scalars: dict[str, float]
+    reliability: ReliabilityBins | None
+    positive_reliability: ReliabilityBins | None = None
+    histograms: dict[str, Histogram] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "labels": list(self.labels),
+            "prefix": self.prefix,
+            "scalars": {k: _num(v) for k, v in self.scalars.items()},
+            "reliability": self.reliability.to_dict() if self.reliability else None,
+            "positive_reliability": (
+                self.positive_reliability.to_dict() if self.positive_reliability else None
+            ),
+            "histograms": {k: h.to_dict() for k, h in self.histograms.items()},
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DecisionMetrics":
+        return cls(
+            labels=list(d["labels"]),
+            prefix=d.get("prefix", "eval_"),
+            scalars={k: (math.nan if v is None else float(v)) for k, v in d["scalars"].items()},
+            reliability=ReliabilityBins.from_dict(d["reliability"]) if d.get("reliability") else None,
+            positive_reliability=(
+                ReliabilityBins.from_dict(d["positive_reliability"])
+                if d.get("positive_reliability")
+                else None
+            ),
+            histograms={k: Histogram.from_dict(h) for k, h in d.get("histograms", {}).items()},
+            notes=list(d.get("notes", [])),
+        )
+
+
+def _num(x: Any) -> float | None:
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def bin_edges(n_bins: int) -> np.ndarray:
+    """``n_bins + 1`` equal-width edges on [0, 1]."""
+    if not isinstance(n_bins, (int, np.integer)) or isinstance(n_bins, bool) or n_bins < 1:
+        raise TokcalError(f"expected n_bins >= 1, got {n_bins!r}")
+    return np.linspace(0.0, 1.0, int(n_bins) + 1)
+
+
+def reliability_bins(confidence: np.ndarray, outcome: np.ndarray, n_bins: int = 15) -> ReliabilityBins:
+    """Bin ``confidence`` and average ``outcome`` (1 correct / positive, 0 not) per bin.
+
+    Example:
+        >>> b = reliability_bins(np.array([0.9, 0.2]), np.array([1, 0]), n_bins=2)
+        >>> b.counts.tolist(), b.accuracy.tolist()
+        ([1, 1], [0.0, 1.0])
+    """
+    edges = bin_edges(n_bins)
+    conf = np.asarray(confidence, dtype=np.float64)
+    out = np.asarray(outcome, dtype=np.float64)
+    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    counts = np.bincount(idx, minlength=n_bins).astype(np.int64)
+    sum_conf = np.bincount(idx, weights=conf, minlength=n_bins)
+    sum_out = np.bincount(idx, weights=out, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.where(counts > 0, sum_conf / np.maximum(counts, 1), np.nan)
+        mean_out = np.where(counts > 0, sum_out / np.maximum(counts, 1), np.nan)
+    return ReliabilityBins(edges=edges, counts=counts, confidence=mean_conf, accuracy=mean_out)
+
+
+def calibration_errors(bins: ReliabilityBins) -> tuple[float, float]:
+    """(ECE, MCE) from bins: count-weighted mean and max of |accuracy - confidence|."""
+    total = bins.counts.sum()
+    if total == 0:
+        return math.nan, math.nan
+    full = bins.counts > 0
+    gap = np.abs(bins.accuracy[full] - bins.confidence[full])
+    return float(np.sum(gap * bins.counts[full]) / total), float(gap.max())
+
+
+def normalise(probs: np.ndarray) -> np.ndarray:
+    """q_k = p_k / sum_k p_k per row; rows with zero mass become uniform."""
+    p = np.asarray(probs, dtype=np.float64)
+    mass = p.sum(axis=1, keepdims=True)
+    k = p.shape[1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = np.where(mass > 0, p / np.where(mass > 0, mass, 1.0), 1.0 / k)
+    return q
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def negative_log_likelihood(q: np.ndarray, gt: np.ndarray) -> float:
+    """Mean -log q[gt], with q clipped to [eps, 1 - eps] (as scikit-learn's log_loss)."""
+    picked = np.clip(q[np.arange(len(gt)), gt], _EPS, 1 - _EPS)
+    return float(-np.mean(np.log(picked)))
+
+
+def brier_score(q: np.ndarray, gt: np.ndarray) -> float:
+    """Binary: mean (q_pos - y_pos)^2 with the first label positive. N labels: mean of
+    the summed squared error over labels."""
+    onehot = np.eye(q.shape[1])[gt]
+    if q.shape[1] == 2:
+        return float(np.mean((q[:, 0] - onehot[:, 0]) ** 2))
+    return float(np.mean(np.sum((q - onehot) ** 2, axis=1)))
+
+
+def binary_auroc(y: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties)."""
+    y = np.asarray(y).astype(bool)
+    s = np.asarray(score, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise TokcalError("expected both classes for AUROC, got one")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    # Mid-ranks for ties.
+    _, start, count = np.unique(sorted_s, return_index=True, return_counts=True)
+    mid = start + (count + 1) / 2.0
+    ranks[order] = np.repeat(mid, count)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def average_precision(y: np.ndarray, score: np.ndarray) -> float:
+    """Average precision: sum over thresholds of (R_n - R_{n-1}) * P_n, ties grouped."""
+    y = np.asarray(y).astype(np.float64)
+    s = np.asarray(score, dtype=np.float64)
+    n_pos = y.sum()
+    if n_pos == 0:
+        raise TokcalError("expected at least one positive for AUPRC, got none")
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    last_of_group = np.r_[np.diff(s_sorted) != 0, True]
+    tp = np.cumsum(y_sorted)[last_of_group]
+    seen = (np.arange(len(s)) + 1)[last_of_group]
+    precision = tp / seen
+    recall = tp / n_pos
+    recall_prev = np.r_[0.0, recall[:-1]]
+    return float(np.sum((recall - recall_prev) * precision))
+
+
+def fit_temperature(log_p: np.ndarray, gt: np.ndarray) -> float:
+    """The T > 0 that minimises the NLL of softmax(log_p / T) at ``gt``.
+
+    ``log_p`` are the label log-probabilities (the label logits up to a constant).
+    Searched on log T in [1e-2, 1e2].
+    """
+    from scipy.optimize import minimize_scalar
+
+    z = np.asarray(log_p, dtype=np.float64)
+    rows = np.arange(len(gt))
+
+    def nll(log_t: float) -> float:
+        zt = z / math.exp(log_t)
+        zt = zt - zt.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(zt).sum(axis=1))
+        return float(np.mean(lse - zt[rows, gt]))
+
+    res = minimize_scalar(nll, bounds=(math.log(1e-2), math.log(1e2)), method="bounded",
+                          options={"xatol": 1e-6})
+    return float(math.exp(res.x))
+
+
+def compute_metrics(
+    probs: np.ndarray,
+    gt: np.ndarray,
+    labels: Sequence[str],
+    *,
+    n_missing: int = 0,
+    n_bins: int = 15,
+    hist_bins: int = 20,
+    prefix: str = "eval_",
+) -> DecisionMetrics:
+    """All decision and calibration metrics for one evaluation.
+
+    Args:
+        probs: (N, K) probability of each label at the answer position (variants summed;
+            not normalised, so rows sum to the decision mass).
+        gt: (N,) index of the true label.
+        labels: the K labels, positive class first.
+        n_missing: supervised answers where no decision token was found.
+        n_bins: reliability bins; hist_bins: histogram bins on [0, 1].
+        prefix: metric-name prefix (``eval_`` or ``eval_<name>_``).
+
+    Example:
+        >>> m = compute_metrics(np.array([[0.9, 0.05], [0.2, 0.7]]), np.array([0, 1]),
+        ...                     ["Accept", "Reject"])
+        >>> round(m.scalars["eval_decision_accuracy"], 2), round(m.scalars["eval_avg_p_accept"], 2)
+        (1.0, 0.55)
+    """
+    bin_edges(n_bins)
+    bin_edges(hist_bins)
+    p = np.asarray(probs, dtype=np.float64)
+    g = np.asarray(gt)
+    k = len(labels)
+    if p.ndim != 2 or p.shape[1] != k:
+        raise TokcalError(f"expected probs of shape (N, {k}), got {tuple(p.shape)}")
+    if g.shape != (p.shape[0],):
+        raise TokcalError(f"expected gt of shape ({p.shape[0]},), got {tuple(g.shape)}")
+    if len(g) and (g.min() < 0 or g.max() >= k):
+        raise TokcalError(f"expected gt in [0, {k - 1}], got values {sorted(set(g.tolist()))}")
+    if np.any(~np.isfinite(p)) or np.any(p < 0) or np.any(p.sum(axis=1) > 1 + 1e-4):
+        raise TokcalError("expected finite probabilities >= 0 whose rows sum to at most 1")
+    g = g.astype(np.int64)
+    keys = [label_key(x) for x in labels]
+    n = len(g)
+    s: dict[str, float] = {
+        f"{prefix}decision_samples": float(n),
+        f"{prefix}decision_missing": float(n_missing),
+    }
+    notes: list[str] = []
+    if n == 0:
+        notes.append("no decisions were found, so only counts are reported")
+        return DecisionMetrics(list(labels), prefix, s, None, None, {}, notes)
+
+    mass = p.sum(axis=1)
+    pred = p.argmax(axis=1)
+    correct = (pred == g).astype(np.float64)
+    p_pred = p[np.arange(n), pred]
+    q = normalise(p)
+    q_conf = q.max(axis=1)
+
+    for j, key in enumerate(keys):
+        s[f"{prefix}avg_p_{key}"] = float(p[:, j].mean())
+    s[f"{prefix}decision_prob_mass"] = float(mass.mean())
+    s[f"{prefix}decision_confidence"] = float(p_pred.mean())
+    s[f"{prefix}decision_accuracy"] = float(correct.mean())
+
+    top = reliability_bins(q_conf, correct, n_bins)
+    ece, mce = calibration_errors(top)
+    s[f"{prefix}decision_ece"] = ece
+    s[f"{prefix}decision_mce"] = mce
+    s[f"{prefix}decision_brier"] = brier_score(q, g)
+    s[f"{prefix}decision_nll"] = negative_log_likelihood(q, g)
+
+    positive = None
+    if k == 2:
+        y_pos = (g == 0).astype(np.float64)
+        positive = reliability_bins(q[:, 0], y_pos, n_bins)
+        if 0 < y_pos.sum() < n:
+            s[f"{prefix}decision_auroc"] = binary_auroc(y_pos, q[:, 0])
+            s[f"{prefix}decision_auprc"] = average_precision(y_pos, q[:, 0])
+        else:
+            present = labels[0] if y_pos.sum() else labels[1]
+            notes.append(f"AUROC and AUPRC left out: only {present!r} occurs in the ground truth")
+
+    for j, key in enumerate(keys):
+        s[f"{prefix}decision_pred_rate_{key}"] = float(np.mean(pred == j))
+        s[f"{prefix}decision_true_rate_{key}"] = float(np.mean(g == j))
+
+    log_p = np.log(np.maximum(p, _TINY))
+    temp = fit_temperature(log_p, g)
+    q_t = _softmax(log_p / temp)
+    pred_t = q_t.argmax(axis=1)
+    bins_t = reliability_bins(q_t.max(axis=1), (pred_t == g).astype(np.float64), n_bins)
+    s[f"{prefix}decision_temperature"] = temp
+    s[f"{prefix}decision_ece_temp"] = calibration_errors(bins_t)[0]
+
+    edges = bin_edges(hist_bins)
+    hists = {f"p_{key}": Histogram(edges, np.histogram(p[:, j], bins=edges)[0]) for j, key in enumerate(keys)}
+    hists["mass"] = Histogram(edges, np.histogram(np.clip(mass, 0, 1), bins=edges)[0])
+    hists["confidence"] = Histogram(edges, np.histogram(p_pred, bins=edges)[0])
+    return DecisionMetrics(list(labels), prefix, s, top, positive, hists, notes)

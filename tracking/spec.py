@@ -1,0 +1,242 @@
+"""The decision spec: which labels, after which prefix, and which tokens stand for them.
+
+Token ids are resolved *in context*: ``prefix + variant`` is tokenised and the decision
+token is the first token at which the label variants diverge. Tokenising a bare word and
+summing its sub-tokens is wrong as soon as a word splits, so it is never done.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from tracking.errors import TokcalError
+
+DEFAULT_LABELS: tuple[str, ...] = ("Accept", "Reject")
+DEFAULT_PREFIX = "\\boxed{"
+
+
+@dataclass(frozen=True)
+class DecisionSpec:
+    """What a decision looks like in the model's answer.
+
+    Args:
+        labels: ordered labels; the first is the positive class of binary metrics.
+        prefix: text right before the label in the answer, e.g. ``\\boxed{``.
+        variants: extra surface forms per label (``{"Accept": [" Accept", "ACCEPT"]}``);
+            their probabilities are summed into the label's.
+        lowercase: also count each label written in lower case (the default plan).
+
+    Example:
+        >>> spec = DecisionSpec(labels=("Accept", "Reject"), prefix="\\\\boxed{")
+        >>> spec.surface_forms()["Accept"]
+        ['Accept', 'accept']
+    """
+
+    labels: tuple[str, ...] = DEFAULT_LABELS
+    prefix: str = DEFAULT_PREFIX
+    variants: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    lowercase: bool = True
+
+    def __post_init__(self) -> None:
+        labels = tuple(str(x) for x in self.labels)
+        if len(labels) < 2:
+            raise TokcalError(f"expected at least 2 decision labels, got {list(labels)}")
+        if len(set(labels)) != len(labels):
+            raise TokcalError(f"expected distinct decision labels, got {list(labels)}")
+        if any(not x for x in labels):
+            raise TokcalError("expected non-empty decision labels, got an empty string")
+        unknown = set(self.variants) - set(labels)
+        if unknown:
+            raise TokcalError(
+                f"variants name labels that are not in the spec: {sorted(unknown)}; "
+                f"expected some of {list(labels)}"
+            )
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(
+            self, "variants", {k: tuple(v) for k, v in dict(self.variants).items()}
+        )
+
+    @property
+    def keys(self) -> list[str]:
+        """Metric-key form of each label (lower case), e.g. ``accept``."""
+        return [label_key(x) for x in self.labels]
+
+    def surface_forms(self) -> dict[str, list[str]]:
+        """Every written form of each label, without duplicates, in a stable order."""
+        out: dict[str, list[str]] = {}
+        for label in self.labels:
+            forms = [label]
+            if self.lowercase:
+                forms.append(label.lower())
+            forms.extend(self.variants.get(label, ()))
+            out[label] = list(dict.fromkeys(forms))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["labels"] = list(self.labels)
+        d["variants"] = {k: list(v) for k, v in self.variants.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DecisionSpec":
+        """Build from a mapping such as a YAML ``spec:`` section; unknown keys are an error."""
+        allowed = {"labels", "prefix", "variants", "lowercase"}
+        extra = set(data) - allowed
+        if extra:
+            raise TokcalError(
+                f"unknown spec keys {sorted(extra)}; expected some of {sorted(allowed)}"
+            )
+        kwargs: dict[str, Any] = dict(data)
+        if "labels" in kwargs:
+            kwargs["labels"] = tuple(kwargs["labels"])
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "DecisionSpec":
+        """Read the ``spec:`` section of a tokcal YAML (or a file that is only a spec)."""
+        from tracking.config import load_yaml
+
+        data = load_yaml(path)
+        return cls.from_dict(data.get("spec", data))
+
+    def resolve(self, tokenizer: Any) -> "ResolvedSpec":
+        """Find the decision token ids with ``tokenizer``; see :func:`resolve_spec`."""
+        return resolve_spec(self, tokenizer)
+
+
+def label_key(label: str) -> str:
+    """``"Accept"`` -> ``"accept"``; spaces and dashes become underscores."""
+    return "".join(c if c.isalnum() else "_" for c in label.strip().lower())
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    """A spec bound to a tokenizer.
+
+    Attributes:
+        spec: the spec it came from.
+        token_ids: per label, the decision token ids of its variants (no duplicates).
+        context_ids: the tokens shared by every variant before the decision token.
+        multi_token: labels whose variants continue after the decision token (their
+            probability is an upper bound).
+    """
+
+    spec: DecisionSpec
+    token_ids: tuple[tuple[int, ...], ...]
+    context_ids: tuple[int, ...]
+    multi_token: tuple[str, ...] = ()
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.spec.labels
+
+    @property
+    def all_ids(self) -> list[int]:
+        return [t for ids in self.token_ids for t in ids]
+
+    def label_of_token(self) -> dict[int, int]:
+        return {t: k for k, ids in enumerate(self.token_ids) for t in ids}
+
+    def anchor_ids(self) -> tuple[int, ...]:
+        """The tail of the context that must precede a decision token.
+
+        The first context token is dropped when there are several, since text before the
+        prefix can merge with it (`` \\`` vs ``\\``).
+        """
+        ctx = self.context_ids
+        return ctx[1:] if len(ctx) > 1 else ctx
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+_warned_multi: set[tuple[str, ...]] = set()
+
+
+def resolve_spec(spec: DecisionSpec, tokenizer: Any) -> ResolvedSpec:
+    """Resolve each label's decision tokens in the context of the prefix.
+
+    Raises:
+        TokcalError: two labels share a decision token, or a variant is a prefix of
+            another label's variant so no token tells them apart.
+
+    Example:
+        >>> resolved = DecisionSpec().resolve(tokenizer)  # doctest: +SKIP
+        >>> resolved.token_ids  # doctest: +SKIP
+        ((16646, 10330), (78413, 21704))
+    """
+    if tokenizer is None:
+        raise TokcalError("expected a tokenizer to resolve decision tokens, got None")
+    forms = spec.surface_forms()
+    seqs: list[tuple[str, str, list[int]]] = []
+    for label, variants in forms.items():
+        for v in variants:
+            seqs.append((label, v, _encode(tokenizer, spec.prefix + v)))
+    # Longest common prefix of all sequences = the shared context.
+    lcp = min(len(s) for _, _, s in seqs)
+    for i in range(lcp):
+        if len({s[i] for _, _, s in seqs}) > 1:
+            lcp = i
+            break
+    owner: dict[int, tuple[str, str]] = {}
+    per_label: dict[str, list[int]] = {label: [] for label in spec.labels}
+    multi: list[str] = []
+    for label, v, s in seqs:
+        if len(s) <= lcp:
+            other = next(lab for lab, _, t in seqs if lab != label and len(t) > lcp)
+            raise TokcalError(
+                f"labels {label!r} and {other!r} cannot be told apart: {v!r} after "
+                f"{spec.prefix!r} is a prefix of {other!r}; choose labels whose first "
+                "token differs"
+            )
+        tok = s[lcp]
+        if tok in owner and owner[tok][0] != label:
+            other_label, other_v = owner[tok]
+            piece = tokenizer.convert_ids_to_tokens(tok)
+            raise TokcalError(
+                f"labels {other_label!r} ({other_v!r}) and {label!r} ({v!r}) map to the "
+                f"same decision token {piece!r} (id {tok}); use labels whose first token "
+                "differs"
+            )
+        owner[tok] = (label, v)
+        if tok not in per_label[label]:
+            per_label[label].append(tok)
+        if len(s) > lcp + 1 and label not in multi:
+            multi.append(label)
+    if multi:
+        key = tuple(multi)
+        if key not in _warned_multi:
+            _warned_multi.add(key)
+            warnings.warn(
+                f"decision labels {multi} span several tokens after {spec.prefix!r}; the "
+                "first token decides, so their probabilities are upper bounds",
+                stacklevel=2,
+            )
+    context = tuple(seqs[0][2][:lcp])
+    return ResolvedSpec(
+        spec=spec,
+        token_ids=tuple(tuple(per_label[x]) for x in spec.labels),
+        context_ids=context,
+        multi_token=tuple(multi),
+    )
+
+
+def spec_from_args(
+    labels: Sequence[str] | None = None,
+    prefix: str | None = None,
+    base: DecisionSpec | None = None,
+) -> DecisionSpec:
+    """Override a base spec with command-line values that were given."""
+    base = base or DecisionSpec()
+    d = base.to_dict()
+    if labels:
+        d["labels"] = list(labels)
+        d["variants"] = {k: v for k, v in d["variants"].items() if k in labels}
+    if prefix is not None:
+        d["prefix"] = prefix
+    return DecisionSpec.from_dict(d)
