@@ -1,0 +1,163 @@
+"""Finding and loading checkpoints, safely (safetensors unless pickles are allowed)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tracking.errors import TokcalError
+
+log = logging.getLogger(__name__)
+
+_SAFE = ("model.safetensors", "model.safetensors.index.json")
+_PICKLE = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+_ADAPTER = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint folder holds."""
+
+    path: Path
+    kind: str  # "full" | "adapter"
+    pickle: bool
+
+
+def inspect_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> CheckpointInfo:
+    """Check a folder before loading it; every problem is a one-line :class:`TokcalError`."""
+    p = Path(path)
+    if not p.exists():
+        raise TokcalError(f"checkpoint not found: {p}")
+    if not p.is_dir():
+        raise TokcalError(f"expected a checkpoint folder, got a file: {p}")
+    if (p / "adapter_config.json").is_file():
+        pickle = not (p / _ADAPTER[0]).is_file()
+        if pickle and not (p / _ADAPTER[1]).is_file():
+            raise TokcalError(f"{p} has adapter_config.json but no adapter weights")
+        if pickle and not allow_pickle:
+            raise TokcalError(f"{p} holds pickle weights (adapter_model.bin); pass --allow-pickle if you trust it")
+        return CheckpointInfo(p, "adapter", pickle)
+    if not (p / "config.json").is_file():
+        raise TokcalError(f"{p} is not a model checkpoint: no config.json")
+    if any((p / f).is_file() for f in _SAFE):
+        return CheckpointInfo(p, "full", False)
+    if any((p / f).is_file() for f in _PICKLE):
+        if not allow_pickle:
+            raise TokcalError(f"{p} holds pickle weights (pytorch_model.bin); pass --allow-pickle if you trust it")
+        return CheckpointInfo(p, "full", True)
+    if any(p.glob("global_step*/*zero*")) or (p / "zero_to_fp32.py").is_file():
+        raise TokcalError(
+            f"{p} holds DeepSpeed ZeRO shards but no consolidated weights; run "
+            f"'python {p}/zero_to_fp32.py {p} {p} --safe_serialization' first"
+        )
+    raise TokcalError(f"{p} has no model weights (expected model.safetensors or an index)")
+
+
+def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise TokcalError(f"could not load a tokenizer from {path}: {_first_line(exc)}; pass --tokenizer DIR") from exc
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    tokenizer: str | Path | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` from a checkpoint folder for scoring.
+
+    Full fine-tunes load from safetensors (sharded too); PEFT adapters load their base model
+    (``base_model_name_or_path``) plus the adapter. bf16 on CUDA, float32 on CPU unless
+    ``dtype`` is given.
+
+    Example:
+        >>> model, tok = load_checkpoint("out/checkpoint-500")  # doctest: +SKIP
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    info = inspect_checkpoint(path, allow_pickle=allow_pickle)
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if dev.startswith("cuda") else torch.float32)
+    kw: dict[str, Any] = dict(trust_remote_code=trust_remote_code, dtype=torch_dtype,
+                              use_safetensors=not info.pickle)
+    try:
+        if info.kind == "adapter":
+            model = _load_adapter(info.path, kw)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(info.path), **kw)
+    except TokcalError:
+        raise
+    except Exception as exc:  # transformers raises many types for a bad checkpoint
+        raise TokcalError(f"could not load the model in {info.path}: {_first_line(exc)}") from exc
+    model.to(dev)
+    model.eval()
+    tok_src = tokenizer or info.path
+    if tokenizer is None and info.kind == "adapter" and not (info.path / "tokenizer_config.json").is_file():
+        tok_src = _adapter_base(info.path)
+    return model, load_tokenizer(tok_src, trust_remote_code=trust_remote_code)
+
+
+def _adapter_base(path: Path) -> str:
+    cfg = json.loads((path / "adapter_config.json").read_text())
+    base = cfg.get("base_model_name_or_path")
+    if not base:
+        raise TokcalError(f"{path}/adapter_config.json names no base_model_name_or_path")
+    return str(base)
+
+
+def _load_adapter(path: Path, kw: dict[str, Any]) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    from tracking.errors import require
+
+    peft = require("peft", "peft")
+    base_path = _adapter_base(path)
+    if Path(base_path).is_dir():
+        inspect_checkpoint(base_path, allow_pickle=not kw["use_safetensors"])
+    base = AutoModelForCausalLM.from_pretrained(base_path, **kw)
+    model = peft.PeftModel.from_pretrained(base, str(path))
+    return model.merge_and_unload()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+_STEP_RE = re.compile(r"checkpoint-(\d+)$")
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The global step of a checkpoint: ``trainer_state.json``, else the folder name."""
+    p = Path(path)
+    state = p / "trainer_state.json"
+    if state.is_file():
+        try:
+            return int(json.loads(state.read_text())["global_step"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s is unreadable; taking the step from the folder name", state)
+    m = _STEP_RE.search(p.name)
+    if not m:
+        raise TokcalError(f"cannot tell the step of {p}: no trainer_state.json and not named checkpoint-N")
+    return int(m.group(1))
+
+
+def find_checkpoints(output_dir: str | Path) -> list[Path]:
+    """``checkpoint-N`` folders under ``output_dir``, in step order."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        raise TokcalError(f"output folder not found: {root}")
+    found = [p for p in root.iterdir() if p.is_dir() and _STEP_RE.search(p.name)]
+    return sorted(found, key=lambda p: int(_STEP_RE.search(p.name).group(1)))  # type: ignore[union-attr]

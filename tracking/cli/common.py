@@ -1,0 +1,55 @@
+"""Options and output shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Mapping
+
+from tracking.spec import DecisionSpec, spec_from_args
+
+
+def add_spec_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("decision spec")
+    g.add_argument("--config", metavar="YAML", help="tokcal YAML with a 'spec:' section (see configs/)")
+    g.add_argument("--labels", nargs="+", metavar="LABEL", help="decision labels, positive first (default: Accept Reject)")
+    g.add_argument("--prefix", help="text right before the label (default: '\\boxed{')")
+    g.add_argument("--bins", type=int, default=15, help="reliability bins (default: 15)")
+
+
+def spec_from(args: argparse.Namespace, base: DecisionSpec | None = None) -> DecisionSpec:
+    if getattr(args, "config", None):
+        base = DecisionSpec.from_yaml(args.config)
+    return spec_from_args(args.labels, args.prefix, base)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model loading")
+    g.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder when the checkpoint has none")
+    g.add_argument("--chat-template", metavar="FILE", help="Jinja chat template to use instead of the tokenizer's")
+    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bfloat16 on CUDA, float32 on CPU")
+    g.add_argument("--max-tokens", type=int, default=16384, help="padded tokens per batch (default: 16384)")
+    g.add_argument("--max-samples", type=int, help="score only the first N records")
+    g.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own model code")
+    g.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin) weights")
+
+
+def load_kwargs(args: argparse.Namespace) -> dict:
+    return dict(tokenizer=args.tokenizer, trust_remote_code=args.trust_remote_code,
+                allow_pickle=args.allow_pickle, device=args.device, dtype=args.dtype)
+
+
+def read_template(args: argparse.Namespace) -> str | None:
+    return Path(args.chat_template).read_text(encoding="utf-8") if args.chat_template else None
+
+
+def format_table(scalars: Mapping[str, float]) -> str:
+    """Two aligned columns, one metric a line."""
+    width = max((len(k) for k in scalars), default=0)
+    lines = []
+    for k, v in scalars.items():
+        val = "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6g}"
+        lines.append(f"{k.ljust(width)}  {val}")
+    return "\n".join(lines)

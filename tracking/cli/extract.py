@@ -1,0 +1,56 @@
+"""``tokcal extract``: score one checkpoint on an eval file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tracking.cli.common import add_model_args, add_spec_args, format_table, load_kwargs, read_template, spec_from
+from tracking.errors import TokcalError
+
+EXAMPLE = r"""example:
+  tokcal extract --checkpoint out/checkpoint-500 --data eval.jsonl \
+      --output decisions.jsonl --metrics metrics.json --labels Accept Reject --prefix '\boxed{'
+
+Each output line: {"sample_id", "p_accept", "p_reject", "gt", "pred", "correct", "mass", "confidence"}.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "extract",
+        help="score a checkpoint: per-decision probabilities and calibration metrics",
+        description="Score a checkpoint on an eval set: the probability of each decision label at the "
+        "answer position, written one JSON line per decision, plus the calibration metrics.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint folder (safetensors)")
+    p.add_argument("--data", required=True, metavar="FILE", help="JSON/JSONL: messages, alpaca or sharegpt records")
+    p.add_argument("--output", required=True, metavar="OUT.jsonl", help="per-decision JSON lines")
+    p.add_argument("--metrics", metavar="OUT.json", help="write the scalar metrics (and bins) here")
+    add_spec_args(p)
+    add_model_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tracking.io import write_json, write_jsonl
+    from tracking.pipeline import score_checkpoint
+
+    spec = spec_from(args)
+    for out in (args.output, args.metrics):
+        if out and Path(out).is_dir():
+            raise TokcalError(f"expected an output file path, got a folder: {out}")
+    scores = score_checkpoint(
+        args.checkpoint, args.data, spec, max_tokens=args.max_tokens, max_samples=args.max_samples,
+        chat_template=read_template(args), **load_kwargs(args),
+    )
+    metrics = scores.metrics(n_bins=args.bins)
+    write_jsonl(args.output, scores.records())
+    if args.metrics:
+        write_json(args.metrics, {"scalars": metrics.scalars, **metrics.to_dict()})
+    print(format_table(metrics.scalars))
+    for note in metrics.notes:
+        print(f"note: {note}")
+    return 0

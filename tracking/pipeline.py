@@ -1,0 +1,75 @@
+"""Scoring a saved checkpoint on an eval file: shared by ``extract`` and ``backfill``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from tracking.data import Example, make_batches, read_records, tokenize_records
+from tracking.errors import TokcalError
+from tracking.scoring import DecisionScores, score
+from tracking.spec import DecisionSpec
+
+
+def pad_id_of(tokenizer: Any) -> int:
+    for name in ("pad_token_id", "eos_token_id"):
+        v = getattr(tokenizer, name, None)
+        if v is not None:
+            return int(v)
+    return 0
+
+
+def score_examples(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    spec: DecisionSpec,
+    *,
+    max_tokens: int = 16384,
+    progress: bool = True,
+    desc: str = "scoring",
+) -> DecisionScores:
+    """Score tokenised examples with a loaded model; results in sample order."""
+    if not examples:
+        raise TokcalError("the eval set is empty; expected at least one record")
+    resolved = spec.resolve(tokenizer)
+    batches = make_batches(examples, pad_id_of(tokenizer), max_tokens=max_tokens)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(examples), desc=desc, unit="sample", file=sys.stderr, leave=False)
+    try:
+        scores = score(model, batches, resolved, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    scores.sample_ids = [e.sample_id for e in examples]
+    return scores
+
+
+def score_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path,
+    spec: DecisionSpec,
+    *,
+    max_tokens: int = 16384,
+    max_samples: int | None = None,
+    chat_template: str | None = None,
+    progress: bool = True,
+    **load_kw: Any,
+) -> DecisionScores:
+    """Load a checkpoint, tokenise ``data`` with its tokenizer, and score it.
+
+    Example:
+        >>> scores = score_checkpoint("out/checkpoint-500", "eval.jsonl", DecisionSpec())  # doctest: +SKIP
+        >>> scores.metrics().scalars["eval_decision_prob_mass"]  # doctest: +SKIP
+    """
+    from tracking.checkpoints import load_checkpoint
+
+    records = read_records(data)  # a bad data file fails before the model loads
+    model, tokenizer = load_checkpoint(checkpoint, **load_kw)
+    examples = tokenize_records(records, tokenizer, chat_template=chat_template, max_samples=max_samples,
+                                progress=progress, name=Path(data).name)
+    return score_examples(model, tokenizer, examples, spec, max_tokens=max_tokens, progress=progress)
