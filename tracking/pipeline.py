@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from tracking.data import Example, make_batches, read_records, tokenize_records
+from tracking.data import Example, make_batches, read_records, to_messages, tokenize_records
 from tracking.errors import TokcalError
 from tracking.scoring import DecisionScores, score
 from tracking.spec import DecisionSpec
@@ -69,6 +69,8 @@ def score_checkpoint(
     from tracking.checkpoints import load_checkpoint
 
     records = read_records(data)  # a bad data file fails before the model loads
+    for i, r in enumerate(records[:max_samples]):
+        to_messages(r, f"{Path(data).name}, record {i}")
     model, tokenizer = load_checkpoint(checkpoint, **load_kw)
     examples = tokenize_records(records, tokenizer, chat_template=chat_template, max_samples=max_samples,
                                 progress=progress, name=Path(data).name)

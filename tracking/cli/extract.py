@@ -38,7 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from tracking.io import write_json, write_jsonl
     from tracking.pipeline import score_checkpoint
 
+    from tracking.metrics import bin_edges
+
     spec = spec_from(args)
+    bin_edges(args.bins)
     for out in (args.output, args.metrics):
         if out and Path(out).is_dir():
             raise TokcalError(f"expected an output file path, got a folder: {out}")
