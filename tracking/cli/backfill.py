@@ -1,0 +1,132 @@
+"""``tokcal backfill``: rescore saved checkpoints and log them into the run at their steps."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tracking.backends.base import BACKENDS
+from tracking.cli.common import add_model_args, add_spec_args, format_table, load_kwargs, read_template, spec_from
+from tracking.errors import TokcalError
+
+EXAMPLE = r"""examples:
+  # the run and the spec come from out/tokcal.json (written by the training callback)
+  tokcal backfill out --data eval.jsonl
+
+  # a W&B run trained without tokcal: its id is the last part of the run page URL
+  tokcal backfill out --data eval.jsonl --backend wandb --project my-ft --run-id 3x7kq2a1
+
+  # an MLflow run (FINISHED is fine), two checkpoints picked by a glob, files elsewhere
+  tokcal backfill 'out/checkpoint-[12]000' --data eval.jsonl --backend mlflow \
+      --tracking-uri http://127.0.0.1:5000 --run-id 4f0c2b... --output-dir rescored/
+
+  # several GPUs: each rank scores a share, rank 0 logs
+  torchrun --nproc_per_node 4 -m tracking.cli.main backfill out --data eval.jsonl
+
+Steps the run already has are skipped (--force logs them again), so running it twice adds
+nothing and an interrupted backfill goes on where it stopped. Exit status 1 when any
+checkpoint failed (the others are still logged), 2 for an error before scoring.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "backfill",
+        help="rescore saved checkpoints and log them into the training run at their steps",
+        description="Score each checkpoint-N folder on an eval set and log the decision metrics, histograms, "
+        "reliability diagram and bins into the same W&B, MLflow or local run at step N.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="the training output folder (its checkpoint-N folders), checkpoint folders or globs")
+    p.add_argument("--data", required=True, metavar="FILE", help="JSON/JSONL: messages, alpaca or sharegpt records")
+    p.add_argument("--output-dir", metavar="DIR",
+                   help="write <checkpoint>.decisions.jsonl here (default: tokcal_decisions.jsonl in each checkpoint)")
+    p.add_argument("--force", action="store_true", help="log steps that the run already has again")
+    p.add_argument("--state", metavar="tokcal.json", help="read the run and spec from this file "
+                   "(default: tokcal.json in PATH or beside the checkpoints)")
+    p.add_argument("--metric-prefix", default="eval_", help="metric name prefix, as the Trainer logs it (default: eval_)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group("run (default: the one recorded in tokcal.json)")
+    g.add_argument("--backend", choices=BACKENDS, help="log into this backend's run only")
+    g.add_argument("--run-id", help="the run to log into (W&B: the id in the run URL; MLflow: the run ID)")
+    g.add_argument("--project", help="W&B project")
+    g.add_argument("--entity", help="W&B entity (user or team)")
+    g.add_argument("--tracking-uri", help="MLflow tracking URI")
+    g.add_argument("--local-dir", help="local backend folder (the one holding run folders)")
+    add_spec_args(p)
+    add_model_args(p)
+    p.set_defaults(func=run, bins=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tracking.backfill import (
+        Dist,
+        backfill,
+        find_state,
+        init_distributed,
+        open_targets,
+        read_state,
+        settings_from_state,
+        tracker_targets,
+    )
+    from tracking.metrics import bin_edges
+
+    init_distributed()
+    dist = Dist()
+    state_file = Path(args.state) if args.state else find_state(args.paths)
+    state = read_state(state_file) if state_file else None
+    settings = settings_from_state(state)
+    changes = {"spec": spec_from(args, settings.spec)}
+    if args.bins is not None:
+        bin_edges(args.bins)
+        changes["n_bins"] = args.bins
+    settings = settings.replace(**changes)
+    kw = load_kwargs(args)
+    if dist.on and kw["device"] is None:
+        import os
+
+        import torch
+
+        if torch.cuda.is_available():
+            kw["device"] = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+
+    # Find and open the run on rank 0 before anything is scored; every rank stops on an error.
+    trackers, error = [], None
+    if dist.main:
+        try:
+            targets = tracker_targets(
+                state, backend=args.backend, run_id=args.run_id, project=args.project, entity=args.entity,
+                tracking_uri=args.tracking_uri, local_dir=args.local_dir,
+                default_local_dir=str(state_file.parent / "tokcal") if state_file else None,
+            )
+            trackers = open_targets(targets)
+        except TokcalError as exc:
+            error = str(exc)
+    error = dist.broadcast(error)
+    if error:
+        raise TokcalError(error)
+    try:
+        report = backfill(
+            args.paths, args.data, trackers, settings, force=args.force, output_dir=args.output_dir,
+            metric_prefix=args.metric_prefix, max_tokens=args.max_tokens, max_samples=args.max_samples,
+            chat_template=read_template(args), progress=not args.quiet, **kw,
+        )
+    finally:
+        for t in trackers:
+            t.close()
+    if dist.main:
+        print(report.summary())
+        if len(report.logged) == 1:
+            print(format_table(report.logged[0].scalars))
+    if dist.on:
+        import torch.distributed as td
+
+        td.destroy_process_group()
+    if report.failed:
+        print(f"tokcal backfill: {len(report.failed)} checkpoint(s) failed; fix them and run again "
+              "(logged steps are skipped)", file=sys.stderr)
+        return 1
+    return 0
