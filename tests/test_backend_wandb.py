@@ -1,0 +1,94 @@
+"""The W&B backend in offline mode, read back from the run's ``.wandb`` file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+wandb = pytest.importorskip("wandb")
+
+from tests.helpers.wandb_reader import find_run_file, history_rows, read_config, read_records  # noqa: E402
+from tracking.backends import open_tracker  # noqa: E402
+from tracking.backends.base import BINS_COLUMNS  # noqa: E402
+from tracking.errors import TokcalError  # noqa: E402
+from tracking.metrics import DecisionMetrics, compute_metrics  # noqa: E402
+
+
+def make_metrics(seed: int, n: int = 64) -> DecisionMetrics:
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet([2.0, 2.0, 1.0], size=n)[:, :2]
+    return compute_metrics(probs, rng.integers(0, 2, size=n), ["Accept", "Reject"])
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """W&B offline, with every file it writes under tmp_path."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+        (tmp_path / name.lower()).mkdir()
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    yield tmp_path / "wandb_dir"
+    if wandb.run is not None:
+        wandb.run.finish()
+
+
+def test_rows_histograms_images_tables(offline):
+    m200, m100 = make_metrics(0), make_metrics(1)
+    tracker = open_tracker("wandb", project="tokcal-tests", run_name="t1", spool=False)
+    info = tracker.describe()
+    assert info["backend"] == "wandb" and info["mode"] == "offline" and info["run_id"] == tracker.run_id
+    tracker.log_config({"spec": {"labels": ["Accept", "Reject"]}, "n_bins": 15})
+    tracker.log_evaluation(m200, 200, samples=[{"id": 7, "p_accept": 0.4}], tags={"checkpoint": "ckpt-200"})
+    tracker.log_evaluation(m100, 100)  # lower than the last step: must not be dropped
+    assert tracker.logged_steps("eval_decision_ece") == set()  # offline: not available
+    tracker.close()
+
+    run_file = find_run_file(offline)
+    rows = [r for r in history_rows(run_file) if "eval/decision_ece" in r]
+    assert [r["train/global_step"] for r in rows] == [200, 100]
+    for row, m in zip(rows, (m200, m100)):
+        assert row["eval/decision_ece"] == pytest.approx(m.scalars["eval_decision_ece"])
+        assert row["eval/avg_p_accept"] == pytest.approx(m.scalars["eval_avg_p_accept"])
+        hist = row["eval/decision_hist_p_accept"]
+        assert hist["_type"] == "histogram"
+        assert hist["bins"] == pytest.approx(m.histograms["p_accept"].edges.tolist())
+        assert hist["values"] == m.histograms["p_accept"].counts.tolist()
+        for key in ("eval/decision_reliability", "eval/decision_reliability_positive", "eval/decision_histograms"):
+            assert row[key]["_type"] == "image-file"
+            assert (run_file.parent / "files" / row[key]["path"]).read_bytes()[:4] == b"\x89PNG"
+        table = row["eval/decision_bins"]
+        assert table["_type"] == "table-file"
+        content = json.loads((run_file.parent / "files" / table["path"]).read_text())
+        assert content["columns"] == list(BINS_COLUMNS)
+        assert {r[0] for r in content["data"]} == {row["train/global_step"]}
+        assert [r[5] for r in content["data"] if r[1] == "top_label"] == m.reliability.counts.tolist()
+    assert rows[0]["eval/tag_checkpoint"] == "ckpt-200"
+    samples = json.loads((run_file.parent / "files" / rows[0]["eval/decision_sample_table"]["path"]).read_text())
+    assert samples["columns"] == ["step", "id", "p_accept"] and samples["data"] == [[200, 7, 0.4]]
+    assert all("_step" in r for r in rows)  # W&B's own counter, never set by tokcal
+
+    metrics = [r.metric for r in read_records(run_file) if r.WhichOneof("record_type") == "metric"]
+    assert any(x.glob_name == "eval/*" and x.step_metric == "train/global_step" for x in metrics)
+    assert read_config(run_file)["tokcal"] == {"spec": {"labels": ["Accept", "Reject"]}, "n_bins": 15}
+
+
+def test_reuses_the_active_run(offline):
+    run = wandb.init(project="tokcal-tests")  # what the Trainer's W&B integration does
+    tracker = open_tracker("wandb", spool=False)
+    assert tracker.run_id == run.id
+    tracker.close()
+    assert wandb.run is run  # not finished by tokcal
+    with pytest.raises(TokcalError, match=rf"expected W&B run 'other', got run '{run.id}' already active"):
+        open_tracker("wandb", run_id="other", spool=False)
+    run.finish()
+
+
+def test_offline_run_cannot_be_resumed(offline):
+    with pytest.raises(TokcalError, match=r"W&B cannot resume an offline run: expected WANDB_MODE=online"):
+        open_tracker("wandb", project="tokcal-tests", run_id="abc123", spool=False)
+    assert wandb.run is None
+    assert not list(offline.rglob("*.wandb"))  # no second run was started silently
