@@ -1,0 +1,293 @@
+"""Trainer glue: decision probabilities and calibration at every evaluation.
+
+The callback reads the logits that the Trainer's own eval forward computes (a forward hook
+on the model), so evaluation costs no extra pass and ``eval_loss`` is untouched. Scoring,
+metrics and logging are the same code that ``tokcal extract`` and ``tokcal backfill`` use.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from tracking.capture import DecisionCapture
+from tracking.errors import TokcalError
+from tracking.scoring import DecisionScores, _LogitsAtPositions, decision_probs, find_answer_positions
+from tracking.spec import DecisionSpec, ResolvedSpec
+from tracking.settings import TrackingSettings
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "tokcal.json"
+
+
+class DecisionTrackingCallback(TrainerCallback):
+    """Log decision probabilities and calibration at every evaluation.
+
+    Works with `Trainer`, `Seq2SeqTrainer`, TRL's `SFTTrainer` and LLaMA-Factory's trainer,
+    on one process or many (DDP, DeepSpeed ZeRO-3, FSDP): every rank captures its share,
+    the world-process-zero logs.
+
+    Args:
+        spec (`DecisionSpec`, *optional*):
+            Labels, answer prefix and variants. Defaults to Accept/Reject after `\\boxed{`.
+        config (`str` or `Path`, *optional*):
+            A tokcal YAML (see `configs/tokcal.yaml`) with `spec:` and `tracking:` sections.
+        backend (`str` or list of `str`, *optional*, defaults to `"auto"`):
+            `"wandb"`, `"mlflow"`, `"local"`, or `"auto"` to follow `args.report_to`
+            (no W&B or MLflow there means the local store in `output_dir/tokcal`).
+        tokenizer (*optional*):
+            Used to resolve the decision tokens; defaults to the Trainer's `processing_class`
+            (a processor's `.tokenizer` for vision-language models).
+        **options:
+            Any field of [`~tracking.settings.TrackingSettings`]: `every`, `n_bins`,
+            `hist_bins`, `log_samples`, `sample_text`, `max_samples`, `scorer`,
+            `project`, `entity`, `tracking_uri`, `run_id`, `local_dir`.
+
+    Example:
+
+    ```python
+    from callbacks import DecisionTrackingCallback
+
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
+                      processing_class=tokenizer, callbacks=[DecisionTrackingCallback()])
+    trainer.train()
+    ```
+    """
+
+    def __init__(
+        self,
+        spec: DecisionSpec | None = None,
+        *,
+        config: str | Path | None = None,
+        backend: str | Sequence[str] = "auto",
+        tokenizer: Any = None,
+        **options: Any,
+    ) -> None:
+        settings = TrackingSettings.from_yaml(config) if config else TrackingSettings()
+        changes = dict(options)
+        if spec is not None:
+            changes["spec"] = spec
+        if backend != "auto":
+            changes["backend"] = backend if isinstance(backend, str) else tuple(backend)
+        self.settings = settings.replace(**changes)
+        self.tokenizer = tokenizer
+        self.resolved: ResolvedSpec | None = None
+        self.capture: DecisionCapture | None = None
+        self.trackers: list[Any] = []
+        self._hook: Any = None
+        self._model: Any = None
+        self._evals = 0
+        self._warned: set[str] = set()
+        if tokenizer is not None:
+            self._resolve(tokenizer)
+
+    # -- setup -------------------------------------------------------------------------
+    def _resolve(self, tokenizer: Any) -> None:
+        tok = getattr(tokenizer, "tokenizer", tokenizer)  # processors wrap a tokenizer
+        self.resolved = self.settings.spec.resolve(tok)
+        self.capture = DecisionCapture(self.resolved)
+        self._tokenizer = tok
+
+    def _attach(self, model: Any, processing_class: Any) -> None:
+        if self.resolved is None:
+            if processing_class is None:
+                raise TokcalError(
+                    "DecisionTrackingCallback needs a tokenizer: pass processing_class= to the Trainer "
+                    "or tokenizer= to the callback"
+                )
+            self._resolve(processing_class)
+        if model is not None and self._model is not model:
+            self._detach()
+            self._model = model
+            if self.settings.scorer != "pass":
+                self._hook = model.register_forward_hook(self._on_forward, with_kwargs=True)
+
+    def _detach(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def _on_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if module.training or self.capture is None:
+            return
+        labels = kwargs.get("labels")
+        if labels is None:
+            self.capture.unlabeled_batches += 1
+            return
+        logits = getattr(output, "logits", None)
+        if logits is None and isinstance(output, (tuple, list)) and len(output) > 1:
+            logits = output[1]
+        if logits is None or logits.dim() != 3 or logits.shape[:2] != labels.shape:
+            self._no_logits = True
+            return
+        try:
+            self.capture.add_logits(logits.detach(), labels, kwargs.get("input_ids"))
+        except Exception as exc:  # never break the Trainer's eval forward
+            self._warn_once("capture", f"tokcal could not read this eval batch: {exc}")
+
+    def _warn_once(self, key: str, msg: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(msg, stacklevel=2)
+
+    # -- events ------------------------------------------------------------------------
+    def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        if kw.get("processing_class") is not None or self.resolved is not None:
+            self._attach(kw.get("model"), kw.get("processing_class"))
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        self._attach(kw.get("model"), kw.get("processing_class"))
+        if state.is_world_process_zero:
+            self._open_trackers(args)
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        if self.capture is not None and len(self.capture):
+            self.capture.clear()  # a stray capture outside evaluate(), e.g. a user's own forward
+
+    def on_predict(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        if self.capture is not None:
+            self.capture.clear()
+
+    def on_evaluate(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics: dict | None = None, **kw: Any
+    ) -> None:
+        self._attach(kw.get("model"), kw.get("processing_class"))
+        assert self.capture is not None  # set by _attach
+        prefix = _metric_prefix(metrics or {})
+        dataloader = kw.get("eval_dataloader")
+        num_samples = _num_samples(dataloader)
+        if getattr(self, "_no_logits", False) or self.settings.scorer == "pass" or (
+            len(self.capture) == 0 and dataloader is not None and self.capture.unlabeled_batches == 0
+        ):
+            if self.settings.scorer == "hook":
+                self._warn_once("nologits", "the model returned no logits at eval; set scorer='auto' to use an own pass")
+            else:
+                self._own_pass(kw.get("model"), dataloader)
+        scores = self.capture.gather(num_samples)  # every rank joins
+        unlabeled = self.capture.unlabeled_batches
+        first_miss = self.capture.first_miss
+        self.capture.clear()
+        self._no_logits = False
+        self._evals += 1
+        if not state.is_world_process_zero:
+            return
+        if (self._evals - 1) % self.settings.every:
+            return
+        if unlabeled and not len(scores):
+            self._warn_once("nolabels", "the eval batches carry no labels, so tokcal cannot find the answers; "
+                                        "keep 'labels' in the eval dataset")
+            return
+        if scores.missing and not len(scores):
+            self._warn_missing(first_miss)
+        try:
+            self._log(args, state, scores, prefix)
+        except Exception as exc:  # a tracking error never stops training
+            self._warn_once(f"log:{type(exc).__name__}", f"tokcal could not log evaluation at step "
+                                                          f"{state.global_step}: {exc}")
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        for t in self.trackers:
+            try:
+                t.flush() if hasattr(t, "flush") else None
+            except Exception as exc:
+                self._warn_once("flush", f"tokcal could not flush {t.name}: {exc}")
+
+    # -- work --------------------------------------------------------------------------
+    @torch.no_grad()
+    def _own_pass(self, model: Any, dataloader: Any) -> None:
+        """Score the eval dataloader with logits at answer positions only (fallback)."""
+        if model is None or dataloader is None:
+            return
+        assert self.capture is not None and self.resolved is not None
+        self.capture.clear()
+        was_training = model.training
+        model.eval()
+        call = _LogitsAtPositions(model)
+        try:
+            for batch in dataloader:
+                labels = batch.get("labels")
+                if labels is None:
+                    self.capture.unlabeled_batches += 1
+                    continue
+                pos = find_answer_positions(labels, self.resolved, batch.get("input_ids"))
+                if len(pos):
+                    inputs = {k: v for k, v in batch.items() if k != "labels"}
+                    dev = labels.device
+                    logits = call(inputs, torch.as_tensor(pos.rows, device=dev), torch.as_tensor(pos.cols, device=dev))
+                    probs = decision_probs(logits, self.resolved)
+                else:
+                    probs = np.zeros((0, len(self.resolved.labels)))
+                self.capture.add_positions(pos, probs, labels)
+        finally:
+            model.train(was_training)
+
+    def _warn_missing(self, first_miss: list[int] | None) -> None:
+        assert self.resolved is not None
+        seen = self._tokenizer.decode(first_miss) if first_miss else ""
+        expected = [self._tokenizer.convert_ids_to_tokens(list(ids)) for ids in self.resolved.token_ids]
+        self._warn_once(
+            "missing",
+            f"no decision token found in the eval answers: expected one of {expected} after "
+            f"{self.resolved.spec.prefix!r}; an answer reads {seen!r}. Check labels/prefix in the spec.",
+        )
+
+    def _open_trackers(self, args: TrainingArguments) -> None:
+        if self.trackers:
+            return
+        from tracking.backends import open_tracker
+        from tracking.io import write_json
+
+        names = self.settings.backends_for(getattr(args, "report_to", None))
+        local_dir = self.settings.local_dir or str(Path(args.output_dir) / "tokcal")
+        for name in names:
+            try:
+                t = open_tracker(name, **self.settings.tracker_kwargs(name, local_dir=local_dir,
+                                                                     run_name=getattr(args, "run_name", None)))
+                t.log_config({"tokcal": self.settings.to_dict()})
+                self.trackers.append(t)
+            except Exception as exc:  # a tracking error never stops training
+                self._warn_once(f"open:{name}", f"tokcal could not open the {name} tracker: {exc}")
+        state = {"trackers": [t.describe() for t in self.trackers], **self.settings.to_dict()}
+        try:
+            write_json(Path(args.output_dir) / STATE_FILE, state)
+        except OSError as exc:
+            self._warn_once("state", f"tokcal could not write {STATE_FILE}: {exc}")
+
+    def _log(self, args: TrainingArguments, state: TrainerState, scores: DecisionScores, prefix: str) -> None:
+        s = self.settings
+        metrics = scores.metrics(n_bins=s.n_bins, hist_bins=s.hist_bins, prefix=prefix)
+        samples = self._sample_rows(scores) if s.log_samples else None
+        if not self.trackers:
+            self._open_trackers(args)
+        for t in self.trackers:
+            t.log_evaluation(metrics, state.global_step, samples=samples)
+        state.log_history.append({**metrics.scalars, "epoch": state.epoch, "step": state.global_step})
+
+    def _sample_rows(self, scores: DecisionScores) -> list[dict[str, Any]]:
+        rows = scores.records()
+        cap = self.settings.max_samples
+        return rows[:cap] if cap else rows
+
+
+def _metric_prefix(metrics: dict[str, Any]) -> str:
+    """``eval_`` or ``eval_<name>_``, read off the Trainer's own metric keys."""
+    for suffix in ("_runtime", "_loss", "_samples_per_second"):
+        for k in metrics:
+            if k.endswith(suffix):
+                return k[: -len(suffix)] + "_"
+    return "eval_"
+
+
+def _num_samples(dataloader: Any) -> int | None:
+    ds = getattr(dataloader, "dataset", None)
+    try:
+        return len(ds) if ds is not None else None
+    except TypeError:
+        return None

@@ -1,0 +1,127 @@
+"""DecisionTrackingCallback on a real (tiny) Trainer run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from callbacks import DecisionTrackingCallback
+from tests.helpers.models import make_tiny_checkpoint
+from tests.helpers.tokenizers import small_bpe_tokenizer
+from tests.helpers.training import train_tiny
+from tracking.backends.local import read_local_store
+from tracking.errors import TokcalError
+from tracking.pipeline import score_checkpoint
+from tracking.spec import DecisionSpec
+
+KEYS = ["eval_avg_p_accept", "eval_avg_p_reject", "eval_decision_prob_mass", "eval_decision_confidence",
+        "eval_decision_accuracy", "eval_decision_ece", "eval_decision_brier", "eval_decision_nll"]
+
+
+@pytest.fixture(scope="module")
+def base_ckpt(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("base") / "ckpt", small_bpe_tokenizer(), seed=0)
+
+
+@pytest.fixture(scope="module")
+def runs(base_ckpt, tmp_path_factory):
+    """The same training with and without the callback."""
+    out_with = tmp_path_factory.mktemp("with")
+    out_without = tmp_path_factory.mktemp("without")
+    cb = DecisionTrackingCallback()  # no arguments: defaults and the Trainer's tokenizer
+    t_with = train_tiny(base_ckpt, out_with, callbacks=[cb])
+    t_without = train_tiny(base_ckpt, out_without)
+    return t_with, t_without, out_with
+
+
+def store(out: Path) -> list[dict]:
+    """The local run that tokcal.json names."""
+    state = json.loads((out / "tokcal.json").read_text())
+    return read_local_store(state["trackers"][0]["local_dir"])
+
+
+def eval_entries(history: list[dict]) -> dict[int, dict]:
+    return {h["step"]: h for h in history if "eval_loss" in h}
+
+
+def test_metrics_logged_at_every_eval_step(runs):
+    _, _, out = runs
+    records = store(out)
+    steps = [r["step"] for r in records]
+    assert steps == [4, 8, 12]
+    for r in records:
+        assert all(k in r["scalars"] for k in KEYS)
+        assert r["scalars"]["eval_decision_samples"] == 13  # odd-sized eval set, each sample once
+        assert r["scalars"]["eval_decision_missing"] == 0
+    assert sorted(p.name for p in (out / "tokcal").rglob("*.png"))  # diagrams were drawn
+
+
+def test_state_log_history_keeps_the_scalars(runs):
+    t_with, _, out = runs
+    ours = [h for h in t_with.state.log_history if "eval_decision_ece" in h]
+    assert [h["step"] for h in ours] == [4, 8, 12]
+    saved = json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())["log_history"]
+    assert any("eval_decision_ece" in h for h in saved)
+
+
+def test_eval_loss_is_untouched(runs):
+    t_with, t_without, _ = runs
+    a, b = eval_entries(t_with.state.log_history), eval_entries(t_without.state.log_history)
+    assert a.keys() == b.keys() == {4, 8, 12}
+    for step in a:
+        assert a[step]["eval_loss"] == b[step]["eval_loss"]
+
+
+def test_numbers_equal_own_pass_on_saved_checkpoints(runs):
+    """What the hook read from the Trainer's eval logits equals scoring the checkpoint."""
+    _, _, out = runs
+    logged = {r["step"]: r["scalars"] for r in store(out)}
+    for step in (4, 8, 12):
+        scores = score_checkpoint(out / f"checkpoint-{step}", out / "eval.jsonl", DecisionSpec(), progress=False)
+        own = scores.metrics().scalars
+        for k in KEYS:
+            assert logged[step][k] == pytest.approx(own[k], abs=1e-5), (step, k)
+
+
+def test_learning_moves_the_decision_mass(runs):
+    _, _, out = runs
+    mass = [r["scalars"]["eval_decision_prob_mass"] for r in store(out)]
+    assert mass[-1] > mass[0]
+
+
+def test_tokcal_json_points_at_the_run(runs):
+    _, _, out = runs
+    state = json.loads((out / "tokcal.json").read_text())
+    assert state["trackers"][0]["backend"] == "local"
+    assert state["spec"]["labels"] == ["Accept", "Reject"]
+
+
+def test_own_pass_scorer_gives_the_same_numbers(base_ckpt, runs, tmp_path):
+    _, _, out_hook = runs
+    cb = DecisionTrackingCallback(scorer="pass", backend="local")
+    train_tiny(base_ckpt, tmp_path, callbacks=[cb])
+    hook = {r["step"]: r["scalars"] for r in store(out_hook)}[4]
+    own = store(tmp_path)[0]["scalars"]
+    for k in KEYS:
+        assert own[k] == pytest.approx(hook[k], abs=1e-5)
+
+
+def test_bad_setup_fails_in_init():
+    with pytest.raises(TokcalError, match="expected backend"):
+        DecisionTrackingCallback(backend="tensorboard")
+    with pytest.raises(TokcalError, match="expected every >= 1"):
+        DecisionTrackingCallback(every=0)
+    with pytest.raises(TokcalError, match="unknown tracking options"):
+        DecisionTrackingCallback(bins=3)
+
+
+def test_every_n_and_a_broken_tracker_never_stops_training(base_ckpt, tmp_path):
+    # every=2 logs evaluations 1 and 3; the local store's folder is a file, so logging fails.
+    blocker = tmp_path / "blocked"
+    blocker.write_text("not a folder")
+    cb = DecisionTrackingCallback(every=2, local_dir=str(blocker / "store"))
+    with pytest.warns(UserWarning, match="tokcal could not"):
+        trainer = train_tiny(base_ckpt, tmp_path / "out", callbacks=[cb])
+    assert trainer.state.global_step == 12

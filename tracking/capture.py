@@ -1,0 +1,118 @@
+"""Collecting decisions batch by batch during an evaluation, across processes.
+
+The Trainer callback feeds this from the logits its eval forward already computed; the
+own-pass fallback feeds it from :mod:`tracking.scoring`. :meth:`DecisionCapture.gather`
+joins every process's batches in sampler order and drops the duplicates that
+distributed samplers add to even out the last batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from tracking.scoring import DecisionScores, decision_probs, find_answer_positions
+from tracking.spec import ResolvedSpec
+
+
+@dataclass
+class _Batch:
+    n_rows: int
+    rows: np.ndarray  # batch row of each decision
+    probs: np.ndarray  # (D, K)
+    gt: np.ndarray
+    missing_per_row: np.ndarray  # (n_rows,)
+
+
+@dataclass
+class DecisionCapture:
+    """Per-process buffer of one evaluation's decisions.
+
+    Example:
+        >>> cap = DecisionCapture(resolved)  # doctest: +SKIP
+        >>> cap.add_logits(out.logits, batch["labels"], batch["input_ids"])  # doctest: +SKIP
+        >>> scores = cap.gather(num_samples=len(eval_dataset))  # doctest: +SKIP
+    """
+
+    resolved: ResolvedSpec
+    batches: list[_Batch] = field(default_factory=list)
+    unlabeled_batches: int = 0
+    first_miss: list[int] | None = None  # supervised tokens of the first answer without a decision
+
+    def clear(self) -> None:
+        self.batches.clear()
+        self.unlabeled_batches = 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    @torch.no_grad()
+    def add_logits(self, logits: torch.Tensor, labels: torch.Tensor, input_ids: torch.Tensor | None = None) -> None:
+        """Record one batch from full (B, T, V) logits; reads only the answer positions."""
+        pos = find_answer_positions(labels, self.resolved, input_ids)
+        if len(pos):
+            rows = torch.as_tensor(pos.rows, device=logits.device)
+            cols = torch.as_tensor(pos.cols - 1, device=logits.device)
+            probs = decision_probs(logits[rows, cols], self.resolved)
+        else:
+            probs = np.zeros((0, len(self.resolved.labels)))
+        self.add_positions(pos, probs, labels)
+
+    def add_positions(self, pos: Any, probs: np.ndarray, labels: torch.Tensor | np.ndarray) -> None:
+        """Record one batch whose probabilities were computed elsewhere."""
+        missing = pos.spans - pos.found
+        if self.first_miss is None and missing.any():
+            row = int(np.flatnonzero(missing)[0])
+            lab = labels[row].detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels[row])
+            self.first_miss = [int(x) for x in lab[lab != -100][:24]]
+        self.batches.append(_Batch(int(len(pos.spans)), pos.rows, probs, pos.gt, missing))
+
+    def gather(self, num_samples: int | None = None) -> DecisionScores:
+        """Join all processes' batches (every rank must call this) in sampler order.
+
+        Batches are interleaved step-major, rank-minor (the order of accelerate's
+        ``gather_for_metrics``), then rows past ``num_samples`` are dropped: those are
+        the padding duplicates of the last batch.
+        """
+        per_rank = _all_gather(self.batches)
+        labels = list(self.resolved.labels)
+        k = len(labels)
+        probs, gt, index = [], [], []
+        missing = 0
+        offset = 0
+        n_steps = max((len(b) for b in per_rank), default=0)
+        for step in range(n_steps):
+            for rank_batches in per_rank:
+                if step >= len(rank_batches):
+                    continue
+                b = rank_batches[step]
+                keep_rows = b.n_rows if num_samples is None else max(0, min(b.n_rows, num_samples - offset))
+                sel = b.rows < keep_rows
+                probs.append(b.probs[sel])
+                gt.append(b.gt[sel])
+                index.append(b.rows[sel] + offset)
+                missing += int(b.missing_per_row[:keep_rows].sum())
+                offset += b.n_rows
+        if not probs:
+            return DecisionScores.empty(labels)
+        return DecisionScores(
+            labels,
+            np.concatenate(probs).reshape(-1, k),
+            np.concatenate(gt).astype(np.int64),
+            np.concatenate(index).astype(np.int64),
+            missing,
+        )
+
+
+def _all_gather(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]``; ``[obj]`` without a process group."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

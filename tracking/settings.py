@@ -1,0 +1,124 @@
+"""Tracking settings shared by the callback, backfill and the CLI (code or YAML)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from tracking.errors import TokcalError
+from tracking.spec import DecisionSpec
+
+BACKENDS = ("local", "mlflow", "wandb")
+SCORERS = ("auto", "hook", "pass")
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """What to compute and where to log it.
+
+    Attributes:
+        spec: labels, prefix, variants.
+        backend: ``"auto"`` (follow the Trainer's ``report_to``), one of ``local``,
+            ``mlflow``, ``wandb``, or a list of them.
+        every: log every N-th evaluation.
+        n_bins: reliability bins; hist_bins: histogram bins.
+        log_samples: also log a per-sample table (ids, probabilities, gt, pred); off by
+            default since eval data can be confidential. max_samples caps it.
+        scorer: ``auto`` (read the Trainer's eval logits, fall back to an own pass when
+            the model returns none), ``hook`` or ``pass`` (always an own pass).
+        project, entity: W&B; tracking_uri, experiment: MLflow; run_id: attach to that run;
+            local_dir: the local store (default ``<output_dir>/tokcal``).
+
+    Example:
+        >>> TrackingSettings(backend="mlflow", every=2).every
+        2
+    """
+
+    spec: DecisionSpec = field(default_factory=DecisionSpec)
+    backend: str | tuple[str, ...] = "auto"
+    every: int = 1
+    n_bins: int = 15
+    hist_bins: int = 20
+    log_samples: bool = False
+    max_samples: int | None = None
+    scorer: str = "auto"
+    project: str | None = None
+    entity: str | None = None
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    run_id: str | None = None
+    local_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        b = self.backend
+        names = (b,) if isinstance(b, str) else tuple(b)
+        bad = [x for x in names if x not in BACKENDS + ("auto",)]
+        if bad or not names or ("auto" in names and len(names) > 1):
+            raise TokcalError(f"expected backend 'auto' or some of {list(BACKENDS)}, got {b!r}")
+        object.__setattr__(self, "backend", names[0] if len(names) == 1 else names)
+        for name in ("every", "n_bins", "hist_bins"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise TokcalError(f"expected {name} >= 1, got {v!r}")
+        if self.max_samples is not None and (not isinstance(self.max_samples, int) or self.max_samples < 1):
+            raise TokcalError(f"expected max_samples >= 1 or None, got {self.max_samples!r}")
+        if self.scorer not in SCORERS:
+            raise TokcalError(f"expected scorer in {list(SCORERS)}, got {self.scorer!r}")
+        if not isinstance(self.spec, DecisionSpec):
+            raise TokcalError(f"expected spec to be a DecisionSpec, got {type(self.spec).__name__}")
+
+    def replace(self, **changes: Any) -> "TrackingSettings":
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise TokcalError(f"unknown tracking options {sorted(unknown)}; expected some of {sorted(known)}")
+        return dataclasses.replace(self, **changes)
+
+    def backends_for(self, report_to: str | Sequence[str] | None) -> list[str]:
+        """The backends to open: named ones, or those in ``report_to`` (else ``local``)."""
+        if self.backend != "auto":
+            return [self.backend] if isinstance(self.backend, str) else list(self.backend)
+        rt = [report_to] if isinstance(report_to, str) else list(report_to or [])
+        if "all" in rt:
+            rt = ["wandb", "mlflow"]
+        chosen = [x for x in ("wandb", "mlflow") if x in rt]
+        return chosen or ["local"]
+
+    def tracker_kwargs(self, backend: str, *, local_dir: str, run_name: str | None = None) -> dict[str, Any]:
+        kw: dict[str, Any] = {"local_dir": self.local_dir or local_dir, "run_id": self.run_id}
+        if backend == "wandb":
+            kw.update(project=self.project, entity=self.entity, run_name=run_name)
+        elif backend == "mlflow":
+            kw.update(tracking_uri=self.tracking_uri, experiment=self.experiment, run_name=run_name)
+        return kw
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["spec"] = self.spec.to_dict()
+        if isinstance(d["backend"], tuple):
+            d["backend"] = list(d["backend"])
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrackingSettings":
+        """From ``{"spec": {...}, "tracking": {...}}`` or a flat mapping."""
+        flat = dict(data.get("tracking", {}))
+        flat.update({k: v for k, v in data.items() if k not in ("tracking", "spec")})
+        spec = data.get("spec")
+        if spec is not None:
+            flat["spec"] = spec if isinstance(spec, DecisionSpec) else DecisionSpec.from_dict(spec)
+        if isinstance(flat.get("backend"), list):
+            flat["backend"] = tuple(flat["backend"])
+        try:
+            return cls(**flat)
+        except TypeError as exc:
+            known = sorted(f.name for f in dataclasses.fields(cls))
+            raise TokcalError(f"unknown tracking options in {sorted(flat)}; expected some of {known}") from exc
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrackingSettings":
+        from tracking.config import load_yaml
+
+        return cls.from_dict(load_yaml(path))
