@@ -135,11 +135,15 @@ def _num(x: Any) -> float | None:
     return None if math.isnan(x) else x
 
 
-def bin_edges(n_bins: int) -> np.ndarray:
-    """``n_bins + 1`` equal-width edges on [0, 1]."""
+def bin_edges(n_bins: int, name: str = "n_bins") -> np.ndarray:
+    """``n_bins + 1`` equal-width edges on [0, 1]: edge m is the double nearest m / M.
+
+    (``np.linspace`` computes m * (1/M), which for some M, e.g. 6, 12, 14, lies one ulp
+    below m / M and would put a confidence of exactly m / M in the next bin.)
+    """
     if not isinstance(n_bins, (int, np.integer)) or isinstance(n_bins, bool) or n_bins < 1:
-        raise TokcalError(f"expected n_bins >= 1, got {n_bins!r}")
-    return np.linspace(0.0, 1.0, int(n_bins) + 1)
+        raise TokcalError(f"expected {name} >= 1, got {n_bins!r}")
+    return np.arange(int(n_bins) + 1, dtype=np.float64) / int(n_bins)
 
 
 def reliability_bins(confidence: np.ndarray, outcome: np.ndarray, n_bins: int = 15) -> ReliabilityBins:
@@ -288,19 +292,30 @@ def compute_metrics(
         >>> round(m.scalars["eval_decision_accuracy"], 2), round(m.scalars["eval_avg_p_accept"], 2)
         (1.0, 0.55)
     """
-    bin_edges(n_bins)
-    bin_edges(hist_bins)
+    bin_edges(n_bins, "n_bins")
+    bin_edges(hist_bins, "hist_bins")
     p = np.asarray(probs, dtype=np.float64)
     g = np.asarray(gt)
     k = len(labels)
+    if p.ndim == 1 and p.size == 0:  # e.g. np.asarray([]): no decisions at all
+        p = p.reshape(0, k)
     if p.ndim != 2 or p.shape[1] != k:
         raise TokcalError(f"expected probs of shape (N, {k}), got {tuple(p.shape)}")
     if g.shape != (p.shape[0],):
         raise TokcalError(f"expected gt of shape ({p.shape[0]},), got {tuple(g.shape)}")
+    if g.size and not (np.issubdtype(g.dtype, np.integer)
+                       or (np.issubdtype(g.dtype, np.floating) and np.all(g == np.round(g)))):
+        raise TokcalError(f"expected integer label indices in gt, got dtype {g.dtype}")
     if len(g) and (g.min() < 0 or g.max() >= k):
         raise TokcalError(f"expected gt in [0, {k - 1}], got values {sorted(set(g.tolist()))}")
-    if np.any(~np.isfinite(p)) or np.any(p < 0) or np.any(p.sum(axis=1) > 1 + 1e-4):
-        raise TokcalError("expected finite probabilities >= 0 whose rows sum to at most 1")
+    bad = ~np.isfinite(p) | (p < 0)
+    if np.any(bad):
+        i, j = np.argwhere(bad)[0]
+        raise TokcalError(f"expected finite probabilities >= 0, got {float(p[i, j])!r} at row {int(i)}, label {int(j)}")
+    row_sum = p.sum(axis=1)
+    if np.any(row_sum > 1 + 1e-4):
+        i = int(np.argmax(row_sum))
+        raise TokcalError(f"expected rows of probs to sum to at most 1, got {float(row_sum[i])!r} at row {i}")
     g = g.astype(np.int64)
     keys = [label_key(x) for x in labels]
     n = len(g)
@@ -357,7 +372,9 @@ def compute_metrics(
     s[f"{prefix}decision_ece_temp"] = calibration_errors(bins_t)[0]
 
     edges = bin_edges(hist_bins)
-    hists = {f"p_{key}": Histogram(edges, np.histogram(p[:, j], bins=edges)[0]) for j, key in enumerate(keys)}
+    # Clip: rows may sum to 1 + 1e-4, and np.histogram drops values outside the edges.
+    pc = np.clip(p, 0.0, 1.0)
+    hists = {f"p_{key}": Histogram(edges, np.histogram(pc[:, j], bins=edges)[0]) for j, key in enumerate(keys)}
     hists["mass"] = Histogram(edges, np.histogram(np.clip(mass, 0, 1), bins=edges)[0])
-    hists["confidence"] = Histogram(edges, np.histogram(p_pred, bins=edges)[0])
+    hists["confidence"] = Histogram(edges, np.histogram(np.clip(p_pred, 0, 1), bins=edges)[0])
     return DecisionMetrics(list(labels), prefix, s, top, positive, hists, notes)
