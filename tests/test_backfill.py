@@ -1,0 +1,254 @@
+"""`tokcal backfill` on checkpoints from a real (tiny) Trainer run, into a real MLflow
+server, the local store and W&B offline files; no mocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.training import train_tiny
+from tracking.backends.local import LocalTracker, read_local_store
+from tracking.backfill import MARKER, backfill, resolve_checkpoints
+from tracking.cli.main import main
+from tracking.pipeline import score_checkpoint
+from tracking.settings import TrackingSettings
+from tracking.spec import DecisionSpec
+
+STEPS = [2, 4, 6]
+KEY = "eval_decision_samples"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bpe_checkpoint: Path) -> Path:
+    """A real 6-step fine-tune saving checkpoint-2, -4 and -6, plus its eval.jsonl."""
+    out = tmp_path_factory.mktemp("train") / "out"
+    train_tiny(tiny_bpe_checkpoint, out, max_steps=6, eval_steps=2, n_train=16, n_eval=9)
+    for p in out.glob("checkpoint-*"):  # the shared checkpoints stay as they are
+        p.chmod(0o555)
+    return out
+
+
+@pytest.fixture(scope="module")
+def expected(run_dir: Path) -> dict[int, object]:
+    """What `tokcal extract` gives for each checkpoint."""
+    return {s: score_checkpoint(run_dir / f"checkpoint-{s}", run_dir / "eval.jsonl", DecisionSpec(), progress=False)
+            for s in STEPS}
+
+
+def linked(tmp_path: Path, run_dir: Path, steps=STEPS) -> Path:
+    """An output folder of our own whose checkpoint-N entries link to the trained ones."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for s in steps:
+        (out / f"checkpoint-{s}").symlink_to(run_dir / f"checkpoint-{s}")
+    return out
+
+
+def cli(*argv: str) -> int:
+    return main(["backfill", *map(str, argv), "--quiet"])
+
+
+def test_checkpoints_and_steps(run_dir: Path, tmp_path: Path):
+    plan = resolve_checkpoints([run_dir])
+    assert [s for _, s in plan] == STEPS
+    state = json.loads((run_dir / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert [s for _, s in resolve_checkpoints([f"{run_dir}/checkpoint-[46]"])] == [4, 6]
+    renamed = tmp_path / "renamed"  # the step comes from trainer_state.json, not the name
+    shutil.copytree(run_dir / "checkpoint-2", renamed)
+    assert resolve_checkpoints([renamed]) == [(renamed.resolve(), 2)]
+
+
+def test_mlflow_resume_idempotent(run_dir: Path, expected, mlflow_server: str, tmp_path: Path, capsys):
+    import mlflow
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    exp = client.create_experiment(f"backfill-{tmp_path.name}")
+    run_id = client.create_run(exp).info.run_id
+    client.log_batch(run_id, metrics=[Metric(KEY, 9.0, 0, 100)], synchronous=True)  # a later step
+    client.set_terminated(run_id, "FINISHED")
+    flags = ["--data", run_dir / "eval.jsonl", "--backend", "mlflow", "--tracking-uri", mlflow_server,
+             "--run-id", run_id, "--output-dir", tmp_path / "rescored"]
+
+    # Interrupted after the first checkpoint, then run again on all: the rest is added.
+    assert cli(run_dir / "checkpoint-2", *flags) == 0
+    assert cli(run_dir, *flags) == 0
+    out = capsys.readouterr().out
+    assert "2 logged, 1 skipped, 0 failed" in out
+    assert cli(run_dir, *flags) == 0  # again: nothing new
+    assert "0 logged, 3 skipped, 0 failed" in capsys.readouterr().out
+
+    for key, _ in expected[2].metrics().scalars.items():
+        hist = client.get_metric_history(run_id, key)
+        steps = sorted(m.step for m in hist)
+        assert steps == ([*STEPS, 100] if key == KEY else STEPS), key  # once each
+        for m in hist:
+            if m.step in expected:
+                assert m.value == pytest.approx(expected[m.step].metrics().scalars[key], rel=1e-12, abs=1e-12), key
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["tokcal_backfill"] == "true"
+    arts = {a.path for a in client.list_artifacts(run_id, "tokcal/eval")}
+    assert {f"tokcal/eval/bins_step_00000{s}.json" for s in STEPS} <= arts
+    bins = client.download_artifacts(run_id, "tokcal/eval/bins_step_000004.json", str(tmp_path))
+    assert json.loads(Path(bins).read_text())["tags"] == MARKER
+    for s in STEPS:  # the per-decision JSONL is what `tokcal extract` writes
+        rows = [json.loads(x) for x in (tmp_path / "rescored" / f"checkpoint-{s}.decisions.jsonl").read_text().splitlines()]
+        assert rows == json.loads(json.dumps(expected[s].records()))
+
+
+def test_bad_checkpoint_others_logged_then_completed(run_dir: Path, expected, tmp_path: Path, capsys):
+    out = linked(tmp_path, run_dir, [2, 6])
+    broken = out / "checkpoint-4"
+    broken.mkdir()
+    shutil.copy(run_dir / "checkpoint-4" / "config.json", broken)
+    shutil.copy(run_dir / "checkpoint-4" / "trainer_state.json", broken)
+    tracker = LocalTracker(tmp_path / "runs")
+    state = {"trackers": [tracker.describe()], **TrackingSettings(backend="local").to_dict()}
+    (out / "tokcal.json").write_text(json.dumps(state))
+
+    assert cli(out, "--data", run_dir / "eval.jsonl", "--output-dir", tmp_path / "o") == 1  # run from tokcal.json
+    text = capsys.readouterr()
+    assert "2 logged, 0 skipped, 1 failed" in text.out
+    assert "checkpoint-4" in text.out and "no model weights" in text.out and "failed" in text.err
+    assert sorted(r["step"] for r in read_local_store(tracker.directory)) == [2, 6]
+
+    shutil.rmtree(broken)
+    broken.symlink_to(run_dir / "checkpoint-4")  # fixed: the run completes, nothing doubled
+    assert cli(out, "--data", run_dir / "eval.jsonl", "--output-dir", tmp_path / "o") == 0
+    assert "1 logged, 2 skipped, 0 failed" in capsys.readouterr().out
+    recs = read_local_store(tracker.directory)
+    assert [r["step"] for r in recs] == [2, 6, 4]
+    for r in recs:
+        assert r["tags"] == MARKER
+        assert r["scalars"] == pytest.approx(expected[r["step"]].metrics().scalars, rel=1e-12, nan_ok=True)
+        assert r["images"]  # the reliability diagram and histograms at that step
+
+    assert cli(out / "checkpoint-2", "--data", run_dir / "eval.jsonl", "--output-dir", tmp_path / "o", "--force",
+               "--backend", "local", "--run-id", tracker.run_id, "--local-dir", tmp_path / "runs",
+               "--labels", "Accept", "Reject") == 0
+    assert sorted(r["step"] for r in read_local_store(tracker.directory)) == [2, 2, 4, 6]  # --force logs again
+
+
+def test_library_tokenises_once_and_again_for_another_template(run_dir: Path, tmp_path: Path):
+    out = linked(tmp_path, run_dir, [2, 4])
+    other = out / "checkpoint-6"
+    shutil.copytree(run_dir / "checkpoint-6", other)
+    other.chmod(0o755)
+    tpl = other / "chat_template.jinja"
+    tpl.chmod(0o644)
+    tpl.write_text(tpl.read_text().replace("<|im_start|>", "<|im_start|> ", 1))
+    with LocalTracker(tmp_path / "runs") as tracker:
+        report = backfill([out], run_dir / "eval.jsonl", tracker, progress=False, output_dir=tmp_path / "o")
+    assert [r.status for r in report.results] == ["logged"] * 3
+    assert report.tokenizations == 2  # checkpoints 2 and 4 share one tokenisation
+    assert report.ok and "3 logged, 0 skipped, 0 failed" in report.summary()
+
+
+def test_default_jsonl_beside_checkpoint(run_dir: Path, expected, tmp_path: Path):
+    ckpt = tmp_path / "checkpoint-2"
+    shutil.copytree(run_dir / "checkpoint-2", ckpt)
+    ckpt.chmod(0o755)
+    tracker = LocalTracker(tmp_path / "runs")
+    assert cli(ckpt, "--data", run_dir / "eval.jsonl", "--backend", "local", "--run-id", tracker.run_id,
+               "--local-dir", tmp_path / "runs") == 0
+    rows = [json.loads(x) for x in (ckpt / "tokcal_decisions.jsonl").read_text().splitlines()]
+    assert rows == json.loads(json.dumps(expected[2].records()))
+
+
+def test_errors_before_scoring(run_dir: Path, mlflow_server: str, tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = LocalTracker(tmp_path / "runs")
+    local = ["--backend", "local", "--run-id", tracker.run_id, "--local-dir", tmp_path / "runs",
+             "--output-dir", tmp_path / "o"]
+    data = ["--data", run_dir / "eval.jsonl"]
+    (tmp_path / "empty").mkdir()
+    cases = [
+        ([tmp_path / "empty", *data, *local], "no checkpoint-N folders in"),
+        ([tmp_path / "missing", *data, *local], "not found"),
+        ([f"{run_dir}/checkpoint-9*", *data, *local], "no checkpoint folder matches"),
+        ([run_dir, "--data", tmp_path / "nope.jsonl", *local], "data file not found"),
+        ([run_dir, *data], "no run to backfill into"),
+        ([run_dir, *data, "--backend", "local", "--run-id", "nope", "--local-dir", tmp_path / "runs"],
+         "expected an existing local run 'nope'"),
+        ([run_dir, *data, "--backend", "mlflow", "--tracking-uri", mlflow_server, "--run-id", "0" * 32],
+         "could not open MLflow run"),
+    ]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "x"}]}\n')
+    cases.append(([run_dir, "--data", bad, *local], "has no assistant answer"))
+    for argv, msg in cases:
+        assert cli(*argv) == 2, argv
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())  # nothing was scored
+    assert read_local_store(tracker.directory) == []
+
+
+def test_wandb_offline_refused_before_scoring(run_dir: Path, tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    out = linked(tmp_path, run_dir)
+    state = {"trackers": [{"backend": "wandb", "run_id": "abc123", "project": "p", "entity": None,
+                           "mode": "offline"}], **TrackingSettings(backend="wandb").to_dict()}
+    (out / "tokcal.json").write_text(json.dumps(state))
+    for extra in ([], ["--backend", "wandb", "--run-id", "xyz789", "--project", "q"]):
+        assert cli(out, "--data", run_dir / "eval.jsonl", "--output-dir", tmp_path / "o", *extra) == 2
+        err = capsys.readouterr().err
+        assert "W&B cannot resume an offline run" in err and "wandb sync" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_wandb_rows_carry_global_step(run_dir: Path, expected, tmp_path: Path, monkeypatch):
+    """The resume itself needs a server; the rows are checked in an offline run file."""
+    from tests.helpers.wandb_reader import find_run_file, history_rows
+    from tracking.backends.wandb import WandbTracker
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    tracker = WandbTracker(project="tokcal-test", mode="offline", directory=str(tmp_path))
+    try:
+        report = backfill([run_dir], run_dir / "eval.jsonl", tracker, progress=False, output_dir=tmp_path / "o")
+    finally:
+        tracker.close()
+    assert report.ok and len(report.logged) == 3
+    rows = [r for r in history_rows(find_run_file(tmp_path)) if "eval/decision_samples" in r]
+    assert [r["train/global_step"] for r in rows] == STEPS
+    for r in rows:
+        s = r["train/global_step"]
+        assert r["eval/decision_ece"] == pytest.approx(expected[s].metrics().scalars["eval_decision_ece"], rel=1e-12)
+        assert r["eval/tag_tokcal_backfill"] == "true"
+        assert r["eval/decision_reliability"]["_type"] == "image-file"
+        assert r["eval/decision_bins"]["_type"] == "table-file"
+
+
+def test_peft_lora_checkpoint(tiny_bpe_checkpoint: Path, run_dir: Path, tmp_path: Path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_bpe_checkpoint))
+    torch.manual_seed(1)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "lm_head"],
+                                                 init_lora_weights=False))
+    ckpt = tmp_path / "lora" / "checkpoint-10"
+    peft_model.save_pretrained(str(ckpt))
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 10}))
+    cfg = json.loads((ckpt / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str(tiny_bpe_checkpoint)
+
+    tracker = LocalTracker(tmp_path / "runs")
+    assert cli(tmp_path / "lora", "--data", run_dir / "eval.jsonl", "--backend", "local", "--run-id",
+               tracker.run_id, "--local-dir", tmp_path / "runs") == 0
+    (rec,) = read_local_store(tracker.directory)
+    assert rec["step"] == 10
+    spec = DecisionSpec()
+    want = score_checkpoint(ckpt, run_dir / "eval.jsonl", spec, progress=False).metrics().scalars
+    plain = score_checkpoint(tiny_bpe_checkpoint, run_dir / "eval.jsonl", spec, progress=False).metrics().scalars
+    assert rec["scalars"] == pytest.approx(want, rel=1e-12, nan_ok=True)
+    assert rec["scalars"]["eval_decision_nll"] != pytest.approx(plain["eval_decision_nll"], rel=1e-6)  # the adapter counts
+    assert (ckpt / "tokcal_decisions.jsonl").is_file()
