@@ -236,6 +236,13 @@ class Tracker(ABC):
     def close(self) -> None:
         """Finish what this tracker started; a run it only attached to stays as it was."""
 
+    def finish_run(self) -> None:
+        """Mark the run finished even though this tracker only attached to it.
+
+        ``tokcal sync`` calls it when the tracker that started the run could not close it
+        (the server was down at the end of training). Backends without run states do nothing.
+        """
+
     def __enter__(self) -> "Tracker":
         return self
 

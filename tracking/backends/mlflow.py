@@ -217,8 +217,24 @@ class MlflowTracker(Tracker):
     def close(self) -> None:
         """End the run with status FINISHED if this tracker created it."""
         if self._owned and not self._closed:
-            self._client.set_terminated(self._run_id, "FINISHED")
+            self.finish_run()
         self._closed = True
+
+    def finish_run(self) -> None:
+        # MLflow prints "View run ... at: <tracking URI>" here, password included; print a
+        # redacted link instead.
+        previous = os.environ.get("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        try:
+            self._client.set_terminated(self._run_id, "FINISHED")
+        finally:
+            if previous is None:
+                del os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"]
+            else:
+                os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = previous
+        if self._uri.startswith(("http://", "https://")):
+            url = f"{self._uri.rstrip('/')}/#/experiments/{self._experiment_id_value}/runs/{self._run_id}"
+            logger.info("MLflow run: %s", redact(url))
 
 
 def _first_line(exc: BaseException) -> str:

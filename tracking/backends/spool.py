@@ -37,6 +37,8 @@ SPOOL_SUFFIX = ".spool.json"
 SPOOL_VERSION = 1
 # Where ``tokcal sync OUTPUT_DIR`` looks for a spool, in this order.
 SPOOL_DIR_NAMES: tuple[str, ...] = ("tokcal-spool", "spool", "tokcal-runs/spool")
+# Replay order: settings first, then evaluations by step, then ending the run.
+_KIND_ORDER: dict[str, int] = {"config": 0, "evaluation": 1, "close": 2}
 
 
 class SpoolingTracker(Tracker):
@@ -102,8 +104,9 @@ class SpoolingTracker(Tracker):
     def close(self) -> None:
         try:
             self.inner.close()
-        except Exception as exc:  # deliberate: closing must not fail the end of training
-            logger.warning("tokcal: could not close the %s run %s: %s", self.name, self.run_id, _short(exc))
+        except Exception as exc:  # deliberate: the end of training must not fail on the tracker
+            # Only a run this tracker started is ended on close; sync will end it.
+            self._spool({"kind": "close", "step": 0}, exc)
         if self.spooled:
             logger.info("tokcal: %d call(s) to %s were kept in %s; replay them with: tokcal sync %s",
                         self.spooled, self.name, self.spool_dir, self.spool_dir)
@@ -192,10 +195,10 @@ def read_spool(spool_dir: str | os.PathLike[str]) -> list[tuple[Path, dict[str, 
             entry = json.loads(file.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise TokcalError(f"{file}: expected a spool entry (JSON), got unreadable text ({exc})") from exc
-        if entry.get("kind") not in ("evaluation", "config") or "target" not in entry:
+        if entry.get("kind") not in _KIND_ORDER or "target" not in entry:
             raise TokcalError(f"{file}: expected a spool entry with 'kind' and 'target', got keys {sorted(entry)}")
         entries.append((file, entry))
-    entries.sort(key=lambda fe: (fe[1]["kind"] != "config", int(fe[1].get("step", 0)), fe[1].get("created", 0)))
+    entries.sort(key=lambda fe: (_KIND_ORDER[fe[1]["kind"]], int(fe[1].get("step", 0)), fe[1].get("created", 0)))
     return entries
 
 
@@ -274,8 +277,11 @@ def _replay(tracker: Tracker, group: list[tuple[Path, dict[str, Any]]], result: 
     """Replay one target's entries, deleting each file once it is in the run."""
     known: dict[str, set[int]] = {}
     for file, entry in group:
-        if entry["kind"] == "config":
-            tracker.log_config(entry["config"])
+        if entry["kind"] in ("config", "close"):
+            if entry["kind"] == "config":
+                tracker.log_config(entry["config"])
+            else:
+                tracker.finish_run()
             file.unlink()
             result.replayed += 1
             continue
