@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.mlflow_server import free_port
 from tests.helpers.training import train_tiny
 from tracking.backends.local import LocalTracker, read_local_store
 from tracking.backfill import MARKER, backfill, resolve_checkpoints
@@ -17,6 +20,8 @@ from tracking.cli.main import main
 from tracking.pipeline import score_checkpoint
 from tracking.settings import TrackingSettings
 from tracking.spec import DecisionSpec
+
+pytestmark = pytest.mark.slow  # a real (tiny) training run and several scoring passes
 
 STEPS = [2, 4, 6]
 KEY = "eval_decision_samples"
@@ -252,3 +257,30 @@ def test_peft_lora_checkpoint(tiny_bpe_checkpoint: Path, run_dir: Path, tmp_path
     assert rec["scalars"] == pytest.approx(want, rel=1e-12, nan_ok=True)
     assert rec["scalars"]["eval_decision_nll"] != pytest.approx(plain["eval_decision_nll"], rel=1e-6)  # the adapter counts
     assert (ckpt / "tokcal_decisions.jsonl").is_file()
+
+
+def test_torchrun_two_processes_equal_one(run_dir: Path, tmp_path: Path):
+    """`torchrun --nproc_per_node 2` on CPU (gloo): each rank scores half the batches,
+    rank 0 gathers and logs; the numbers and files equal one process's."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed")
+    runs = tmp_path / "runs"
+    one, two = LocalTracker(runs), LocalTracker(runs)
+    common = [str(run_dir), "--data", str(run_dir / "eval.jsonl"), "--backend", "local", "--local-dir", str(runs),
+              "--max-tokens", "200", "--quiet"]  # 200 tokens: one or two rows a batch, so both ranks work
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "tracking.cli.main", "backfill",
+         *common, "--run-id", two.run_id, "--output-dir", str(tmp_path / "two")],
+        env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("3 logged, 0 skipped, 0 failed") == 1  # rank 0 alone reports
+    assert main(["backfill", *common, "--run-id", one.run_id, "--output-dir", str(tmp_path / "one")]) == 0
+    a, b = read_local_store(one.directory), read_local_store(two.directory)
+    assert [r["step"] for r in b] == STEPS
+    assert [r["scalars"] for r in a] == [r["scalars"] for r in b]
+    for s in STEPS:
+        name = f"checkpoint-{s}.decisions.jsonl"
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
