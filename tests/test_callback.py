@@ -125,3 +125,31 @@ def test_every_n_and_a_broken_tracker_never_stops_training(base_ckpt, tmp_path):
     with pytest.warns(UserWarning, match="tokcal could not"):
         trainer = train_tiny(base_ckpt, tmp_path / "out", callbacks=[cb])
     assert trainer.state.global_step == 12
+
+
+def test_torchrun_two_processes_count_each_sample_once(base_ckpt, tmp_path):
+    """DDP on CPU (gloo), 13 eval samples over 2 ranks: the sampler pads the last batch with
+    duplicates; the callback must drop them and match scoring the saved checkpoints."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port),
+           "-m", "tests.scripts.ddp_callback", str(base_ckpt), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logged = {r["step"]: r["scalars"] for r in store(out)}
+    assert sorted(logged) == [4, 8, 12]
+    for step in (4, 12):
+        assert logged[step]["eval_decision_samples"] == 13
+        own = score_checkpoint(out / f"checkpoint-{step}", out / "eval.jsonl", DecisionSpec(), progress=False)
+        for k in KEYS:
+            assert logged[step][k] == pytest.approx(own.metrics().scalars[k], abs=1e-5), (step, k)

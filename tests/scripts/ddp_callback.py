@@ -1,0 +1,11 @@
+"""Run under torchrun: a tiny Trainer run with the callback on several CPU processes (gloo)."""
+
+import sys
+from pathlib import Path
+
+from callbacks import DecisionTrackingCallback
+from tests.helpers.training import train_tiny
+
+if __name__ == "__main__":
+    base, out = Path(sys.argv[1]), Path(sys.argv[2])
+    train_tiny(base, out, callbacks=[DecisionTrackingCallback(backend="local")], ddp_backend="gloo")
