@@ -155,6 +155,10 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def _decode(tokenizer: Any, ids: Sequence[int]) -> str:
+    return tokenizer.decode(list(ids), clean_up_tokenization_spaces=False)
+
+
 _warned_multi: set[tuple[str, ...]] = set()
 
 
@@ -168,7 +172,7 @@ def resolve_spec(spec: DecisionSpec, tokenizer: Any) -> ResolvedSpec:
     Example:
         >>> resolved = DecisionSpec().resolve(tokenizer)  # doctest: +SKIP
         >>> resolved.token_ids  # doctest: +SKIP
-        ((16646, 10330), (78413, 21704))
+        ((16646, 10330), (78413, 46996))
     """
     if tokenizer is None:
         raise TokcalError("expected a tokenizer to resolve decision tokens, got None")
@@ -183,18 +187,30 @@ def resolve_spec(spec: DecisionSpec, tokenizer: Any) -> ResolvedSpec:
         if len({s[i] for _, _, s in seqs}) > 1:
             lcp = i
             break
+    # A decision token must reach past the prefix: with "(" + "A" -> "(A" but "(" + " A" ->
+    # "(", " A", the token "(" says nothing about the label.
+    prefix_len = None
+    if hasattr(tokenizer, "decode"):
+        prefix_len = len(_decode(tokenizer, _encode(tokenizer, spec.prefix)))
     owner: dict[int, tuple[str, str]] = {}
     per_label: dict[str, list[int]] = {label: [] for label in spec.labels}
     multi: list[str] = []
     for label, v, s in seqs:
         if len(s) <= lcp:
-            other = next(lab for lab, _, t in seqs if lab != label and len(t) > lcp)
+            other = next((lab for lab, _, t in seqs if lab != label and len(t) > lcp), None)
+            other = other or next(lab for lab, _, _ in seqs if lab != label)
             raise TokcalError(
                 f"labels {label!r} and {other!r} cannot be told apart: {v!r} after "
                 f"{spec.prefix!r} is a prefix of {other!r}; choose labels whose first "
                 "token differs"
             )
         tok = s[lcp]
+        if prefix_len is not None and len(_decode(tokenizer, s[: lcp + 1])) <= prefix_len:
+            raise TokcalError(
+                f"variant {v!r} of label {label!r} has no decision token of its own: its "
+                f"first differing token {tokenizer.convert_ids_to_tokens(tok)!r} (id {tok}) "
+                f"ends inside the prefix {spec.prefix!r}; drop the variant or change the prefix"
+            )
         if tok in owner and owner[tok][0] != label:
             other_label, other_v = owner[tok]
             piece = tokenizer.convert_ids_to_tokens(tok)
