@@ -7,10 +7,14 @@ from pathlib import Path
 
 from tracking.cli.common import add_model_args, add_spec_args, format_table, load_kwargs, read_template, spec_from
 from tracking.errors import TokcalError
+from tracking.lf_data import add_llamafactory_args
 
 EXAMPLE = r"""example:
   tokcal extract --checkpoint out/checkpoint-500 --data eval.jsonl \
       --output decisions.jsonl --metrics metrics.json --labels Accept Reject --prefix '\boxed{'
+
+  # the eval set of a LLaMA-Factory run, tokenised by LLaMA-Factory as in training
+  tokcal extract --checkpoint out/checkpoint-500 --llamafactory-config train.yaml --output decisions.jsonl
 
 Each output line: {"sample_id", "p_accept", "p_reject", "gt", "pred", "correct", "mass", "confidence"}.
 """
@@ -26,11 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint folder (safetensors)")
-    p.add_argument("--data", required=True, metavar="FILE", help="JSON/JSONL: messages, alpaca or sharegpt records")
+    p.add_argument("--data", metavar="FILE",
+                   help="JSON/JSONL: messages, alpaca or sharegpt records (or --llamafactory-config)")
     p.add_argument("--output", required=True, metavar="OUT.jsonl", help="per-decision JSON lines")
     p.add_argument("--metrics", metavar="OUT.json", help="write the scalar metrics (and bins) here")
     add_spec_args(p)
     add_model_args(p)
+    add_llamafactory_args(p)
     p.set_defaults(func=run)
 
 
@@ -45,10 +51,20 @@ def run(args: argparse.Namespace) -> int:
     for out in (args.output, args.metrics):
         if out and Path(out).is_dir():
             raise TokcalError(f"expected an output file path, got a folder: {out}")
-    scores = score_checkpoint(
-        args.checkpoint, args.data, spec, max_tokens=args.max_tokens, max_samples=args.max_samples,
-        chat_template=read_template(args), **load_kwargs(args),
-    )
+    from tracking.lf_data import eval_set_from_args
+
+    eval_set = eval_set_from_args(args)
+    if eval_set is not None:
+        from tracking.checkpoints import load_checkpoint
+        from tracking.pipeline import score_examples
+
+        model, _ = load_checkpoint(args.checkpoint, **load_kwargs(args))
+        scores = score_examples(model, eval_set.tokenizer, eval_set.examples, spec, max_tokens=args.max_tokens)
+    else:
+        scores = score_checkpoint(
+            args.checkpoint, args.data, spec, max_tokens=args.max_tokens, max_samples=args.max_samples,
+            chat_template=read_template(args), **load_kwargs(args),
+        )
     metrics = scores.metrics(n_bins=args.bins)
     write_jsonl(args.output, scores.records())
     if args.metrics:
