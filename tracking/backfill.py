@@ -406,7 +406,8 @@ def backfill(
 
     Args:
         checkpoints: output folders, checkpoint folders or globs (see :func:`resolve_checkpoints`).
-        data: the eval file (JSON/JSONL; messages, alpaca or sharegpt records).
+        data: the eval file (JSON/JSONL; messages, alpaca or sharegpt records), or a
+            :class:`tracking.lf_data.EvalSet` (LLaMA-Factory's tokenisation, used as is).
         trackers: a :class:`~tracking.backends.base.Tracker` or a list of them (open them
             with ``spool=False`` so a failed call fails its checkpoint). Under torchrun only
             rank 0's are used; other ranks may pass ``[]``.
@@ -438,10 +439,12 @@ def backfill(
         trackers = [trackers]
     trackers = list(trackers) if dist.main else []
     plan = resolve_checkpoints(checkpoints)
-    records = read_records(data)
-    name = Path(data).name
-    for i, r in enumerate(records[:max_samples]):
-        to_messages(r, f"{name}, record {i}")
+    prebuilt = data if hasattr(data, "examples") else None  # tracking.lf_data.EvalSet: tokenised already
+    if prebuilt is None:
+        records = read_records(data)
+        name = Path(data).name
+        for i, r in enumerate(records[:max_samples]):
+            to_messages(r, f"{name}, record {i}")
     if output_dir is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
 
@@ -491,8 +494,11 @@ def backfill(
             scores, error, examples = None, None, []
             try:
                 model, tokenizer = load_checkpoint(res.path, **load_kw)
-                fp = tokenizer_fingerprint(tokenizer, chat_template)
-                if fp not in cache:
+                fp = "prebuilt" if prebuilt is not None else tokenizer_fingerprint(tokenizer, chat_template)
+                if prebuilt is not None:  # LLaMA-Factory's ids, scored with its tokenizer as in training
+                    tokenizer, cache[fp] = prebuilt.tokenizer, prebuilt.examples
+                    report.tokenizations = 1
+                elif fp not in cache:
                     if cache:
                         log.info("%s: its tokenizer differs from the previous checkpoints'; tokenising again",
                                  res.path.name)

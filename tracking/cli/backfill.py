@@ -9,6 +9,7 @@ from pathlib import Path
 from tracking.backends.base import BACKENDS
 from tracking.cli.common import add_model_args, add_spec_args, format_table, load_kwargs, read_template, spec_from
 from tracking.errors import TokcalError
+from tracking.lf_data import add_llamafactory_args, eval_set_from_args
 
 EXAMPLE = r"""examples:
   # the run and the spec come from out/tokcal.json (written by the training callback)
@@ -20,6 +21,9 @@ EXAMPLE = r"""examples:
   # an MLflow run (FINISHED is fine), two checkpoints picked by a glob, files elsewhere
   tokcal backfill 'out/checkpoint-[12]000' --data eval.jsonl --backend mlflow \
       --tracking-uri http://127.0.0.1:5000 --run-id 4f0c2b... --output-dir rescored/
+
+  # a LLaMA-Factory run: the eval set built by LLaMA-Factory from the training YAML
+  tokcal backfill out --llamafactory-config train.yaml
 
   # several GPUs: each rank scores a share, rank 0 logs
   torchrun --nproc_per_node 4 -m tracking.cli.main backfill out --data eval.jsonl
@@ -41,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="the training output folder (its checkpoint-N folders), checkpoint folders or globs")
-    p.add_argument("--data", required=True, metavar="FILE", help="JSON/JSONL: messages, alpaca or sharegpt records")
+    p.add_argument("--data", metavar="FILE",
+                   help="JSON/JSONL: messages, alpaca or sharegpt records (or --llamafactory-config)")
     p.add_argument("--output-dir", metavar="DIR",
                    help="write <checkpoint>.decisions.jsonl here (default: tokcal_decisions.jsonl in each checkpoint)")
     p.add_argument("--force", action="store_true", help="log steps that the run already has again")
@@ -58,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--local-dir", help="local backend folder (the one holding run folders)")
     add_spec_args(p)
     add_model_args(p)
+    add_llamafactory_args(p)
     p.set_defaults(func=run, bins=None)
 
 
@@ -74,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from tracking.metrics import bin_edges
 
+    eval_set = eval_set_from_args(args)  # None with --data
     init_distributed()
     dist = Dist()
     state_file = Path(args.state) if args.state else find_state(args.paths)
@@ -110,9 +117,9 @@ def run(args: argparse.Namespace) -> int:
         raise TokcalError(error)
     try:
         report = backfill(
-            args.paths, args.data, trackers, settings, force=args.force, output_dir=args.output_dir,
-            metric_prefix=args.metric_prefix, max_tokens=args.max_tokens, max_samples=args.max_samples,
-            chat_template=read_template(args), progress=not args.quiet, **kw,
+            args.paths, eval_set if eval_set is not None else args.data, trackers, settings, force=args.force,
+            output_dir=args.output_dir, metric_prefix=args.metric_prefix, max_tokens=args.max_tokens,
+            max_samples=args.max_samples, chat_template=read_template(args), progress=not args.quiet, **kw,
         )
     finally:
         for t in trackers:
