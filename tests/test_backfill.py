@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -215,13 +216,24 @@ def test_wandb_rows_carry_global_step(run_dir: Path, expected, tmp_path: Path, m
     from tracking.backends.wandb import WandbTracker
 
     monkeypatch.setenv("WANDB_MODE", "offline")
+    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
     tracker = WandbTracker(project="tokcal-test", mode="offline", directory=str(tmp_path))
     try:
         report = backfill([run_dir], run_dir / "eval.jsonl", tracker, progress=False, output_dir=tmp_path / "o")
     finally:
         tracker.close()
     assert report.ok and len(report.logged) == 3
-    rows = [r for r in history_rows(find_run_file(tmp_path)) if "eval/decision_samples" in r]
+    run_file = find_run_file(tmp_path)
+    waited = 0.0
+    while True:  # wandb-core can still be writing the file when finish() returns; give it a moment
+        rows = [r for r in history_rows(run_file) if "eval/decision_samples" in r]
+        if len(rows) == 3 or waited > 20:
+            break
+        time.sleep(0.5)
+        waited += 0.5
+    print(f"rows after {waited:.1f} s")
     assert [r["train/global_step"] for r in rows] == STEPS
     for r in rows:
         s = r["train/global_step"]
