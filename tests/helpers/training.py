@@ -47,7 +47,7 @@ def train_tiny(
     output_dir.mkdir(parents=True, exist_ok=True)
     eval_recs = review_records(n_eval, seed=seed + 100)
     write_records(eval_data or output_dir / "eval.jsonl", eval_recs)
-    targs = TrainingArguments(
+    settings: dict[str, Any] = dict(
         output_dir=str(output_dir),
         max_steps=max_steps,
         per_device_train_batch_size=8,
@@ -65,8 +65,9 @@ def train_tiny(
         data_seed=seed,
         dataloader_num_workers=0,
         disable_tqdm=True,
-        **args,
     )
+    settings.update(args)  # any default above can be overridden
+    targs = TrainingArguments(**settings)
     trainer = Trainer(
         model=model,
         args=targs,
