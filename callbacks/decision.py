@@ -92,7 +92,8 @@ class DecisionTrackingCallback(TrainerCallback):
     def _resolve(self, tokenizer: Any) -> None:
         tok = getattr(tokenizer, "tokenizer", tokenizer)  # processors wrap a tokenizer
         self.resolved = self.settings.spec.resolve(tok)
-        self.capture = DecisionCapture(self.resolved)
+        keep = 256 if self.settings.log_samples and self.settings.sample_text else 0
+        self.capture = DecisionCapture(self.resolved, keep_inputs=keep)
         self._tokenizer = tok
 
     def _attach(self, model: Any, processing_class: Any) -> None:
@@ -192,12 +193,15 @@ class DecisionTrackingCallback(TrainerCallback):
             self._warn_once(f"log:{type(exc).__name__}", f"tokcal could not log evaluation at step "
                                                           f"{state.global_step}: {exc}")
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+    def close(self) -> None:
+        """Remove the forward hook and close the trackers this callback opened."""
+        self._detach()
         for t in self.trackers:
             try:
-                t.flush() if hasattr(t, "flush") else None
-            except Exception as exc:
-                self._warn_once("flush", f"tokcal could not flush {t.name}: {exc}")
+                t.close()
+            except Exception as exc:  # closing is best effort; say what failed
+                self._warn_once(f"close:{t.name}", f"tokcal could not close the {t.name} tracker: {exc}")
+        self.trackers.clear()
 
     # -- work --------------------------------------------------------------------------
     @torch.no_grad()
@@ -224,7 +228,7 @@ class DecisionTrackingCallback(TrainerCallback):
                     probs = decision_probs(logits, self.resolved)
                 else:
                     probs = np.zeros((0, len(self.resolved.labels)))
-                self.capture.add_positions(pos, probs, labels)
+                self.capture.add_positions(pos, probs, labels, batch.get("input_ids"))
         finally:
             model.train(was_training)
 
@@ -272,6 +276,9 @@ class DecisionTrackingCallback(TrainerCallback):
 
     def _sample_rows(self, scores: DecisionScores) -> list[dict[str, Any]]:
         rows = scores.records()
+        if scores.inputs is not None:
+            for row, ids in zip(rows, scores.inputs):
+                row["text"] = self._tokenizer.decode(ids)
         cap = self.settings.max_samples
         return rows[:cap] if cap else rows
 

@@ -153,3 +153,18 @@ def test_torchrun_two_processes_count_each_sample_once(base_ckpt, tmp_path):
         own = score_checkpoint(out / f"checkpoint-{step}", out / "eval.jsonl", DecisionSpec(), progress=False)
         for k in KEYS:
             assert logged[step][k] == pytest.approx(own.metrics().scalars[k], abs=1e-5), (step, k)
+
+
+def test_per_sample_table_text_only_when_asked(base_ckpt, tmp_path):
+    for text in (False, True):
+        out = tmp_path / f"text{text}"
+        cb = DecisionTrackingCallback(log_samples=True, sample_text=text, max_samples=5)
+        train_tiny(base_ckpt, out, callbacks=[cb], max_steps=4)
+        rec = store(out)[0]
+        run_dir = Path(json.loads((out / "tokcal.json").read_text())["trackers"][0]["local_dir"])
+        rows = [json.loads(x) for x in (run_dir / rec["samples_file"]).read_text().splitlines()]
+        assert len(rows) == 5
+        assert {"sample_id", "p_accept", "p_reject", "gt", "pred", "correct"} <= set(rows[0])
+        assert ("text" in rows[0]) is text
+        if text:
+            assert "Review:" in rows[0]["text"] and rows[0]["text"].endswith("\\boxed{")

@@ -25,6 +25,7 @@ class _Batch:
     probs: np.ndarray  # (D, K)
     gt: np.ndarray
     missing_per_row: np.ndarray  # (n_rows,)
+    inputs: list[list[int]] | None = None  # per decision, the tokens before it (when kept)
 
 
 @dataclass
@@ -38,6 +39,7 @@ class DecisionCapture:
     """
 
     resolved: ResolvedSpec
+    keep_inputs: int = 0  # keep up to this many tokens before each decision (per-sample text)
     batches: list[_Batch] = field(default_factory=list)
     unlabeled_batches: int = 0
     first_miss: list[int] | None = None  # supervised tokens of the first answer without a decision
@@ -59,16 +61,22 @@ class DecisionCapture:
             probs = decision_probs(logits[rows, cols], self.resolved)
         else:
             probs = np.zeros((0, len(self.resolved.labels)))
-        self.add_positions(pos, probs, labels)
+        self.add_positions(pos, probs, labels, input_ids)
 
-    def add_positions(self, pos: Any, probs: np.ndarray, labels: torch.Tensor | np.ndarray) -> None:
+    def add_positions(
+        self, pos: Any, probs: np.ndarray, labels: torch.Tensor | np.ndarray, input_ids: Any = None
+    ) -> None:
         """Record one batch whose probabilities were computed elsewhere."""
         missing = pos.spans - pos.found
         if self.first_miss is None and missing.any():
             row = int(np.flatnonzero(missing)[0])
             lab = labels[row].detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels[row])
             self.first_miss = [int(x) for x in lab[lab != -100][:24]]
-        self.batches.append(_Batch(int(len(pos.spans)), pos.rows, probs, pos.gt, missing))
+        inputs = None
+        if self.keep_inputs and input_ids is not None:
+            ids = input_ids.detach().cpu().numpy() if isinstance(input_ids, torch.Tensor) else np.asarray(input_ids)
+            inputs = [ids[r, max(0, c - self.keep_inputs):c].tolist() for r, c in zip(pos.rows, pos.cols)]
+        self.batches.append(_Batch(int(len(pos.spans)), pos.rows, probs, pos.gt, missing, inputs))
 
     def gather(self, num_samples: int | None = None) -> DecisionScores:
         """Join all processes' batches (every rank must call this) in sampler order.
@@ -81,6 +89,7 @@ class DecisionCapture:
         labels = list(self.resolved.labels)
         k = len(labels)
         probs, gt, index = [], [], []
+        inputs: list[list[int]] = []
         missing = 0
         offset = 0
         n_steps = max((len(b) for b in per_rank), default=0)
@@ -94,17 +103,22 @@ class DecisionCapture:
                 probs.append(b.probs[sel])
                 gt.append(b.gt[sel])
                 index.append(b.rows[sel] + offset)
+                if b.inputs is not None:
+                    inputs.extend(x for x, keep in zip(b.inputs, sel) if keep)
                 missing += int(b.missing_per_row[:keep_rows].sum())
                 offset += b.n_rows
         if not probs:
             return DecisionScores.empty(labels)
-        return DecisionScores(
+        scores = DecisionScores(
             labels,
             np.concatenate(probs).reshape(-1, k),
             np.concatenate(gt).astype(np.int64),
             np.concatenate(index).astype(np.int64),
             missing,
         )
+        if self.keep_inputs:
+            scores.inputs = inputs
+        return scores
 
 
 def _all_gather(obj: Any) -> list[Any]:

@@ -132,7 +132,7 @@ class DecisionScores:
     sample_index: np.ndarray
     missing: int = 0
     sample_ids: Sequence[Any] | None = None
-    _extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    inputs: list[list[int]] | None = field(default=None, repr=False)  # tokens before each decision
 
     @classmethod
     def empty(cls, labels: Sequence[str]) -> "DecisionScores":

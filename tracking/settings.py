@@ -26,6 +26,7 @@ class TrackingSettings:
         n_bins: reliability bins; hist_bins: histogram bins.
         log_samples: also log a per-sample table (ids, probabilities, gt, pred); off by
             default since eval data can be confidential. max_samples caps it.
+        sample_text: add the text before each decision (the last 256 tokens) to that table.
         scorer: ``auto`` (read the Trainer's eval logits, fall back to an own pass when
             the model returns none), ``hook`` or ``pass`` (always an own pass).
         project, entity: W&B; tracking_uri, experiment: MLflow; run_id: attach to that run;
@@ -42,6 +43,7 @@ class TrackingSettings:
     n_bins: int = 15
     hist_bins: int = 20
     log_samples: bool = False
+    sample_text: bool = False
     max_samples: int | None = None
     scorer: str = "auto"
     project: str | None = None
