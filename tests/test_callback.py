@@ -168,3 +168,11 @@ def test_per_sample_table_text_only_when_asked(base_ckpt, tmp_path):
         assert ("text" in rows[0]) is text
         if text:
             assert "Review:" in rows[0]["text"] and rows[0]["text"].endswith("\\boxed{")
+
+
+def test_settings_from_the_shipped_yaml():
+    root = Path(__file__).resolve().parents[1]
+    cb = DecisionTrackingCallback(config=root / "configs" / "tokcal.yaml", every=3)
+    assert cb.settings.every == 3 and cb.settings.n_bins == 15
+    assert cb.settings.spec == DecisionSpec()
+    assert DecisionSpec.from_yaml(root / "configs" / "spec.yaml") == DecisionSpec()
