@@ -176,3 +176,43 @@ def test_settings_from_the_shipped_yaml():
     assert cb.settings.every == 3 and cb.settings.n_bins == 15
     assert cb.settings.spec == DecisionSpec()
     assert DecisionSpec.from_yaml(root / "configs" / "spec.yaml") == DecisionSpec()
+
+
+def test_evaluate_after_training_on_a_named_eval_set(runs):
+    """trainer.evaluate() outside train(), on a dict of eval sets: the Trainer's prefix is kept."""
+    t_with, _, out = runs
+    t_with.evaluate(eval_dataset={"dev": t_with.eval_dataset})
+    last = store(out)[-1]
+    assert last["step"] == 12
+    assert "eval_dev_decision_ece" in last["scalars"] and "eval_decision_ece" not in last["scalars"]
+    assert any("eval_dev_avg_p_accept" in h for h in t_with.state.log_history)
+
+
+def test_no_decision_in_the_answers_warns_once_with_what_it_saw(base_ckpt, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from tests.helpers.training import as_dataset
+    from tracking.synthetic import review_records
+
+    tok = AutoTokenizer.from_pretrained(str(base_ckpt))
+    cb = DecisionTrackingCallback(DecisionSpec(labels=("Yes", "No")), backend="local")
+    trainer = Trainer(model=AutoModelForCausalLM.from_pretrained(str(base_ckpt)),
+                      args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True,
+                                             per_device_eval_batch_size=4, disable_tqdm=True),
+                      eval_dataset=as_dataset(review_records(5, seed=3), tok), processing_class=tok,
+                      data_collator=DataCollatorForSeq2Seq(tok, padding=True), callbacks=[cb])
+    with pytest.warns(UserWarning, match=r"no decision token found .*Decision: \\\\boxed\{") as rec:
+        trainer.evaluate()
+        trainer.evaluate()
+    assert sum("no decision token" in str(w.message) for w in rec) == 1
+    assert "eval_loss" in trainer.state.log_history[-1] or "eval_loss" in trainer.state.log_history[-2]
+
+
+def test_no_tokenizer_is_a_clear_error(base_ckpt, tmp_path):
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    trainer = Trainer(model=AutoModelForCausalLM.from_pretrained(str(base_ckpt)),
+                      args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=1),
+                      train_dataset=[{"input_ids": [1, 2], "labels": [1, 2]}], callbacks=[DecisionTrackingCallback()])
+    with pytest.raises(TokcalError, match="needs a tokenizer"):
+        trainer.train()
