@@ -13,12 +13,12 @@ import math
 import os
 import re
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
 from tracking.errors import TokcalError
+from tracking.io import to_jsonable, write_atomic  # noqa: F401  (re-exported for the backends)
 from tracking.metrics import DecisionMetrics
 
 BACKENDS: tuple[str, ...] = ("local", "mlflow", "wandb")
@@ -110,23 +110,6 @@ def step_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
-def to_jsonable(value: Any) -> Any:
-    """numpy scalars and arrays, paths and sets become plain JSON types; NaN becomes None."""
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return to_jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested settings as dotted keys: ``{"spec": {"labels": [...]}}`` -> ``spec.labels``."""
     out: dict[str, Any] = {}
@@ -168,17 +151,6 @@ def sample_columns(samples: Iterable[dict[str, Any]]) -> list[str]:
 def dumps_line(record: dict[str, Any]) -> bytes:
     """One JSON line (no NaN, which is not JSON), newline-terminated."""
     return (json.dumps(to_jsonable(record), allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a whole file or nothing: a temporary file, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class Tracker(ABC):
