@@ -26,3 +26,32 @@ demo: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache tokcal-demo
+
+# LLaMA-Factory integration tests in their own venv (llamafactory 0.9.5 pins transformers<=5.6.0
+# and accelerate<=1.11.0). torch is constrained to TORCH_SPEC so llamafactory's torchvision/
+# torchaudio requirements cannot pull another torch build. On a CPU-only torch those two wheels
+# do not load, and llamafactory needs neither for text SFT: they are uninstalled, and a stub
+# torchaudio (tests/llamafactory/shim, through a .pth file) satisfies llamafactory's
+# module-level import. See docs/llamafactory.md.
+VENV_LF ?= .venv-lf
+PY_LF := $(VENV_LF)/bin/python
+PIP_LF := $(PY_LF) -m pip --disable-pip-version-check -q
+LF_SPEC ?= llamafactory==0.9.5
+
+.PHONY: setup-llamafactory test-llamafactory
+
+$(VENV_LF)/.installed: pyproject.toml Makefile
+	test -x $(PY_LF) || $(PYTHON) -m venv $(VENV_LF)
+	echo "$(TORCH_SPEC)" > $(VENV_LF)/constraints.txt
+	$(PIP_LF) install "$(TORCH_SPEC)"
+	$(PIP_LF) install -c $(VENV_LF)/constraints.txt "$(LF_SPEC)"
+	$(PIP_LF) install -c $(VENV_LF)/constraints.txt -e ".[mlflow]" "pytest>=8" "pytest-timeout>=2.3"
+	$(PIP_LF) uninstall -y torchvision torchaudio
+	echo "$(CURDIR)/tests/llamafactory/shim" > "$$($(PY_LF) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/tokcal_test_shim.pth"
+	$(PY_LF) -c "import llamafactory.train.tuner, torch, transformers; print('llamafactory ok: torch', torch.__version__, 'transformers', transformers.__version__)"
+	touch $@
+
+setup-llamafactory: $(VENV_LF)/.installed
+
+test-llamafactory: setup-llamafactory
+	$(PY_LF) -m pytest tests/llamafactory $(PYTEST_ARGS)

@@ -120,6 +120,10 @@ def split_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
         if key in SPEC_KEYS:
             if key == "decision_labels" and isinstance(value, str):
                 value = [x.strip() for x in value.split(",") if x.strip()]
+            if key == "decision_labels" and isinstance(value, (list, tuple)) and any(
+                    isinstance(x, bool) for x in value):
+                raise TokcalError(f"decision_labels {value} holds a YAML boolean (Yes/No/On/Off read as "
+                                  "true/false); quote the labels, e.g. ['Yes', 'No']")
             if key == "decision_lowercase":
                 value = _as_bool(key, value)
             spec_kw[SPEC_KEYS[key]] = value
