@@ -12,7 +12,7 @@ from tracking.errors import TokcalError
 
 # Each module tracking.cli.<name> defines ``register(subparsers)``, which adds its parser
 # and sets ``func`` (args -> exit code).
-SUBCOMMANDS: list[str] = ["extract", "sync", "backfill", "train"]
+SUBCOMMANDS: list[str] = ["extract", "sync", "backfill", "train", "report", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,183 @@
+"""The demo's steps: data, tokenizer and model, fine-tuning with tracking, backfill, report.
+
+Layout of the demo folder (``tokcal-demo/`` by default)::
+
+    data/train.jsonl eval.jsonl holdout.jsonl   synthetic reviews (messages format)
+    train/checkpoint-0                          the random model and its tokenizer
+    train/checkpoint-25 ...                     the Trainer's checkpoints
+    train/tokcal.json                           the run the callback logged into
+    mlflow.db  mlartifacts/                     the MLflow store (sqlite) and its artifacts
+    report.html  report_files/                  the report and its PNGs
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from tracking.errors import TokcalError
+
+MARKER = ".tokcal-demo"  # marks a folder the demo made, so a rerun may replace its entries
+ENTRIES = ("data", "train", "mlflow.db", "mlartifacts", "report.html", "report_files", MARKER)
+EXPERIMENT = "tokcal-demo"
+HOLDOUT_PREFIX = "eval_holdout_"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes and training settings, tuned so a 2-core CPU finishes in about 3 minutes."""
+
+    seed: int = 0
+    n_train: int = 800
+    n_eval: int = 128
+    n_holdout: int = 128
+    noise: float = 0.1
+    vocab_size: int = 512
+    hidden: int = 64
+    layers: int = 2
+    max_steps: int = 300
+    eval_steps: int = 25
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+
+
+@dataclass
+class DemoResult:
+    """What the demo left behind, for the caller (and the tests)."""
+
+    folder: Path
+    tracking_uri: str
+    run_id: str
+    series: list[Any] = field(default_factory=list)  # tracking.report.Series: live eval, backfilled holdout
+    report: Path | None = None
+    seconds: float = 0.0
+
+
+def prepare_folder(folder: Path, force: bool = False) -> None:
+    """Create ``folder``, or clear the demo's own entries from an earlier demo run.
+
+    Raises:
+        TokcalError: ``folder`` is a file, or a non-empty folder the demo did not make
+            (unless ``force``; even then only the demo's own entries are removed).
+    """
+    if folder.exists() and not folder.is_dir():
+        raise TokcalError(f"{folder} is a file; expected a folder for the demo (--output DIR)")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).exists() and not force:
+        raise TokcalError(
+            f"{folder} is not empty and was not made by 'tokcal demo'; pick another folder with --output DIR, "
+            "or pass --force to write the demo into it (only its own entries are replaced)"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ENTRIES:
+        p = folder / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    (folder / MARKER).write_text("made by tokcal demo; 'tokcal demo' may replace this folder's demo files\n")
+
+
+def write_data(folder: Path, cfg: DemoConfig) -> dict[str, Path]:
+    """Train, eval and held-out splits of :func:`tracking.synthetic.review_records`."""
+    from tracking.synthetic import review_records
+
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = {"train": (cfg.n_train, cfg.seed), "eval": (cfg.n_eval, cfg.seed + 1),
+              "holdout": (cfg.n_holdout, cfg.seed + 2)}
+    paths = {}
+    for name, (n, seed) in splits.items():
+        recs = review_records(n, seed=seed, noise=cfg.noise)
+        for r in recs:
+            r["id"] = f"{name}-{r['id']}"
+        paths[name] = folder / f"{name}.jsonl"
+        paths[name].write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    return paths
+
+
+@contextmanager
+def mlflow_env(uri: str, experiment: str) -> Iterator[None]:
+    """Point the Trainer's MLflow integration at ``uri``/``experiment``, then restore."""
+    keys = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": experiment}
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def create_experiment(uri: str, artifacts: Path) -> str:
+    """The demo experiment in the sqlite store, its artifacts kept in the demo folder."""
+    import mlflow
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the store's schema set-up
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(EXPERIMENT)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(EXPERIMENT, artifact_location=artifacts.resolve().as_uri())
+
+
+def run_demo(folder: str | os.PathLike[str] = "tokcal-demo", *, cfg: DemoConfig = DemoConfig(),
+             force: bool = False, out: Any = print) -> DemoResult:
+    """Run the whole demo into ``folder``; ``out`` prints the progress lines."""
+    from tracking.demo.train import build_start_checkpoint, train
+
+    t0 = time.perf_counter()
+    folder = Path(folder)
+    prepare_folder(folder, force)
+    root = folder.resolve()
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+
+    out(f"[1/5] data: {cfg.n_train} train, {cfg.n_eval} eval and {cfg.n_holdout} held-out synthetic reviews "
+        f"-> {folder / 'data'}/")
+    data = write_data(folder / "data", cfg)
+    train_dir = folder / "train"
+    n_params = build_start_checkpoint(data["train"], train_dir / "checkpoint-0", cfg)
+    out(f"[2/5] a byte-level BPE tokenizer and a tiny Qwen2 ({n_params / 1e6:.2f}M parameters, random weights) "
+        f"-> {train_dir / 'checkpoint-0'}/")
+    create_experiment(uri, folder / "mlartifacts")
+    out(f"[3/5] fine-tuning {cfg.max_steps} steps on CPU, evaluating every {cfg.eval_steps}; "
+        f"tokcal logs to MLflow ({uri})")
+    with mlflow_env(uri, EXPERIMENT):
+        train(data, train_dir, cfg, tracking_uri=uri, out=out)
+    state = json.loads((train_dir / "tokcal.json").read_text(encoding="utf-8"))
+    run_id = next(t["run_id"] for t in state["trackers"] if t["backend"] == "mlflow")
+
+    argv = ["backfill", str(train_dir), "--data", str(data["holdout"]), "--metric-prefix", HOLDOUT_PREFIX, "--quiet"]
+    out(f"[4/5] backfill: rescoring every checkpoint (step 0 too) on the held-out split into the same run:\n"
+        f"      $ tokcal {' '.join(argv)}")
+    _backfill(argv, out)
+
+    from tracking.report import read_mlflow, write_report
+
+    series = read_mlflow(run_id, uri)
+    report = write_report(series, folder / "report.html", title="tokcal demo: a tiny model learns to accept/reject")
+    out(f"[5/5] report -> {report}")
+    return DemoResult(folder, uri, run_id, series, report, time.perf_counter() - t0)
+
+
+def _backfill(argv: list[str], out: Any) -> None:
+    import contextlib
+    import io
+
+    from tracking.cli.main import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(argv)
+    lines = buf.getvalue().strip().splitlines()
+    out("      " + (lines[-1] if lines else ""))
+    if code != 0:
+        raise TokcalError("backfill failed:\n" + buf.getvalue())

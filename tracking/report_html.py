@@ -1,0 +1,212 @@
+"""The report's figures and its one self-contained HTML file (see :mod:`tracking.report`).
+
+Everything the page shows is inside it: PNGs as base64 ``data:`` URIs, the style and a few
+lines of script (a step slider per series; without script every step shows in a grid).
+The same PNGs are written beside it in ``<name>_files/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from tracking.errors import TokcalError
+from tracking.plots import figure_to_png, histogram_figure, reliability_diagram
+
+if TYPE_CHECKING:
+    from tracking.report import Series
+
+#: The evolution panels: (title, scalar name without prefix, or None for P per label).
+PANELS: tuple[tuple[str, str | None], ...] = (
+    ("decision mass (sum of P(label))", "decision_prob_mass"),
+    ("mean P per label", None),
+    ("confidence (P of the predicted label)", "decision_confidence"),
+    ("accuracy", "decision_accuracy"),
+    ("ECE", "decision_ece"),
+    ("NLL (normalised)", "decision_nll"),
+)
+TABLE: tuple[tuple[str, str], ...] = (("mass", "decision_prob_mass"), ("confidence", "decision_confidence"),
+                                      ("accuracy", "decision_accuracy"), ("ECE", "decision_ece"),
+                                      ("Brier", "decision_brier"), ("NLL", "decision_nll"))
+STEP_DPI = 60  # per-step figures: small, there are many
+_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
+_STYLES = ["-", "--", ":", "-."]
+
+
+def evolution_figure(series: Sequence["Series"]) -> Figure:
+    """Each panel of :data:`PANELS` against the step, one colour per series; backfilled
+    points are hollow, live ones filled."""
+    from tracking.spec import label_key
+
+    fig = Figure(figsize=(15, 7.5), dpi=90)
+    axes = fig.subplots(2, 3).ravel()
+    for ax, (title, name) in zip(axes, PANELS):
+        for i, s in enumerate(series):
+            color = _COLORS[i % len(_COLORS)]
+            steps = np.array(s.steps)
+            back = np.array([p.backfilled for p in s.points], dtype=bool)
+            lines = [(f"avg_p_{label_key(lab)}", f"{s.name}: P({lab})", _STYLES[j % len(_STYLES)])
+                     for j, lab in enumerate(s.labels)] if name is None else [(name, s.name, "-")]
+            for key, label, style in lines:
+                y = np.array([p.scalar(key) for p in s.points])
+                if np.all(np.isnan(y)):
+                    continue
+                ax.plot(steps, y, style, color=color, lw=1.5, label=label)
+                ax.plot(steps[~back], y[~back], "o", color=color, ms=4)
+                if back.any():
+                    ax.plot(steps[back], y[back], "o", mfc="white", mec=color, ms=5)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step", fontsize=9)
+        ax.grid(alpha=0.3)
+        if name in ("decision_prob_mass", "decision_confidence", "decision_accuracy") or name is None:
+            ax.set_ylim(-0.02, 1.02)
+    axes[1].legend(fontsize=7, loc="best")
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Decision metrics over training (hollow markers: backfilled points)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def _png(fig: Figure, dpi: int | None = None) -> bytes:
+    if dpi is not None:
+        fig.set_dpi(dpi)
+    return figure_to_png(fig)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "series"
+
+
+def _fmt(v: float) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def _img(data: bytes, alt: str, cls: str = "") -> str:
+    b64 = base64.b64encode(data).decode("ascii")
+    return f'<img class="{cls}" alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+_STYLE = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1400px;
+padding:0 16px;color:#222}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:18px;margin:28px 0 6px;border-bottom:1px solid #ddd}
+.meta{color:#666;font-size:12px} img{max-width:100%;height:auto} img.wide{width:100%}
+table{border-collapse:collapse;font-size:12px;margin:8px 0} td,th{border:1px solid #ddd;padding:2px 8px;
+text-align:right} th{background:#f4f4f4} tr.back td{color:#8a5a00}
+.step{display:inline-block;vertical-align:top;margin:4px;border:1px solid #eee;padding:4px}
+.js .steps:not(.grid) .step{display:none} .js .steps:not(.grid) .step.on{display:block}
+.ctl{display:none;margin:6px 0} .js .ctl{display:block} .ctl input[type=range]{width:420px;vertical-align:middle}
+.note{color:#8a5a00}
+"""
+
+_SCRIPT = """
+document.documentElement.classList.add('js');
+document.querySelectorAll('.steps').forEach(function(box){
+  var r=box.querySelector('input[type=range]'), items=box.querySelectorAll('.step'),
+      lab=box.querySelector('.steplabel'), grid=box.querySelector('input[type=checkbox]');
+  function show(){items.forEach(function(el,i){el.classList.toggle('on', i==r.value);});
+    lab.textContent=items[r.value].getAttribute('data-label');}
+  r.addEventListener('input', show); grid.addEventListener('change', function(){box.classList.toggle('grid', grid.checked);});
+  show();
+});
+"""
+
+
+def write_report(series: Sequence["Series"], output: str | os.PathLike[str], *, title: str = "tokcal report",
+                 step_figures: bool = True) -> Path:
+    """Write ``output`` (HTML) and its PNGs in ``<output stem>_files/``; returns the HTML path.
+
+    Args:
+        series: what to draw (see :func:`tracking.report.read_sources`).
+        step_figures: draw each step's reliability diagrams and histograms (the slowest part).
+
+    Raises:
+        TokcalError: nothing to draw, or ``output`` is a folder.
+    """
+    if not series or not any(s.points for s in series):
+        raise TokcalError("nothing to report: expected at least one evaluation")
+    out = Path(output)
+    if out.is_dir():
+        raise TokcalError(f"expected an output file path (report.html), got a folder: {out}")
+    files = out.with_name(f"{out.stem}_files")
+    files.mkdir(parents=True, exist_ok=True)
+
+    def save(rel: str, data: bytes) -> bytes:
+        path = files / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return data
+
+    evo = save("evolution.png", _png(evolution_figure(series)))
+    names = ", ".join(html.escape(s.name) for s in series)
+    parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>",
+             f"<style>{_STYLE}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1><div class=meta>{len(series)} series: {names} · generated "
+             f"{time.strftime('%Y-%m-%d %H:%M')} by tokcal report · PNGs in {html.escape(files.name)}/</div>",
+             "<h2>Evolution over steps</h2>", _img(evo, "decision metrics over steps", "wide")]
+    used: set[str] = set()
+    for s in series:
+        slug = _slug(s.name)
+        while slug in used:
+            slug += "_"
+        used.add(slug)
+        parts.append(f"<h2>{html.escape(s.name)}</h2><div class=meta>{html.escape(s.source)}</div>")
+        parts += [f"<p class=note>{html.escape(n)}</p>" for n in s.notes]
+        parts.append(_table(s))
+        if step_figures:
+            parts.append(_steps_block(s, slug, save))
+    parts.append(f"<script>{_SCRIPT}</script></body></html>")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(parts), encoding="utf-8")
+    return out
+
+
+def _table(s: "Series") -> str:
+    from tracking.spec import label_key
+
+    heads = ["step"] + [n for n, _ in TABLE[:1]] + [f"P({lab})" for lab in s.labels] + [n for n, _ in TABLE[1:]]
+    rows = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "<th>how</th></tr>"]
+    for p in s.points:
+        vals = [p.scalar(TABLE[0][1])] + [p.scalar(f"avg_p_{label_key(lab)}") for lab in s.labels]
+        vals += [p.scalar(k) for _, k in TABLE[1:]]
+        cls = " class=back" if p.backfilled else ""
+        cells = "".join(f"<td>{_fmt(v)}</td>" for v in vals)
+        rows.append(f"<tr{cls}><td>{p.step}</td>{cells}<td>{'backfilled' if p.backfilled else 'live'}</td></tr>")
+    return "".join(rows) + "</table>"
+
+
+def _steps_block(s: "Series", slug: str, save) -> str:
+    items = []
+    for p in s.points:
+        m, where = p.metrics, f"step {p.step}"
+        imgs = []
+        if m.reliability is not None:
+            fig = reliability_diagram(m.reliability, ece=p.scalar("decision_ece"), title=f"Reliability @ {where}")
+            imgs.append(_img(save(f"{slug}/step_{p.step:06d}_reliability.png", _png(fig, STEP_DPI)), f"reliability {where}"))
+        if m.positive_reliability is not None:
+            fig = reliability_diagram(m.positive_reliability, title=f"P({m.labels[0]}) calibration @ {where}",
+                                      xlabel=f"mean q({m.labels[0]})")
+            imgs.append(_img(save(f"{slug}/step_{p.step:06d}_reliability_positive.png", _png(fig, STEP_DPI)),
+                             f"positive-class reliability {where}"))
+        if m.histograms:
+            fig = histogram_figure(m.histograms, title=f"Histograms @ {where}")
+            imgs.append(_img(save(f"{slug}/step_{p.step:06d}_histograms.png", _png(fig, STEP_DPI)), f"histograms {where}"))
+        if not imgs:
+            continue
+        label = f"step {p.step}" + (" (backfilled)" if p.backfilled else "")
+        items.append(f'<div class=step data-label="{html.escape(label)}"><b>{html.escape(label)}</b><br>'
+                     + "".join(imgs) + "</div>")
+    if not items:
+        return "<p class=meta>No reliability bins or histograms in this source.</p>"
+    ctl = (f'<div class=ctl>step <input type=range min=0 max={len(items) - 1} value={len(items) - 1} step=1> '
+           '<b class=steplabel></b> <label><input type=checkbox> show all steps</label></div>')
+    return f"<h3>Reliability and histograms per step</h3><div class=steps>{ctl}{''.join(items)}</div>"
