@@ -8,3 +8,19 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("MPLBACKEND", "Agg")
 from tests.helpers.mlflow_server import mlflow_server, mlflow_server_process  # noqa: F401
 from tests.helpers.models import *  # noqa: F401,F403  (tokenizer and tiny-checkpoint fixtures)
+
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_wandb_run_leaks_between_tests():
+    """W&B keeps one global run and its settings (WANDB_DIR ...) per process; a test that left
+    them would make the next test's Trainer log into the old run or folder. Reset both."""
+    yield
+    wandb = sys.modules.get("wandb")
+    if wandb is not None:
+        if getattr(wandb, "run", None) is not None:
+            wandb.run.finish()
+        wandb.teardown()

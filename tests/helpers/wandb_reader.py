@@ -38,7 +38,18 @@ class WandbFileError(ValueError):
 
 
 def find_run_file(root: str | Path) -> Path:
-    """The single ``run-*.wandb`` file under ``root`` (a ``wandb`` dir or a run dir)."""
+    """The single ``run-*.wandb`` file under ``root`` (a ``wandb`` dir or a run dir).
+
+    First stops W&B's background service (``wandb.teardown()``): it writes the file
+    asynchronously and can still be at it after ``run.finish()`` returns.
+    """
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None:
+        if getattr(wandb, "run", None) is not None:
+            wandb.run.finish()
+        wandb.teardown()
     files = sorted(Path(root).rglob("run-*.wandb"))
     if len(files) != 1:
         raise WandbFileError(f"expected one run-*.wandb under {root}, got {[str(f) for f in files]}")
