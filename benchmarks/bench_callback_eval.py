@@ -5,7 +5,9 @@ Two ratios are printed:
 
 - ``loop``: the Trainer's ``eval_runtime`` (the forward passes, with the capture hook);
 - ``evaluate``: the whole ``trainer.evaluate()`` call, which adds the callback's
-  ``on_evaluate`` (gather, metrics, figures, logging to the local store).
+  ``on_evaluate`` (gather, metrics, figures, logging to the local store);
+- ``evaluate cpu``: the same in process CPU time, which other load on the machine disturbs
+  less than wall time.
 
     python benchmarks/bench_callback_eval.py [--eval 256] [--repeats 5] [--hidden 256]
 """
@@ -54,18 +56,20 @@ def main() -> None:
     tracked.evaluate()
     loop = {"plain": [], "tracked": []}
     total = {"plain": [], "tracked": []}
+    cpu = {"plain": [], "tracked": []}
     for _ in range(a.repeats):  # interleaved, so drift hits both alike
         for name, t in (("plain", plain), ("tracked", tracked)):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             m = t.evaluate()
             total[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
             loop[name].append(m["eval_runtime"])
-    med = {k: {n: statistics.median(v[n]) for n in v} for k, v in (("loop", loop), ("evaluate", total))}
+    med = {k: {n: statistics.median(v[n]) for n in v} for k, v in (("loop", loop), ("evaluate", total), ("evaluate cpu", cpu))}
     print(f"Qwen2 hidden {a.hidden} x {a.layers} layers, vocab 151,936, {a.eval} eval samples, "
           f"{torch.get_num_threads()} threads, median of {a.repeats}")
-    print(f"{'':<10} {'plain s':>9} {'tracked s':>10} {'ratio':>7}")
+    print(f"{'':<13} {'plain s':>9} {'tracked s':>10} {'ratio':>7}")
     for k, v in med.items():
-        print(f"{k:<10} {v['plain']:>9.3f} {v['tracked']:>10.3f} {v['tracked'] / v['plain']:>7.3f}")
+        print(f"{k:<13} {v['plain']:>9.3f} {v['tracked']:>10.3f} {v['tracked'] / v['plain']:>7.3f}")
 
 
 if __name__ == "__main__":
