@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,20 @@ def lf_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny(tmp_path_factory.mktemp("lf-tiny"))
 
 
+def run_group(cmd: Sequence[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run`` in a new process group that is killed whole on timeout (torchrun's
+    workers would otherwise outlive it)."""
+    proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd[:3])} ... timed out after {timeout:.0f} s:\n{(out + err)[-4000:]}")
+    return subprocess.CompletedProcess(list(cmd), proc.returncode, out, err)
+
+
 def tiny_overrides(tiny: Path, out: Path) -> list[str]:
     return [f"model_name_or_path={tiny / 'model'}", f"dataset_dir={tiny / 'data'}", f"output_dir={out}"]
 
@@ -59,8 +74,7 @@ def run_tokcal_train(tiny: Path, out: Path, overrides: Sequence[str] = (), **env
     tokcal = Path(sys.executable).with_name("tokcal")
     cmd = [str(tokcal), "train", str(CONFIG), *tiny_overrides(tiny, out), *overrides]
     out.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(cmd, cwd=out.parent, env=lf_env(**env), capture_output=True, text=True,
-                          timeout=TRAIN_TIMEOUT_S)
+    proc = run_group(cmd, out.parent, lf_env(**env), TRAIN_TIMEOUT_S)
     (out.parent / f"{out.name}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         pytest.fail(f"tokcal train failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
