@@ -246,7 +246,11 @@ def train(config: str | os.PathLike[str] | Mapping[str, Any], overrides: Sequenc
     from llamafactory.train.tuner import run_exp
 
     _hint_torchrun()
-    run_exp(args=lf_args, callbacks=[*callbacks, *([cb] if cb is not None else [])])
+    try:
+        run_exp(args=lf_args, callbacks=[*callbacks, *([cb] if cb is not None else [])])
+    finally:
+        if cb is not None:  # after LLaMA-Factory's own do_eval/do_predict: unhook, close our trackers
+            cb.close()
     return cb
 
 
