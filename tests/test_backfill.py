@@ -296,3 +296,16 @@ def test_torchrun_two_processes_equal_one(run_dir: Path, tmp_path: Path):
     for s in STEPS:
         name = f"checkpoint-{s}.decisions.jsonl"
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+def test_output_folder_with_a_final_model_stands_for_its_checkpoints(tmp_path: Path):
+    from tracking.backfill import resolve_checkpoints
+
+    out = tmp_path / "out"
+    for step in (2, 4):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        (out / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (out / "config.json").write_text("{}")  # the final model saved beside them
+    (out / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    assert [s for _, s in resolve_checkpoints([out])] == [2, 4]
+    assert [s for _, s in resolve_checkpoints([out / "checkpoint-4"])] == [4]

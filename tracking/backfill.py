@@ -137,10 +137,12 @@ def resolve_checkpoints(sources: Iterable[str | os.PathLike[str]]) -> list[tuple
             raise TokcalError(f"checkpoint or output folder not found: {p}")
         if not p.is_dir():
             raise TokcalError(f"expected a checkpoint or output folder, got a file: {p}")
-        if _looks_like_checkpoint(p):
+        subs = find_checkpoints(p)
+        if not subs and _looks_like_checkpoint(p):
             found[p.resolve()] = None
             continue
-        subs = find_checkpoints(p)
+        # An output folder stands for its checkpoints, also when it holds the final model
+        # too (LLaMA-Factory and Trainer.save_model write one there).
         if not subs:
             raise TokcalError(f"no checkpoint-N folders in {p}; expected the Trainer's output_dir or checkpoint paths")
         found.update(dict.fromkeys(s.resolve() for s in subs))
