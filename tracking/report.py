@@ -25,9 +25,10 @@ import math
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -190,7 +191,8 @@ def read_mlflow(run_id: str, tracking_uri: str | None = None) -> list[Series]:
                 listed = []
             wanted = [f for f in listed if re.search(r"/bins_step_\d+\.json$", f)]
             if wanted:
-                local = Path(client.download_artifacts(run_id, folder, tmp))
+                with _no_progress_bar():
+                    local = Path(client.download_artifacts(run_id, folder, tmp))
                 for f in wanted:
                     table = json.loads((local / Path(f).name).read_text(encoding="utf-8"))
                     tables[int(table["step"])] = table
@@ -209,6 +211,20 @@ def read_mlflow(run_id: str, tracking_uri: str | None = None) -> list[Series]:
                 points.append(Point(step, metrics, backfilled))
             out.append(_finish(f"mlflow {name} · {prefix.rstrip('_')}", points, f"mlflow:{run_id} at {where}"))
     return out
+
+
+@contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    old = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
 
 
 # ------------------------------------------------------------------------------- wandb
@@ -274,19 +290,19 @@ def read_wandb(path: str) -> list[Series]:
 
 def step_from_name(path: str | os.PathLike[str]) -> int | None:
     """The step in ``checkpoint-120.decisions.jsonl``, ``step_120.jsonl`` or
-    ``checkpoint-120/tokcal_decisions.jsonl``: the last number in the file name, else in
-    the parent folder's name.
+    ``checkpoint-120/tokcal_decisions.jsonl``: the last number in the file name, else a
+    parent folder named ``checkpoint-N`` (or ``step-N``, ``step_N``).
 
     Example:
         >>> step_from_name("out/checkpoint-120/tokcal_decisions.jsonl"), step_from_name("s_7.jsonl")
         (120, 7)
     """
     p = Path(path)
-    for text in (p.name.split(".")[0], p.parent.name):
-        found = re.findall(r"\d+", text)
-        if found:
-            return int(found[-1])
-    return None
+    found = re.findall(r"\d+", p.name.split(".")[0])
+    if found:
+        return int(found[-1])
+    parent = re.fullmatch(r"(?:checkpoint|step)[-_](\d+)", p.parent.name)
+    return int(parent.group(1)) if parent else None
 
 
 def extract_metrics(rows: Sequence[dict[str, Any]], labels: Sequence[str] | None = None, *,

@@ -37,6 +37,8 @@ PANELS: tuple[tuple[str, str | None], ...] = (
 TABLE: tuple[tuple[str, str], ...] = (("mass", "decision_prob_mass"), ("confidence", "decision_confidence"),
                                       ("accuracy", "decision_accuracy"), ("ECE", "decision_ece"),
                                       ("Brier", "decision_brier"), ("NLL", "decision_nll"))
+#: Nothing outside the file may load: images are data: URIs, style and script are inline.
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 STEP_DPI = 60  # per-step figures: small, there are many
 _COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
 _STYLES = ["-", "--", ":", "-."]
@@ -149,6 +151,7 @@ def write_report(series: Sequence["Series"], output: str | os.PathLike[str], *, 
     evo = save("evolution.png", _png(evolution_figure(series)))
     names = ", ".join(html.escape(s.name) for s in series)
     parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>",
+             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
              f"<style>{_STYLE}</style></head><body>",
              f"<h1>{html.escape(title)}</h1><div class=meta>{len(series)} series: {names} · generated "
              f"{time.strftime('%Y-%m-%d %H:%M')} by tokcal report · PNGs in {html.escape(files.name)}/</div>",

@@ -42,8 +42,8 @@ class DemoConfig:
     vocab_size: int = 512
     hidden: int = 64
     layers: int = 2
-    max_steps: int = 300
-    eval_steps: int = 25
+    max_steps: int = 240
+    eval_steps: int = 20
     batch_size: int = 16
     learning_rate: float = 2e-3
 
@@ -117,11 +117,26 @@ def mlflow_env(uri: str, experiment: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
+@contextmanager
+def quiet() -> Iterator[None]:
+    """No per-file progress bars from transformers (saving, loading weights)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def create_experiment(uri: str, artifacts: Path) -> str:
     """The demo experiment in the sqlite store, its artifacts kept in the demo folder."""
     import mlflow
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # the store's schema set-up
+    for name in ("alembic", "mlflow.store.db.utils"):  # the store's schema set-up
+        logging.getLogger(name).setLevel(logging.WARNING)
     client = mlflow.MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(EXPERIMENT)
     if found is not None:
@@ -132,39 +147,45 @@ def create_experiment(uri: str, artifacts: Path) -> str:
 def run_demo(folder: str | os.PathLike[str] = "tokcal-demo", *, cfg: DemoConfig = DemoConfig(),
              force: bool = False, out: Any = print) -> DemoResult:
     """Run the whole demo into ``folder``; ``out`` prints the progress lines."""
+    with quiet():
+        return _run(folder, cfg, force, out)
+
+
+def _run(folder: str | os.PathLike[str], cfg: DemoConfig, force: bool, out: Any) -> DemoResult:
     from tracking.demo.train import build_start_checkpoint, train
 
     t0 = time.perf_counter()
+    say = lambda text: out(f"{text} [{time.perf_counter() - t0:.0f}s]")  # noqa: E731
     folder = Path(folder)
     prepare_folder(folder, force)
     root = folder.resolve()
     uri = f"sqlite:///{root / 'mlflow.db'}"
 
-    out(f"[1/5] data: {cfg.n_train} train, {cfg.n_eval} eval and {cfg.n_holdout} held-out synthetic reviews "
+    say(f"[1/5] data: {cfg.n_train} train, {cfg.n_eval} eval and {cfg.n_holdout} held-out synthetic reviews "
         f"-> {folder / 'data'}/")
     data = write_data(folder / "data", cfg)
     train_dir = folder / "train"
     n_params = build_start_checkpoint(data["train"], train_dir / "checkpoint-0", cfg)
-    out(f"[2/5] a byte-level BPE tokenizer and a tiny Qwen2 ({n_params / 1e6:.2f}M parameters, random weights) "
+    say(f"[2/5] a byte-level BPE tokenizer and a tiny Qwen2 ({n_params / 1e6:.2f}M parameters, random weights) "
         f"-> {train_dir / 'checkpoint-0'}/")
-    create_experiment(uri, folder / "mlartifacts")
-    out(f"[3/5] fine-tuning {cfg.max_steps} steps on CPU, evaluating every {cfg.eval_steps}; "
+    say(f"[3/5] fine-tuning {cfg.max_steps} steps on CPU, evaluating every {cfg.eval_steps}; "
         f"tokcal logs to MLflow ({uri})")
+    create_experiment(uri, folder / "mlartifacts")
     with mlflow_env(uri, EXPERIMENT):
         train(data, train_dir, cfg, tracking_uri=uri, out=out)
     state = json.loads((train_dir / "tokcal.json").read_text(encoding="utf-8"))
     run_id = next(t["run_id"] for t in state["trackers"] if t["backend"] == "mlflow")
 
     argv = ["backfill", str(train_dir), "--data", str(data["holdout"]), "--metric-prefix", HOLDOUT_PREFIX, "--quiet"]
-    out(f"[4/5] backfill: rescoring every checkpoint (step 0 too) on the held-out split into the same run:\n"
-        f"      $ tokcal {' '.join(argv)}")
+    say("[4/5] backfill: rescoring every checkpoint (step 0 too) on the held-out split into the same run")
+    out(f"      $ tokcal {' '.join(argv)}")
     _backfill(argv, out)
 
     from tracking.report import read_mlflow, write_report
 
     series = read_mlflow(run_id, uri)
     report = write_report(series, folder / "report.html", title="tokcal demo: a tiny model learns to accept/reject")
-    out(f"[5/5] report -> {report}")
+    say(f"[5/5] report -> {report}")
     return DemoResult(folder, uri, run_id, series, report, time.perf_counter() - t0)
 
 

@@ -22,9 +22,10 @@ _QWEN2_PATTERN = (
 
 
 def corpus(records: Iterable[dict[str, Any]]) -> list[str]:
-    """Every message text of the records, plus both decisions (so each is a token)."""
+    """Every message text of the records, plus the decisions in both cases, so that each
+    label and its lowercase variant (which the decision spec also counts) is one token."""
     texts = [m["content"] for r in records for m in r["messages"]]
-    return texts + ["Decision: \\boxed{Accept}", "Decision: \\boxed{Reject}"] * 50
+    return texts + [f"Decision: \\boxed{{{x}}}" for x in ("Accept", "Reject", "accept", "reject")] * 50
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 512) -> Any:

@@ -1,0 +1,220 @@
+"""`tokcal report`: the same evaluations read back from a local store, a real MLflow server
+and `tokcal extract` files, overlaid in one self-contained HTML page that headless Chromium
+loads with every image decoded."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.helpers.browser import check_images, chromium, screenshot  # noqa: F401  (fixture)
+from tracking.backends import open_tracker
+from tracking.backfill import MARKER
+from tracking.cli.main import main
+from tracking.errors import TokcalError
+from tracking.metrics import compute_metrics
+from tracking.report import read_extract, read_mlflow, read_source, read_sources, step_from_name, write_report
+from tracking.synthetic import review_records
+
+LABELS = ["Accept", "Reject"]
+
+
+def fake_metrics(step: int, prefix: str = "eval_", n: int = 96):
+    """A model that puts more mass on the labels and gets sharper as ``step`` grows."""
+    rng = np.random.default_rng(step + 7 * len(prefix))
+    gt = rng.integers(0, 2, n)
+    mass = min(0.99, 0.01 + step / 100)
+    p_true = np.clip(rng.normal(0.5 + 0.4 * min(1.0, step / 80), 0.15, n), 0.01, 0.99)
+    probs = np.zeros((n, 2))
+    probs[np.arange(n), gt] = p_true * mass
+    probs[np.arange(n), 1 - gt] = (1 - p_true) * mass
+    return compute_metrics(probs, gt, LABELS, prefix=prefix)
+
+
+LIVE = [0, 40, 80, 120]
+BACKFILLED = [20, 60, 100]
+
+
+def log_run(tracker) -> dict:
+    """Live points, backfilled points in between (marked), and a held-out prefix."""
+    logged = {}
+    for step in LIVE:
+        logged[("eval_", step)] = m = fake_metrics(step)
+        tracker.log_evaluation(m, step)
+    for step in BACKFILLED:
+        logged[("eval_", step)] = m = fake_metrics(step)
+        tracker.log_evaluation(m, step, tags=dict(MARKER))
+    for step in (0, 120):
+        logged[("eval_holdout_", step)] = m = fake_metrics(step, "eval_holdout_")
+        tracker.log_evaluation(m, step, tags=dict(MARKER))
+    return logged
+
+
+def assert_same(series, logged) -> None:
+    by_prefix = {s.points[0].metrics.prefix: s for s in series}
+    assert sorted(by_prefix) == ["eval_", "eval_holdout_"]
+    assert by_prefix["eval_"].steps == sorted(LIVE + BACKFILLED)
+    assert by_prefix["eval_holdout_"].steps == [0, 120]
+    for s in series:
+        assert s.labels == LABELS
+        for p in s.points:
+            want = logged[(p.metrics.prefix, p.step)]
+            assert p.backfilled == (p.step in BACKFILLED or p.metrics.prefix == "eval_holdout_")
+            for k, v in want.scalars.items():
+                if not np.isnan(v):
+                    assert p.metrics.scalars[k] == pytest.approx(v, rel=1e-12), k
+            for got, exp in ((p.metrics.reliability, want.reliability),
+                             (p.metrics.positive_reliability, want.positive_reliability)):
+                np.testing.assert_array_equal(got.counts, exp.counts)
+                np.testing.assert_allclose(got.accuracy, exp.accuracy)
+                np.testing.assert_allclose(got.edges, exp.edges)
+            assert sorted(p.metrics.histograms) == sorted(want.histograms)
+            for k, h in want.histograms.items():
+                np.testing.assert_array_equal(p.metrics.histograms[k].counts, h.counts)
+
+
+def assert_self_contained(page, n_series_with_steps: int) -> None:
+    text = page.read_text(encoding="utf-8")
+    assert "Content-Security-Policy" in text and "img-src data:" in text
+    assert not re.search(r'(src|href)="(?!data:)', text), "every image must be embedded"
+    assert "<link" not in text and "url(" not in text and "@import" not in text
+    files = page.with_name(f"{page.stem}_files")
+    assert (files / "evolution.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len([d for d in files.iterdir() if d.is_dir()]) == n_series_with_steps
+
+
+def test_local_store(tmp_path, capsys):
+    store = tmp_path / "tokcal"
+    with open_tracker("local", local_dir=store) as tracker:
+        logged = log_run(tracker)
+    series = read_sources([str(store)])
+    assert_same(series, logged)
+
+    out = tmp_path / "r" / "report.html"
+    assert main(["report", str(store), "--output", str(out), "--title", "local"]) == 0
+    printed = capsys.readouterr().out
+    assert "7 steps (0..120), 3 backfilled" in printed and "2 steps (0..120), 2 backfilled" in printed
+    assert_self_contained(out, 2)
+    text = out.read_text(encoding="utf-8")
+    # evolution + per step (7 + 2): top-label and positive reliability, histograms
+    assert text.count("<img") == 1 + 3 * 9
+    assert text.count("backfilled</td>") == 5 and text.count("live</td>") == 4
+    per_step = sorted(p.name for p in (out.parent / "report_files").glob("*/step_000020_*.png"))
+    assert per_step == ["step_000020_histograms.png", "step_000020_reliability.png",
+                        "step_000020_reliability_positive.png"]
+
+
+def test_mlflow_run(mlflow_server, monkeypatch, tmp_path):
+    import mlflow
+
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    tracker = open_tracker("mlflow", tracking_uri=mlflow_server, experiment="tokcal-report", run_name="rep",
+                           spool=False)
+    logged = log_run(tracker)
+    tracker.close()
+    # The Trainer's own eval metrics in the same run are not tokcal's and are left out.
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    client.log_metric(tracker.run_id, "eval_loss", 0.5, step=40)
+    client.log_metric(tracker.run_id, "eval_holdout_loss", 0.5, step=40)
+    series = read_mlflow(tracker.run_id, mlflow_server)
+    assert_same(series, logged)
+    assert all("eval_loss" not in p.metrics.scalars and "eval_holdout_loss" not in p.metrics.scalars
+               for s in series for p in s.points)
+    assert series[0].name == "mlflow rep · eval"
+    # The same through the command-line forms: mlflow:ID and a bare run ID.
+    assert [s.steps for s in read_source(f"mlflow:{tracker.run_id}", tracking_uri=mlflow_server)] == \
+        [s.steps for s in read_source(tracker.run_id, tracking_uri=mlflow_server)]
+    with pytest.raises(TokcalError, match="could not open MLflow run 'nope'"):
+        read_mlflow("nope", mlflow_server)
+    empty = client.create_run(client.get_experiment_by_name("tokcal-report").experiment_id).info.run_id
+    with pytest.raises(TokcalError, match="has no tokcal metrics"):
+        read_mlflow(empty, mlflow_server)
+
+
+@pytest.fixture(scope="module")
+def extract_files(tmp_path_factory, tiny_bpe_checkpoint):
+    """One real `tokcal extract` output (and its --metrics) under two checkpoint names."""
+    d = tmp_path_factory.mktemp("extract")
+    data = d / "eval.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in review_records(24, seed=5)))
+    first = d / "checkpoint-100.decisions.jsonl"
+    rc = main(["extract", "--checkpoint", str(tiny_bpe_checkpoint), "--data", str(data), "--output", str(first),
+               "--metrics", str(d / "metrics.json")])
+    assert rc == 0
+    (d / "checkpoint-200").mkdir()
+    second = d / "checkpoint-200" / "tokcal_decisions.jsonl"  # where `tokcal backfill` writes it
+    shutil.copy(first, second)
+    return first, second, json.loads((d / "metrics.json").read_text())
+
+
+def test_extract_files(extract_files, tmp_path):
+    first, second, want = extract_files
+    assert step_from_name(first) == 100 and step_from_name(second) == 200
+    series = read_extract([second, first])
+    assert series.steps == [100, 200] and series.labels == LABELS
+    for p in series.points:
+        for k in ("eval_decision_prob_mass", "eval_decision_accuracy", "eval_decision_ece", "eval_decision_nll",
+                  "eval_avg_p_accept", "eval_decision_brier"):
+            assert p.metrics.scalars[k] == pytest.approx(want["scalars"][k], rel=1e-9), k
+    # --steps overrides the names; a file whose step cannot be told is an error.
+    assert read_sources([str(first), str(second)], steps=[5, 9])[0].steps == [5, 9]
+    odd = tmp_path / "scores.jsonl"
+    shutil.copy(first, odd)
+    with pytest.raises(TokcalError, match="pass --steps"):
+        read_extract([odd])
+    with pytest.raises(TokcalError, match="one --steps value per extract file"):
+        read_extract([first, second], steps=[1])
+    with pytest.raises(TokcalError, match="both step 100"):
+        read_extract([first, first])
+
+
+def test_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with pytest.raises(TokcalError, match="WANDB_MODE=offline.*sync"):
+        read_source("wandb:me/proj/abc123")
+    assert main(["report", "wandb:me/proj/abc123", "--output", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tokcal report: error:") and len(err.splitlines()) == 1
+    with pytest.raises(TokcalError, match="report source not found"):
+        read_source(str(tmp_path / "missing"))
+    with pytest.raises(TokcalError, match="no local tokcal runs"):
+        read_source(str(tmp_path))
+    with pytest.raises(TokcalError, match="--steps applies to extract"):
+        read_sources([], steps=[1])
+    with pytest.raises(TokcalError, match="nothing to report"):
+        write_report([], tmp_path / "r.html")
+
+
+def test_opens_in_headless_chromium(chromium, extract_files, mlflow_server, monkeypatch, tmp_path):  # noqa: F811
+    """Three runs overlaid (local, MLflow, extract); every image decodes, no network."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = tmp_path / "tokcal"
+    with open_tracker("local", local_dir=store) as tracker:
+        log_run(tracker)
+    mtracker = open_tracker("mlflow", tracking_uri=mlflow_server, experiment="tokcal-report", spool=False)
+    log_run(mtracker)
+    mtracker.close()
+    first, second, _ = extract_files
+    out = tmp_path / "report.html"
+    rc = main(["report", str(store), f"mlflow:{mtracker.run_id}", str(first), str(second),
+               "--tracking-uri", mlflow_server, "--output", str(out)])
+    assert rc == 0
+    assert_self_contained(out, 5)
+    seen = check_images(chromium, out, tmp_path)
+    n_steps = 2 * (7 + 2) + 2
+    assert seen["title"] == "tokcal report"
+    assert seen["images"] == 1 + 3 * n_steps and seen["bad"] == []
+    assert min(seen["widths"]) > 100
+    assert seen["sliders"] == 5 and "js" in seen["js"]
+    assert seen["steps"] == n_steps and seen["visible_steps"] == 5  # one step per slider is shown
+    png = screenshot(chromium, out, tmp_path / "shot.png", tmp_path)
+    from PIL import Image
+
+    with Image.open(png) as img:
+        assert img.size == (1280, 1500)
+        assert len(img.convert("L").getcolors(maxcolors=1 << 16) or range(999)) > 50  # not a blank page
