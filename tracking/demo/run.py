@@ -103,9 +103,15 @@ def write_data(folder: Path, cfg: DemoConfig) -> dict[str, Path]:
 
 @contextmanager
 def mlflow_env(uri: str, experiment: str) -> Iterator[None]:
-    """Point the Trainer's MLflow integration at ``uri``/``experiment``, then restore."""
+    """Point the Trainer's MLflow integration at ``uri``/``experiment``, then restore the
+    environment and MLflow's process-wide tracking URI (which the integration sets)."""
     keys = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": experiment}
     old = {k: os.environ.get(k) for k in keys}
+    try:
+        from mlflow.tracking._tracking_service import utils as fluent
+    except ImportError:  # a private module: if it moves, only the restore is skipped
+        fluent = None
+    old_fluent = getattr(fluent, "_tracking_uri", None)
     os.environ.update(keys)
     try:
         yield
@@ -115,6 +121,8 @@ def mlflow_env(uri: str, experiment: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        if fluent is not None and hasattr(fluent, "_tracking_uri"):
+            fluent._tracking_uri = old_fluent
 
 
 @contextmanager
@@ -184,8 +192,9 @@ def _run(folder: str | os.PathLike[str], cfg: DemoConfig, force: bool, out: Any)
     from tracking.report import read_mlflow, write_report
 
     series = read_mlflow(run_id, uri)
+    say("[5/5] report: the evolution over steps, reliability diagrams and histograms of both series")
     report = write_report(series, folder / "report.html", title="tokcal demo: a tiny model learns to accept/reject")
-    say(f"[5/5] report -> {report}")
+    out(f"      -> {report}")
     return DemoResult(folder, uri, run_id, series, report, time.perf_counter() - t0)
 
 
