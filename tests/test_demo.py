@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.browser import chromium  # noqa: F401  (session fixture)
 from tracking.demo.run import MARKER, prepare_folder
 from tracking.errors import TokcalError
 
@@ -123,3 +124,22 @@ def test_help_has_an_example(capsys):
         with pytest.raises(SystemExit):
             main([cmd, "--help"])
         assert "example" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_demo_report_renders_in_chromium(demo, chromium, tmp_path):  # noqa: F811
+    """The demo's own report in headless Chromium. TOKCAL_UPDATE_DOCS=1 also refreshes the
+    screenshot in docs/report.png (shrunk to stay small)."""
+    from tests.helpers.browser import check_images, screenshot
+
+    folder, _, _ = demo
+    seen = check_images(chromium, folder / "report.html", tmp_path)
+    assert seen["images"] == 1 + 2 * 13 * 3 and seen["bad"] == [] and seen["sliders"] == 2
+    png = screenshot(chromium, folder / "report.html", tmp_path / "shot.png", tmp_path, size=(1280, 1900))
+    if os.environ.get("TOKCAL_UPDATE_DOCS") == "1":
+        from PIL import Image
+
+        docs = Path(__file__).resolve().parents[1] / "docs" / "report.png"
+        with Image.open(png) as img:
+            small = img.convert("RGB").resize((960, 1425), Image.LANCZOS).quantize(colors=96)
+            small.save(docs, optimize=True)
