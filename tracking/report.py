@@ -25,10 +25,11 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -413,7 +414,7 @@ def read_sources(sources: Sequence[str], *, tracking_uri: str | None = None, ste
     return out
 
 
-from tracking.report_html import write_report  # noqa: E402  (re-exported)
+from tracking.report_html import write_report
 
 __all__ = ["Point", "Series", "extract_metrics", "read_extract", "read_local", "read_mlflow", "read_source",
            "read_sources", "read_wandb", "step_from_name", "write_report"]

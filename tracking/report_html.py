@@ -13,8 +13,9 @@ import math
 import os
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -44,7 +45,7 @@ _COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#D
 _STYLES = ["-", "--", ":", "-."]
 
 
-def evolution_figure(series: Sequence["Series"]) -> Figure:
+def evolution_figure(series: Sequence[Series]) -> Figure:
     """Each panel of :data:`PANELS` against the step, one colour per series; backfilled
     points are hollow, live ones filled."""
     from tracking.spec import label_key
@@ -123,7 +124,7 @@ document.querySelectorAll('.steps').forEach(function(box){
 """
 
 
-def write_report(series: Sequence["Series"], output: str | os.PathLike[str], *, title: str = "tokcal report",
+def write_report(series: Sequence[Series], output: str | os.PathLike[str], *, title: str = "tokcal report",
                  step_figures: bool = True) -> Path:
     """Write ``output`` (HTML) and its PNGs in ``<output stem>_files/``; returns the HTML path.
 
@@ -173,7 +174,7 @@ def write_report(series: Sequence["Series"], output: str | os.PathLike[str], *, 
     return out
 
 
-def _table(s: "Series") -> str:
+def _table(s: Series) -> str:
     from tracking.spec import label_key
 
     heads = ["step"] + [n for n, _ in TABLE[:1]] + [f"P({lab})" for lab in s.labels] + [n for n, _ in TABLE[1:]]
@@ -187,7 +188,7 @@ def _table(s: "Series") -> str:
     return "".join(rows) + "</table>"
 
 
-def _steps_block(s: "Series", slug: str, save) -> str:
+def _steps_block(s: Series, slug: str, save) -> str:
     items = []
     for p in s.points:
         m, where = p.metrics, f"step {p.step}"

@@ -87,7 +87,7 @@ def check_images(chrome: str, page: Path, work: Path) -> dict:
     probe = page.with_name(f"{page.stem}.check.html")
     probe.write_text(text.replace("</body>", _CHECK + "</body>"), encoding="utf-8")
     proc = _run(chrome, ["--virtual-time-budget=15000", "--dump-dom", probe.resolve().as_uri()], work / "profile-dom")
-    found = re.search(r'<pre id="tokcal-check">(.*?)</pre>', proc.stdout, re.S)
+    found = re.search(r'<pre id="tokcal-check">(.*?)</pre>', proc.stdout, re.DOTALL)
     assert found, f"the page's check script left nothing (rc {proc.returncode}):\n{proc.stderr[-2000:]}"
     return json.loads(html.unescape(found.group(1)))
 

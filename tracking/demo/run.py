@@ -17,10 +17,11 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tracking.errors import TokcalError
 
@@ -141,7 +142,9 @@ def quiet() -> Iterator[None]:
 
 def create_experiment(uri: str, artifacts: Path) -> str:
     """The demo experiment in the sqlite store, its artifacts kept in the demo folder."""
-    import mlflow
+    from tracking.errors import require
+
+    mlflow = require("mlflow", "mlflow")
 
     for name in ("alembic", "mlflow.store.db.utils"):  # the store's schema set-up
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -163,8 +166,11 @@ def _run(folder: str | os.PathLike[str], cfg: DemoConfig, force: bool, out: Any)
     from tracking.demo.train import build_start_checkpoint, train
 
     t0 = time.perf_counter()
-    say = lambda text: out(f"{text} [{time.perf_counter() - t0:.0f}s]")  # noqa: E731
+    say = lambda text: out(f"{text} [{time.perf_counter() - t0:.0f}s]")
     folder = Path(folder)
+    from tracking.errors import require
+
+    require("mlflow", "mlflow")  # before anything is written
     prepare_folder(folder, force)
     root = folder.resolve()
     uri = f"sqlite:///{root / 'mlflow.db'}"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 #: ChatML without a default system prompt; ``<|im_end|>`` closes each turn (and is EOS).
 CHATML_TEMPLATE = (

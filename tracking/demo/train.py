@@ -50,7 +50,7 @@ class Progress(TrainerCallback):
         rec = next((r for r in reversed(state.log_history) if "eval_decision_samples" in r), None)
         if rec is None or rec.get("step") != state.global_step:
             return
-        g = lambda k: rec.get(k, math.nan)  # noqa: E731
+        g = lambda k: rec.get(k, math.nan)
         loss = "    -" if math.isnan(self.loss) else f"{self.loss:6.3f}"
         self.out(f"    {state.global_step:6d} {loss}  {g('eval_decision_prob_mass'):6.3f}  {g('eval_avg_p_accept'):9.3f}"
                  f"  {g('eval_avg_p_reject'):9.3f}  {g('eval_decision_accuracy'):8.3f}  {g('eval_decision_ece'):6.3f}"
@@ -61,8 +61,14 @@ def train(data: dict[str, Path], train_dir: Path, cfg: Any, *, tracking_uri: str
     """Fine-tune ``train_dir/checkpoint-0``; the callback logs every evaluation (step 0
     included) into the MLflow run that the Trainer's integration opens. Returns the Trainer."""
     import transformers
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, PrinterCallback,
-                              Trainer, TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        PrinterCallback,
+        Trainer,
+        TrainingArguments,
+    )
 
     from callbacks.decision import DecisionTrackingCallback
 
