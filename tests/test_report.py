@@ -17,7 +17,15 @@ from tracking.backfill import MARKER
 from tracking.cli.main import main
 from tracking.errors import TokcalError
 from tracking.metrics import compute_metrics
-from tracking.report import read_extract, read_mlflow, read_source, read_sources, step_from_name, write_report
+from tracking.report import (
+    read_extract,
+    read_mlflow,
+    read_source,
+    read_sources,
+    read_wandb,
+    step_from_name,
+    write_report,
+)
 from tracking.synthetic import review_records
 
 LABELS = ["Accept", "Reject"]
@@ -218,3 +226,55 @@ def test_opens_in_headless_chromium(chromium, extract_files, mlflow_server, monk
     with Image.open(png) as img:
         assert img.size == (1280, 1500)
         assert len(img.convert("L").getcolors(maxcolors=1 << 16) or range(999)) > 50  # not a blank page
+
+
+def test_wandb_rows(tmp_path, monkeypatch):
+    """What the W&B backend logs, read back through the public API's rows. Offline here:
+    the rows come from the real offline run file, the API object is a stand-in."""
+    wandb = pytest.importorskip("wandb")
+    from tests.helpers.wandb_reader import find_run_file, history_rows, read_config
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        (tmp_path / name.lower()).mkdir()
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    tracker = open_tracker("wandb", project="tokcal-report", run_name="w", spool=False)
+    tracker.log_config({"tokcal": {"spec": {"labels": LABELS, "prefix": "\\boxed{"}}})  # as the callback does
+    logged = log_run(tracker)
+    tracker.close()
+    run_file = find_run_file(tmp_path / "wandb_dir")
+    rows = history_rows(run_file)
+
+    class Run:
+        name = "w"
+        config = read_config(run_file)
+
+        def scan_history(self):
+            return iter(rows)
+
+    class Api:
+        def __init__(self, timeout=None):
+            pass
+
+        def run(self, path):
+            assert path == f"me/tokcal-report/{tracker.run_id}"
+            return Run()
+
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setattr(wandb, "Api", Api)
+    series = read_source(f"wandb:me/tokcal-report/{tracker.run_id}")
+    assert [s.name for s in series] == ["wandb w · eval", "wandb w · eval_holdout"]
+    assert series[0].steps == sorted(LIVE + BACKFILLED) and series[1].steps == [0, 120]
+    for s in series:
+        assert s.labels == LABELS  # from the run config
+        assert "W&B UI" in s.notes[0]
+        for p in s.points:
+            assert p.backfilled == (p.step in BACKFILLED or p.metrics.prefix == "eval_holdout_")
+            want = logged[(p.metrics.prefix, p.step)].scalars
+            assert p.metrics.scalars == pytest.approx({k: v for k, v in want.items() if not np.isnan(v)})
+    Run.config = {}
+    assert read_wandb(f"me/tokcal-report/{tracker.run_id}")[0].labels == ["accept", "reject"]  # keys only
+    out = write_report(series, tmp_path / "w.html")
+    assert "No reliability bins" in out.read_text(encoding="utf-8")

@@ -134,7 +134,8 @@ def _owner(key: str, prefixes: Sequence[str]) -> str | None:
 
 
 def _labels_from_keys(scalars: Iterable[str], prefix: str) -> list[str]:
-    return [k[len(prefix) + len("avg_p_"):] for k in scalars if k.startswith(f"{prefix}avg_p_")]
+    """Label keys from ``<prefix>avg_p_<key>`` names (sorted: the order is not recorded)."""
+    return sorted(k[len(prefix) + len("avg_p_"):] for k in scalars if k.startswith(f"{prefix}avg_p_"))
 
 
 def _bins_from_table(table: dict[str, Any], curve: str) -> ReliabilityBins | None:
@@ -272,6 +273,7 @@ def read_wandb(path: str) -> list[Series]:
     prefixes = _prefixes({k for s in merged.values() for k in s})
     if not prefixes:
         raise TokcalError(f"W&B run {path} has no tokcal metrics (no 'eval/*decision_samples' key)")
+    recorded = _config_labels(getattr(run, "config", None) or {})
     out = []
     for prefix in prefixes:
         points = []
@@ -279,11 +281,26 @@ def read_wandb(path: str) -> list[Series]:
             mine = {k: v for k, v in values.items() if _owner(k, prefixes) == prefix}
             if f"{prefix}decision_samples" in mine:
                 labels = _labels_from_keys(mine, prefix)
+                if recorded and sorted(label_key(x) for x in recorded) == sorted(labels):
+                    labels = list(recorded)  # the spec's order (positive first) and spelling
                 m = DecisionMetrics(labels, prefix, mine, None)
                 points.append(Point(step, m, (prefix, step) in flags))
         out.append(_finish(f"wandb {run.name or path} · {prefix.rstrip('_')}", points, f"wandb:{path}",
                            ["reliability diagrams and histograms of W&B runs are in the W&B UI only"]))
     return out
+
+
+def _config_labels(config: Any) -> list[str] | None:
+    """The spec's labels in a W&B run config (``tokcal: {[tokcal:] {spec: {labels}}}``)."""
+    node = config.get("tokcal") if isinstance(config, dict) else None
+    for _ in range(3):
+        if not isinstance(node, dict):
+            return None
+        spec = node.get("spec")
+        if isinstance(spec, dict) and isinstance(spec.get("labels"), list):
+            return [str(x) for x in spec["labels"]]
+        node = node.get("tokcal")
+    return None
 
 
 # ----------------------------------------------------------------------------- extract
