@@ -31,7 +31,7 @@ def reliability_diagram(
     conf = np.where(full, bins.confidence, 0.0)
     top.bar(left, acc, width=width, align="edge", color="#4C72B0", edgecolor="white", label="accuracy")
     top.bar(left[full], (conf - acc)[full], bottom=acc[full], width=width[full], align="edge",
-            color="#DD8452", alpha=0.45, edgecolor="#DD8452", hatch="//", label="gap")
+            facecolor="none", edgecolor="#C44E52", hatch="//", linewidth=1.0, label="gap to confidence")
     top.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="perfect")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
