@@ -154,22 +154,10 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
     ``llamafactory-cli train CONFIG.yaml key=value`` does (values parsed as YAML)."""
     import yaml
 
-    from tracking.config import load_yaml
+    from tracking.config import load_json_object, load_yaml
 
     p = Path(path)
-    if p.suffix == ".json":
-        import json
-
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise TokcalError(f"config file not found: {p}") from exc
-        except ValueError as exc:
-            raise TokcalError(f"{p} is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise TokcalError(f"expected a mapping at the top of {p}, got {type(data).__name__}")
-    else:
-        data = load_yaml(p)
+    data = load_json_object(p) if p.suffix == ".json" else load_yaml(p)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():

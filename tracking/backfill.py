@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from tracking.checkpoints import checkpoint_step, find_checkpoints, inspect_checkpoint
-from tracking.errors import TokcalError
+from tracking.errors import TokcalError, first_line
 from tracking.settings import TrackingSettings
 
 log = logging.getLogger(__name__)
@@ -174,16 +174,9 @@ def find_state(paths: Iterable[str | os.PathLike[str]]) -> Path | None:
 
 def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a ``tokcal.json`` (``{"trackers": [...], <settings>}``)."""
-    p = Path(path)
-    try:
-        state = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise TokcalError(f"{p} not found") from exc
-    except ValueError as exc:
-        raise TokcalError(f"{p} is not valid JSON: {exc}") from exc
-    if not isinstance(state, dict):
-        raise TokcalError(f"{p}: expected a JSON object, got {type(state).__name__}")
-    return state
+    from tracking.config import load_json_object
+
+    return load_json_object(path)
 
 
 def settings_from_state(state: Mapping[str, Any] | None) -> TrackingSettings:
@@ -373,11 +366,7 @@ def _merge(parts: list[Any], examples: list[Any]) -> Any:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    msg = text[0] if text else ""
-    if isinstance(exc, TokcalError):
-        return msg or type(exc).__name__
-    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    return first_line(exc, with_type=not isinstance(exc, TokcalError))
 
 
 def decisions_path(checkpoint: Path, output_dir: str | os.PathLike[str] | None) -> Path:

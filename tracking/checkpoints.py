@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracking.errors import TokcalError
+from tracking.errors import TokcalError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise TokcalError(f"could not load a tokenizer from {path}: {_first_line(exc)}; pass --tokenizer DIR") from exc
+        raise TokcalError(f"could not load a tokenizer from {path}: {first_line(exc)}; pass --tokenizer DIR") from exc
 
 
 def load_checkpoint(
@@ -100,7 +100,7 @@ def load_checkpoint(
     except TokcalError:
         raise
     except Exception as exc:  # transformers raises many types for a bad checkpoint
-        raise TokcalError(f"could not load the model in {info.path}: {_first_line(exc)}") from exc
+        raise TokcalError(f"could not load the model in {info.path}: {first_line(exc)}") from exc
     model.to(dev)
     model.eval()
     tok_src = tokenizer or info.path
@@ -129,11 +129,6 @@ def _load_adapter(path: Path, kw: dict[str, Any]) -> Any:
     base = AutoModelForCausalLM.from_pretrained(base_path, **kw)
     model = peft.PeftModel.from_pretrained(base, str(path))
     return model.merge_and_unload()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 _STEP_RE = re.compile(r"checkpoint-(\d+)$")

@@ -24,3 +24,19 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise TokcalError(f"expected a mapping at the top of {p}, got {type(data).__name__}")
     return data
+
+
+def load_json_object(path: str | Path) -> dict[str, Any]:
+    """Load a JSON file whose top level is an object; problems are one-line errors."""
+    import json
+
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise TokcalError(f"file not found: {p}") from exc
+    except ValueError as exc:
+        raise TokcalError(f"{p} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise TokcalError(f"expected a JSON object at the top of {p}, got {type(data).__name__}")
+    return data

@@ -25,3 +25,13 @@ def require(module: str, extra: str):
         raise MissingDependencyError(
             f"{module} is not installed; run: pip install 'tokcal[{extra}]'"
         ) from exc
+
+
+def first_line(exc: BaseException, *, with_type: bool = False) -> str:
+    """The first line of an exception's message (at most 300 characters; the exception's
+    type when the message is empty), for one-line errors."""
+    lines = str(exc).strip().splitlines()
+    msg = lines[0][:300] if lines else ""
+    if not msg:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {msg}" if with_type else msg

@@ -41,7 +41,7 @@ from tracking.backends.base import (
     step_name,
     to_jsonable,
 )
-from tracking.errors import TokcalError, require
+from tracking.errors import TokcalError, first_line, require
 from tracking.metrics import DecisionMetrics
 
 logger = logging.getLogger(__name__)
@@ -238,5 +238,4 @@ class MlflowTracker(Tracker):
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return redact(text[0][:300] if text else type(exc).__name__)
+    return redact(first_line(exc))
