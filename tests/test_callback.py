@@ -216,3 +216,20 @@ def test_no_tokenizer_is_a_clear_error(base_ckpt, tmp_path):
                       train_dataset=[{"input_ids": [1, 2], "labels": [1, 2]}], callbacks=[DecisionTrackingCallback()])
     with pytest.raises(TokcalError, match="needs a tokenizer"):
         trainer.train()
+
+
+def test_eval_set_without_labels_warns(base_ckpt, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from tests.helpers.training import as_dataset
+    from tracking.synthetic import review_records
+
+    tok = AutoTokenizer.from_pretrained(str(base_ckpt))
+    rows = [{k: v for k, v in r.items() if k != "labels"} for r in as_dataset(review_records(4, seed=3), tok)]
+    trainer = Trainer(model=AutoModelForCausalLM.from_pretrained(str(base_ckpt)),
+                      args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True,
+                                             per_device_eval_batch_size=4, disable_tqdm=True),
+                      eval_dataset=rows, processing_class=tok, data_collator=DataCollatorWithPadding(tok),
+                      callbacks=[DecisionTrackingCallback(backend="local")])
+    with pytest.warns(UserWarning, match="carry no labels"):
+        trainer.evaluate()
