@@ -7,7 +7,9 @@ Two ratios are printed:
 - ``evaluate``: the whole ``trainer.evaluate()`` call, which adds the callback's
   ``on_evaluate`` (gather, metrics, figures, logging to the local store);
 - ``evaluate cpu``: the same in process CPU time, which other load on the machine disturbs
-  less than wall time.
+  less than wall time;
+- ``+ flush``: the whole call plus waiting for the background writer (figures, local store),
+  i.e. all the work the callback causes, even what overlaps with training.
 
     python benchmarks/bench_callback_eval.py [--eval 256] [--repeats 5] [--hidden 256]
 """
@@ -51,20 +53,24 @@ def main() -> None:
         return Trainer(model=model, args=args, eval_dataset=data, processing_class=tok,
                        data_collator=DataCollatorForSeq2Seq(tok, padding=True), callbacks=callbacks)
 
-    plain, tracked = trainer([]), trainer([DecisionTrackingCallback(backend="local")])
+    cb = DecisionTrackingCallback(backend="local")
+    plain, tracked = trainer([]), trainer([cb])
     plain.evaluate()  # warm-up
     tracked.evaluate()
     loop = {"plain": [], "tracked": []}
     total = {"plain": [], "tracked": []}
     cpu = {"plain": [], "tracked": []}
+    flushed = {"plain": [], "tracked": []}
     for _ in range(a.repeats):  # interleaved, so drift hits both alike
         for name, t in (("plain", plain), ("tracked", tracked)):
             t0, c0 = time.perf_counter(), time.process_time()
             m = t.evaluate()
             total[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
+            cb.flush()  # nothing pending may spill into the next measurement
+            flushed[name].append(time.perf_counter() - t0)
             loop[name].append(m["eval_runtime"])
-    med = {k: {n: statistics.median(v[n]) for n in v} for k, v in (("loop", loop), ("evaluate", total), ("evaluate cpu", cpu))}
+    med = {k: {n: statistics.median(v[n]) for n in v} for k, v in (("loop", loop), ("evaluate", total), ("evaluate cpu", cpu), ("+ flush", flushed))}
     print(f"Qwen2 hidden {a.hidden} x {a.layers} layers, vocab 151,936, {a.eval} eval samples, "
           f"{torch.get_num_threads()} threads, median of {a.repeats}")
     print(f"{'':<13} {'plain s':>9} {'tracked s':>10} {'ratio':>7}")

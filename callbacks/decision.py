@@ -85,6 +85,8 @@ class DecisionTrackingCallback(TrainerCallback):
         self._model: Any = None
         self._evals = 0
         self._warned: set[str] = set()
+        self._executor: Any = None
+        self._pending: list[Any] = []
         if tokenizer is not None:
             self._resolve(tokenizer)
 
@@ -193,8 +195,12 @@ class DecisionTrackingCallback(TrainerCallback):
             self._warn_once(f"log:{type(exc).__name__}", f"tokcal could not log evaluation at step "
                                                           f"{state.global_step}: {exc}")
 
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        self.flush()
+
     def close(self) -> None:
-        """Remove the forward hook and close the trackers this callback opened."""
+        """Wait for pending logging, remove the forward hook, close the trackers it opened."""
+        self.flush()
         self._detach()
         for t in self.trackers:
             try:
@@ -268,11 +274,35 @@ class DecisionTrackingCallback(TrainerCallback):
         s = self.settings
         metrics = scores.metrics(n_bins=s.n_bins, hist_bins=s.hist_bins, prefix=prefix)
         samples = self._sample_rows(scores) if s.log_samples else None
+        state.log_history.append({**metrics.scalars, "epoch": state.epoch, "step": state.global_step})
         if not self.trackers:
             self._open_trackers(args)
+        step = state.global_step
         for t in self.trackers:
-            t.log_evaluation(metrics, state.global_step, samples=samples)
-        state.log_history.append({**metrics.scalars, "epoch": state.epoch, "step": state.global_step})
+            def push(t: Any = t) -> None:
+                try:
+                    t.log_evaluation(metrics, step, samples=samples)
+                except Exception as exc:  # a tracking error never stops training
+                    self._warn_once(f"log:{t.name}", f"tokcal could not log evaluation at step {step} "
+                                                     f"to {t.name}: {exc}")
+
+            # Figures and uploads run beside training; W&B's client wants its own thread.
+            if s.background_logging and t.name != "wandb":
+                self._submit(push)
+            else:
+                push()
+
+    def _submit(self, fn: Any) -> None:
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokcal-log")
+        self._pending.append(self._executor.submit(fn))
+
+    def flush(self) -> None:
+        """Wait until every evaluation handed to the trackers has been written."""
+        while self._pending:
+            self._pending.pop(0).result()
 
     def _sample_rows(self, scores: DecisionScores) -> list[dict[str, Any]]:
         rows = scores.records()

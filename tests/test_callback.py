@@ -182,6 +182,8 @@ def test_evaluate_after_training_on_a_named_eval_set(runs):
     """trainer.evaluate() outside train(), on a dict of eval sets: the Trainer's prefix is kept."""
     t_with, _, out = runs
     t_with.evaluate(eval_dataset={"dev": t_with.eval_dataset})
+    (cb,) = [c for c in t_with.callback_handler.callbacks if isinstance(c, DecisionTrackingCallback)]
+    cb.flush()  # outside train() nothing waits for the background writer
     last = store(out)[-1]
     assert last["step"] == 12
     assert "eval_dev_decision_ece" in last["scalars"] and "eval_decision_ece" not in last["scalars"]

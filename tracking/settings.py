@@ -29,6 +29,9 @@ class TrackingSettings:
         sample_text: add the text before each decision (the last 256 tokens) to that table.
         scorer: ``auto`` (read the Trainer's eval logits, fall back to an own pass when
             the model returns none), ``hook`` or ``pass`` (always an own pass).
+        background_logging: draw the figures and write to local/MLflow in a background
+            thread (on the logging process), so training does not wait for them; W&B is
+            always logged in the calling thread. ``flush()`` on the callback waits for it.
         project, entity: W&B; tracking_uri, experiment: MLflow; run_id: attach to that run;
             local_dir: the local store (default ``<output_dir>/tokcal``).
 
@@ -46,6 +49,7 @@ class TrackingSettings:
     sample_text: bool = False
     max_samples: int | None = None
     scorer: str = "auto"
+    background_logging: bool = True
     project: str | None = None
     entity: str | None = None
     tracking_uri: str | None = None
