@@ -12,13 +12,12 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from tracking.capture import DecisionCapture
 from tracking.errors import TokcalError
-from tracking.scoring import DecisionScores, _LogitsAtPositions, decision_probs, find_answer_positions
+from tracking.scoring import DecisionScores, score_batches
 from tracking.spec import DecisionSpec, ResolvedSpec
 from tracking.settings import TrackingSettings
 
@@ -210,33 +209,23 @@ class DecisionTrackingCallback(TrainerCallback):
         self.trackers.clear()
 
     # -- work --------------------------------------------------------------------------
-    @torch.no_grad()
     def _own_pass(self, model: Any, dataloader: Any) -> None:
         """Score the eval dataloader with logits at answer positions only (fallback)."""
         if model is None or dataloader is None:
             return
         assert self.capture is not None and self.resolved is not None
-        self.capture.clear()
-        was_training = model.training
-        model.eval()
-        call = _LogitsAtPositions(model)
-        try:
-            for batch in dataloader:
-                labels = batch.get("labels")
-                if labels is None:
-                    self.capture.unlabeled_batches += 1
-                    continue
-                pos = find_answer_positions(labels, self.resolved, batch.get("input_ids"))
-                if len(pos):
-                    inputs = {k: v for k, v in batch.items() if k != "labels"}
-                    dev = labels.device
-                    logits = call(inputs, torch.as_tensor(pos.rows, device=dev), torch.as_tensor(pos.cols, device=dev))
-                    probs = decision_probs(logits, self.resolved)
+        capture = self.capture
+        capture.clear()
+
+        def labeled(batches: Any) -> Any:
+            for batch in batches:
+                if batch.get("labels") is None:
+                    capture.unlabeled_batches += 1
                 else:
-                    probs = np.zeros((0, len(self.resolved.labels)))
-                self.capture.add_positions(pos, probs, labels, batch.get("input_ids"))
-        finally:
-            model.train(was_training)
+                    yield batch
+
+        for batch, pos, probs in score_batches(model, labeled(dataloader), self.resolved):
+            capture.add_positions(pos, probs, batch["labels"], batch.get("input_ids"))
 
     def _warn_missing(self, first_miss: list[int] | None) -> None:
         assert self.resolved is not None

@@ -11,7 +11,7 @@ import inspect
 import logging
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -250,6 +250,40 @@ class _LogitsAtPositions:
 
 
 @torch.inference_mode()
+def score_batches(
+    model: torch.nn.Module,
+    batches: Iterable[dict[str, Any]],
+    resolved: ResolvedSpec,
+    *,
+    device: torch.device | str | None = None,
+) -> Iterator[tuple[dict[str, Any], AnswerPositions, np.ndarray]]:
+    """Per batch: the batch, its answer positions and their (D, K) label probabilities.
+
+    The model runs in eval mode (restored afterwards) and is asked for logits at the answer
+    positions only. Batches carry ``labels``; ``sample_index`` and ``labels`` never reach
+    the model. Shared by :func:`score` and the callback's own-pass fallback.
+    """
+    was_training = model.training
+    model.eval()
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    call = _LogitsAtPositions(model)
+    try:
+        for batch in batches:
+            labels = batch["labels"]
+            pos = find_answer_positions(labels, resolved, batch.get("input_ids"))
+            if len(pos):
+                inputs = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v)
+                          for k, v in batch.items() if k not in META_KEYS}
+                rows = torch.as_tensor(pos.rows, device=dev)
+                cols = torch.as_tensor(pos.cols, device=dev)
+                probs = decision_probs(call(inputs, rows, cols), resolved)
+            else:
+                probs = np.zeros((0, len(resolved.labels)))
+            yield batch, pos, probs
+    finally:
+        model.train(was_training)
+
+
 def score(
     model: torch.nn.Module,
     batches: Iterable[dict[str, Any]],
@@ -275,29 +309,11 @@ def score(
         >>> scores = score(model, make_batches(examples, pad_id), spec.resolve(tok))  # doctest: +SKIP
         >>> scores.metrics().scalars["eval_decision_accuracy"]  # doctest: +SKIP
     """
-    was_training = model.training
-    model.eval()
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    call = _LogitsAtPositions(model)
     parts: list[DecisionScores] = []
-    try:
-        for batch in batches:
-            labels = batch["labels"]
-            pos = find_answer_positions(labels, resolved, batch.get("input_ids"))
-            index = np.asarray(batch.get("sample_index", np.arange(labels.shape[0])))
-            n_rows = labels.shape[0]
-            if len(pos):
-                inputs = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v)
-                          for k, v in batch.items() if k not in META_KEYS}
-                rows = torch.as_tensor(pos.rows, device=dev)
-                cols = torch.as_tensor(pos.cols, device=dev)
-                probs = decision_probs(call(inputs, rows, cols), resolved)
-            else:
-                probs = np.zeros((0, len(resolved.labels)))
-            parts.append(DecisionScores(list(resolved.labels), probs, pos.gt, index[pos.rows], pos.missing))
-            if progress is not None:
-                progress.update(n_rows)
-    finally:
-        model.train(was_training)
+    for batch, pos, probs in score_batches(model, batches, resolved, device=device):
+        n_rows = batch["labels"].shape[0]
+        index = np.asarray(batch.get("sample_index", np.arange(n_rows)))
+        parts.append(DecisionScores(list(resolved.labels), probs, pos.gt, index[pos.rows], pos.missing))
+        if progress is not None:
+            progress.update(n_rows)
     return DecisionScores.concat(parts, resolved.labels).sorted()
-
