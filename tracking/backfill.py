@@ -333,27 +333,14 @@ def tokenizer_fingerprint(tokenizer: Any, chat_template: str | None = None) -> s
 def _score_local(model: Any, tokenizer: Any, examples: list[Any], settings: TrackingSettings, *,
                  max_tokens: int, progress: bool, desc: str, dist: Dist) -> Any:
     """All the scores in one process; under torchrun, this rank's share of the batches."""
-    from tracking.pipeline import pad_id_of, score_examples
+    from tracking.pipeline import score_examples
 
     if not dist.on:
         return score_examples(model, tokenizer, examples, settings.spec, max_tokens=max_tokens,
                               progress=progress, desc=desc)
-    from tracking.data import make_batches
-    from tracking.scoring import score
-
-    resolved = settings.spec.resolve(tokenizer)
-    mine = make_batches(examples, pad_id_of(tokenizer), max_tokens=max_tokens)[dist.rank::dist.world]
-    bar = None
-    if progress and dist.main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=sum(len(b["sample_index"]) for b in mine), desc=f"{desc} (rank 0 of {dist.world})",
-                   unit="sample", file=sys.stderr, leave=False)
-    try:
-        return score(model, mine, resolved, progress=bar)
-    finally:
-        if bar is not None:
-            bar.close()
+    return score_examples(model, tokenizer, examples, settings.spec, max_tokens=max_tokens,
+                          progress=progress and dist.main, desc=f"{desc} (rank 0 of {dist.world})",
+                          shard=(dist.rank, dist.world))
 
 
 def _merge(parts: list[Any], examples: list[Any]) -> Any:

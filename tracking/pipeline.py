@@ -29,17 +29,24 @@ def score_examples(
     max_tokens: int = 16384,
     progress: bool = True,
     desc: str = "scoring",
+    shard: tuple[int, int] | None = None,
 ) -> DecisionScores:
-    """Score tokenised examples with a loaded model; results in sample order."""
+    """Score tokenised examples with a loaded model; results in sample order.
+
+    ``shard=(rank, world)`` scores every world-th batch from ``rank`` on (torchrun).
+    """
     if not examples:
         raise TokcalError("the eval set is empty; expected at least one record")
     resolved = spec.resolve(tokenizer)
     batches = make_batches(examples, pad_id_of(tokenizer), max_tokens=max_tokens)
+    if shard is not None:
+        batches = batches[shard[0]::shard[1]]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(examples), desc=desc, unit="sample", file=sys.stderr, leave=False)
+        total = sum(len(b["sample_index"]) for b in batches)
+        bar = tqdm(total=total, desc=desc, unit="sample", file=sys.stderr, leave=False)
     try:
         scores = score(model, batches, resolved, progress=bar)
     finally:
