@@ -32,12 +32,18 @@ def main() -> None:
     a = ap.parse_args()
 
     import torch
-    from transformers import DataCollatorForSeq2Seq, Qwen2Config, Qwen2ForCausalLM, Trainer, TrainingArguments
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Trainer,
+        TrainingArguments,
+    )
 
     from callbacks import DecisionTrackingCallback
     from tests.helpers.tokenizers import qwen25_tokenizer
     from tests.helpers.training import as_dataset
-    from tracking.synthetic import review_records
+    from tracking.data.synthetic import review_records
 
     tok = qwen25_tokenizer()
     torch.manual_seed(0)

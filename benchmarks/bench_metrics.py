@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from tracking.metrics import compute_metrics
+from tracking.core.metrics import compute_metrics
 
 
 def make(n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -22,8 +22,9 @@ def child(variant: str, batch: int, seq: int, device: str) -> dict:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from tracking.scoring import _LogitsAtPositions, decision_probs
-    from tracking.spec import DecisionSpec, ResolvedSpec
+    from tracking.core.scores import decision_probs
+    from tracking.core.scoring import _LogitsAtPositions
+    from tracking.core.spec import DecisionSpec, ResolvedSpec
 
     torch.manual_seed(0)
     cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -13,13 +13,19 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import (
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 
-from tracking.capture import DecisionCapture
+from tracking.core.capture import DecisionCapture
+from tracking.core.scores import DecisionScores
+from tracking.core.scoring import score_batches
+from tracking.core.spec import DecisionSpec, ResolvedSpec
 from tracking.errors import TokcalError
-from tracking.scoring import DecisionScores, score_batches
-from tracking.spec import DecisionSpec, ResolvedSpec
-from tracking.settings import TrackingSettings
+from tracking.jobs.settings import TrackingSettings
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +51,7 @@ class DecisionTrackingCallback(TrainerCallback):
             Used to resolve the decision tokens; defaults to the Trainer's `processing_class`
             (a processor's `.tokenizer` for vision-language models).
         **options:
-            Any field of [`~tracking.settings.TrackingSettings`]: `every`, `n_bins`,
+            Any field of [`~tracking.jobs.settings.TrackingSettings`]: `every`, `n_bins`,
             `hist_bins`, `log_samples`, `sample_text`, `max_samples`, `scorer`,
             `project`, `entity`, `tracking_uri`, `run_id`, `local_dir`.
 
@@ -240,8 +246,8 @@ class DecisionTrackingCallback(TrainerCallback):
     def _open_trackers(self, args: TrainingArguments) -> None:
         if self.trackers:
             return
-        from tracking.backends import open_tracker
         from tracking.io import write_json
+        from tracking.trackers import open_tracker
 
         names = self.settings.backends_for(getattr(args, "report_to", None))
         local_dir = self.settings.local_dir or str(Path(args.output_dir) / "tokcal")

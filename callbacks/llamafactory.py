@@ -63,7 +63,7 @@ PIP_HINT = "pip install 'tokcal[llamafactory]'"
 
 
 def _settings_fields() -> set[str]:
-    from tracking.settings import TrackingSettings
+    from tracking.jobs.settings import TrackingSettings
 
     return {f.name for f in dataclasses.fields(TrackingSettings)} - {"spec"}
 
@@ -87,7 +87,7 @@ def split_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
     """``(llamafactory_args, tokcal_options)`` from a LLaMA-Factory config mapping.
 
     ``tokcal_options`` is ``None`` when ``track_decision_probs`` is absent or false; it is
-    otherwise a mapping with ``spec`` (a :class:`~tracking.spec.DecisionSpec` or ``None``),
+    otherwise a mapping with ``spec`` (a :class:`~tracking.core.spec.DecisionSpec` or ``None``),
     ``config`` (a tokcal YAML path or ``None``) and tracking options for
     :class:`~callbacks.decision.DecisionTrackingCallback`.
 
@@ -100,7 +100,7 @@ def split_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
         >>> lf, opts["n_bins"]
         ({'stage': 'sft'}, 10)
     """
-    from tracking.spec import DecisionSpec
+    from tracking.core.spec import DecisionSpec
 
     known = set(tokcal_keys())
     lf_args = {k: v for k, v in config.items() if k != SWITCH and not str(k).startswith(PREFIX)}

@@ -8,7 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from tracking.backends import (
+from tracking.cli.main import main
+from tracking.core.metrics import DecisionMetrics, compute_metrics
+from tracking.errors import MissingDependencyError, TokcalError
+from tracking.trackers import (
     LocalTracker,
     open_tracker,
     open_tracker_from_config,
@@ -16,10 +19,7 @@ from tracking.backends import (
     redact,
     wandb_key,
 )
-from tracking.backends.local import EVALUATIONS_FILE, scalar_history
-from tracking.cli.main import main
-from tracking.errors import MissingDependencyError, TokcalError
-from tracking.metrics import DecisionMetrics, compute_metrics
+from tracking.trackers.local import EVALUATIONS_FILE, scalar_history
 
 
 def make_metrics(seed: int, n: int = 64) -> DecisionMetrics:

@@ -9,10 +9,10 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow")
 
-from tracking.backends import open_tracker  # noqa: E402
-from tracking.backends.base import BINS_COLUMNS  # noqa: E402
+from tracking.core.metrics import DecisionMetrics, compute_metrics  # noqa: E402
 from tracking.errors import TokcalError  # noqa: E402
-from tracking.metrics import DecisionMetrics, compute_metrics  # noqa: E402
+from tracking.trackers import open_tracker  # noqa: E402
+from tracking.trackers.base import BINS_COLUMNS  # noqa: E402
 
 IMAGE_KEYS = ("eval_decision_reliability", "eval_decision_reliability_positive", "eval_decision_histograms")
 

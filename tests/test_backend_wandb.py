@@ -9,11 +9,16 @@ import pytest
 
 wandb = pytest.importorskip("wandb")
 
-from tests.helpers.wandb_reader import find_run_file, history_rows, read_config, read_records  # noqa: E402
-from tracking.backends import open_tracker  # noqa: E402
-from tracking.backends.base import BINS_COLUMNS  # noqa: E402
+from tests.helpers.wandb_reader import (  # noqa: E402
+    find_run_file,
+    history_rows,
+    read_config,
+    read_records,
+)
+from tracking.core.metrics import DecisionMetrics, compute_metrics  # noqa: E402
 from tracking.errors import TokcalError  # noqa: E402
-from tracking.metrics import DecisionMetrics, compute_metrics  # noqa: E402
+from tracking.trackers import open_tracker  # noqa: E402
+from tracking.trackers.base import BINS_COLUMNS  # noqa: E402
 
 
 def make_metrics(seed: int, n: int = 64) -> DecisionMetrics:

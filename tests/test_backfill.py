@@ -15,12 +15,12 @@ import pytest
 
 from tests.helpers.mlflow_server import free_port
 from tests.helpers.training import train_tiny
-from tracking.backends.local import LocalTracker, read_local_store
-from tracking.backfill import MARKER, backfill, resolve_checkpoints
 from tracking.cli.main import main
-from tracking.pipeline import score_checkpoint
-from tracking.settings import TrackingSettings
-from tracking.spec import DecisionSpec
+from tracking.core.spec import DecisionSpec
+from tracking.jobs.backfill import MARKER, backfill, resolve_checkpoints
+from tracking.jobs.extract import score_checkpoint
+from tracking.jobs.settings import TrackingSettings
+from tracking.trackers.local import LocalTracker, read_local_store
 
 pytestmark = pytest.mark.slow  # a real (tiny) training run and several scoring passes
 
@@ -213,7 +213,7 @@ def test_wandb_offline_refused_before_scoring(run_dir: Path, tmp_path: Path, cap
 def test_wandb_rows_carry_global_step(run_dir: Path, expected, tmp_path: Path, monkeypatch):
     """The resume itself needs a server; the rows are checked in an offline run file."""
     from tests.helpers.wandb_reader import find_run_file, history_rows
-    from tracking.backends.wandb import WandbTracker
+    from tracking.trackers.wandb import WandbTracker
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
@@ -299,7 +299,7 @@ def test_torchrun_two_processes_equal_one(run_dir: Path, tmp_path: Path):
 
 
 def test_output_folder_with_a_final_model_stands_for_its_checkpoints(tmp_path: Path):
-    from tracking.backfill import resolve_checkpoints
+    from tracking.jobs.backfill import resolve_checkpoints
 
     out = tmp_path / "out"
     for step in (2, 4):

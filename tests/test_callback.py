@@ -11,10 +11,10 @@ from callbacks import DecisionTrackingCallback
 from tests.helpers.models import make_tiny_checkpoint
 from tests.helpers.tokenizers import small_bpe_tokenizer
 from tests.helpers.training import train_tiny
-from tracking.backends.local import read_local_store
+from tracking.core.spec import DecisionSpec
 from tracking.errors import TokcalError
-from tracking.pipeline import score_checkpoint
-from tracking.spec import DecisionSpec
+from tracking.jobs.extract import score_checkpoint
+from tracking.trackers.local import read_local_store
 
 KEYS = ["eval_avg_p_accept", "eval_avg_p_reject", "eval_decision_prob_mass", "eval_decision_confidence",
         "eval_decision_accuracy", "eval_decision_ece", "eval_decision_brier", "eval_decision_nll"]
@@ -191,10 +191,16 @@ def test_evaluate_after_training_on_a_named_eval_set(runs):
 
 
 def test_no_decision_in_the_answers_warns_once_with_what_it_saw(base_ckpt, tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+    )
 
     from tests.helpers.training import as_dataset
-    from tracking.synthetic import review_records
+    from tracking.data.synthetic import review_records
 
     tok = AutoTokenizer.from_pretrained(str(base_ckpt))
     cb = DecisionTrackingCallback(DecisionSpec(labels=("Yes", "No")), backend="local")
@@ -221,10 +227,16 @@ def test_no_tokenizer_is_a_clear_error(base_ckpt, tmp_path):
 
 
 def test_eval_set_without_labels_warns(base_ckpt, tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     from tests.helpers.training import as_dataset
-    from tracking.synthetic import review_records
+    from tracking.data.synthetic import review_records
 
     tok = AutoTokenizer.from_pretrained(str(base_ckpt))
     rows = [{k: v for k, v in r.items() if k != "labels"} for r in as_dataset(review_records(4, seed=3), tok)]

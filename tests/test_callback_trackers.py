@@ -11,8 +11,8 @@ from callbacks import DecisionTrackingCallback
 from tests.helpers.models import make_tiny_checkpoint
 from tests.helpers.tokenizers import small_bpe_tokenizer
 from tests.helpers.training import train_tiny
-from tracking.pipeline import score_checkpoint
-from tracking.spec import DecisionSpec
+from tracking.core.spec import DecisionSpec
+from tracking.jobs.extract import score_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -73,7 +73,7 @@ def test_demo_learns_and_leaves_run_and_report(demo):
     assert len([p for p in bins if "bins_step_" in p]) == 13
 
     # The report: both series, a backfilled marker for every holdout step, the PNGs beside it.
-    from tracking.report import read_mlflow
+    from tracking.jobs.report import read_mlflow
 
     series = read_mlflow(rid, uri)
     assert [s.name for s in series] == ["mlflow tokcal-demo · eval", "mlflow tokcal-demo · eval_holdout"]

@@ -53,7 +53,7 @@ def write_jsonl(path: Path, recs: list[dict]) -> Path:
 
 def independent_probs(model, tok, recs) -> list[tuple[str, int, float, float]]:
     """(id, turn, p_accept, p_reject) by a full forward of each conversation alone."""
-    from tracking.data import to_messages
+    from tracking.data.records import to_messages
 
     # Decision ids, found in context: the token that starts at the label's character.
     def token_at(text: str, label: str) -> int:
@@ -128,9 +128,10 @@ def test_logits_are_computed_at_answer_positions_only(qwen_ckpt):
     """The scorer asks the model for D rows of logits, never batch x seq x vocab."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tracking.data import make_batches, tokenize_records
-    from tracking.scoring import score
-    from tracking.spec import DecisionSpec
+    from tracking.core.scoring import score
+    from tracking.core.spec import DecisionSpec
+    from tracking.data.batches import make_batches
+    from tracking.data.conversation import tokenize_records
 
     model = AutoModelForCausalLM.from_pretrained(str(qwen_ckpt)).eval()
     tok = AutoTokenizer.from_pretrained(str(qwen_ckpt))

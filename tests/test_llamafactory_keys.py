@@ -9,9 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from callbacks.llamafactory import LlamaFactoryDecisionCallback, load_config, make_callback, split_config, tokcal_keys
+from callbacks.llamafactory import (
+    LlamaFactoryDecisionCallback,
+    load_config,
+    make_callback,
+    split_config,
+    tokcal_keys,
+)
+from tracking.core.spec import DecisionSpec
 from tracking.errors import TokcalError
-from tracking.spec import DecisionSpec
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "llamafactory_tiny_cpu.yaml"

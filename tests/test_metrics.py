@@ -1,4 +1,4 @@
-"""tracking.metrics against independent implementations.
+"""tracking.core.metrics against independent implementations.
 
 References: scikit-learn (AUROC, AP, Brier, log loss, calibration_curve), torchmetrics
 (binary / multiclass calibration error, norm "l1" and "max"), torch LBFGS (temperature),
@@ -36,11 +36,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
-from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    log_loss,
+    roc_auc_score,
+)
+from torchmetrics.functional.classification import (
+    binary_calibration_error,
+    multiclass_calibration_error,
+)
 
+from tracking.core.metrics import (
+    DecisionMetrics,
+    bin_edges,
+    calibration_errors,
+    compute_metrics,
+    reliability_bins,
+)
 from tracking.errors import TokcalError
-from tracking.metrics import DecisionMetrics, bin_edges, calibration_errors, compute_metrics, reliability_bins
 
 LABELS = {2: ["Accept", "Reject"], 3: ["A", "B", "C"], 4: ["A", "B", "C", "D"]}
 

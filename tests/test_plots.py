@@ -1,4 +1,4 @@
-"""tracking.plots: figures of sane shape, bars that show the numbers, no pyplot state."""
+"""tracking.core.plots: figures of sane shape, bars that show the numbers, no pyplot state."""
 
 from __future__ import annotations
 
@@ -13,8 +13,14 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from tracking.metrics import Histogram, compute_metrics, reliability_bins
-from tracking.plots import figure_to_array, figure_to_png, histogram_figure, metric_figures, reliability_diagram
+from tracking.core.metrics import Histogram, compute_metrics, reliability_bins
+from tracking.core.plots import (
+    figure_to_array,
+    figure_to_png,
+    histogram_figure,
+    metric_figures,
+    reliability_diagram,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -119,14 +125,14 @@ def test_plots_do_not_use_pyplot():
         """
         import sys
         import numpy as np
-        from tracking.metrics import compute_metrics
-        from tracking.plots import figure_to_array, figure_to_png, metric_figures
+        from tracking.core.metrics import compute_metrics
+        from tracking.core.plots import figure_to_array, figure_to_png, metric_figures
         m = compute_metrics(np.array([[0.7, 0.2], [0.4, 0.5], [0.1, 0.8]]), np.array([0, 0, 1]), ["Accept", "Reject"])
         figs = metric_figures(m)
         assert set(figs) == {"reliability", "reliability_positive", "histograms"}
         assert figure_to_png(figs["reliability"]).startswith(b"\\x89PNG")
         figure_to_array(figs["histograms"])
-        assert "matplotlib.pyplot" not in sys.modules, "tracking.plots imported pyplot"
+        assert "matplotlib.pyplot" not in sys.modules, "tracking.core.plots imported pyplot"
         print("ok")
         """
     )

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from tests.helpers.browser import check_images, chromium, screenshot  # noqa: F401  (fixture)
-from tracking.backends import open_tracker
-from tracking.backfill import MARKER
 from tracking.cli.main import main
+from tracking.core.metrics import compute_metrics
+from tracking.data.synthetic import review_records
 from tracking.errors import TokcalError
-from tracking.metrics import compute_metrics
-from tracking.report import (
+from tracking.jobs.backfill import MARKER
+from tracking.jobs.report import (
     read_extract,
     read_mlflow,
     read_source,
@@ -26,7 +26,7 @@ from tracking.report import (
     step_from_name,
     write_report,
 )
-from tracking.synthetic import review_records
+from tracking.trackers import open_tracker
 
 LABELS = ["Accept", "Reject"]
 

@@ -11,9 +11,9 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow")
 
-from tracking.backends import SpoolingTracker, open_tracker  # noqa: E402
 from tracking.cli.main import main  # noqa: E402
-from tracking.metrics import DecisionMetrics, compute_metrics  # noqa: E402
+from tracking.core.metrics import DecisionMetrics, compute_metrics  # noqa: E402
+from tracking.trackers import SpoolingTracker, open_tracker  # noqa: E402
 
 
 def make_metrics(seed: int, n: int = 64) -> DecisionMetrics:

@@ -66,8 +66,13 @@ def make_tiny_checkpoint(
         (as in Qwen2.5-7B and Llama-3-8B).
     """
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config
-    from transformers import Qwen2ForCausalLM
+    from transformers import (
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)

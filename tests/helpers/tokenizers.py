@@ -295,8 +295,16 @@ def train_small_bpe_backend(vocab_size: int = 768, train_pattern: str | None = N
     ``train_pattern=QWEN2_PATTERN`` the vocabulary learns ``{Accept`` as one token, the case
     where the prefix's last character merges into the label.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers import processors, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     backend = Tokenizer(models.BPE())
     if train_pattern is None:

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from tracking.data import tokenize_records
-from tracking.synthetic import review_records
+from tracking.data.conversation import tokenize_records
+from tracking.data.synthetic import review_records
 
 
 def write_records(path: Path, records: Sequence[dict]) -> Path:
@@ -39,8 +39,13 @@ def train_tiny(
 ) -> Any:
     """Fine-tune the tiny checkpoint for real; returns the Trainer. The eval records are
     written to ``output_dir/eval.jsonl`` so the checkpoints can be rescored."""
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+    )
 
     tok = AutoTokenizer.from_pretrained(str(checkpoint))
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint))

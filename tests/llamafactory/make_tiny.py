@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tracking.synthetic import review_records
+from tracking.data.synthetic import review_records
 
 DATASET = "reviews"
 INSTRUCTION = "Decide on this paper. Answer with \\boxed{Accept} or \\boxed{Reject}."

@@ -18,7 +18,7 @@ def test_config_keys_are_llamafactorys_or_tokcals(path, monkeypatch) -> None:
     from llamafactory.hparams.parser import _parse_train_args
 
     from callbacks.llamafactory import load_config, make_callback, split_config
-    from tracking.lf_data import data_args_dict
+    from callbacks.llamafactory_data import data_args_dict
 
     cfg = load_config(path)
     lf_args, options = split_config(cfg)
@@ -47,7 +47,7 @@ def test_reference_config_is_the_owners_setup() -> None:
 def test_unknown_key_still_fails_in_llamafactory() -> None:
     from llamafactory.hparams.parser import _parse_train_args
 
-    from tracking.lf_data import data_args_dict
+    from callbacks.llamafactory_data import data_args_dict
 
     with pytest.raises(ValueError, match="not used by the HfArgumentParser"):
         _parse_train_args(data_args_dict({"stage": "sft", "model_name_or_path": "x", "output_dir": "o",

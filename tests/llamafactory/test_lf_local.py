@@ -30,7 +30,7 @@ def run(lf_train) -> Path:
 
 @pytest.fixture(scope="module")
 def store(run: Path) -> tuple[Path, list[dict]]:
-    from tracking.backends.local import read_local_store
+    from tracking.trackers.local import read_local_store
 
     state = json.loads((run / "tokcal.json").read_text())
     (tracker,) = state["trackers"]
@@ -70,7 +70,7 @@ def test_llamafactory_outputs_unchanged(run: Path) -> None:
 
 def test_eval_set_is_llamafactorys_with_default_system_prompt(lf_tiny: Path, run: Path) -> None:
     from callbacks.llamafactory import load_config
-    from tracking.lf_data import load_eval_set
+    from callbacks.llamafactory_data import load_eval_set
 
     eval_set = load_eval_set(CONFIG, tiny_overrides(lf_tiny, run))
     assert (eval_set.name, eval_set.template, len(eval_set)) == ("validation", "qwen", 12)
@@ -127,7 +127,7 @@ def test_backfill_into_the_training_run_skips_logged_steps(lf_tiny: Path, run: P
     rc = main(["backfill", str(run / "checkpoint-*"), *lf_args(lf_tiny, run), "--quiet"])
     assert rc == 0
     assert "0 logged, 2 skipped, 0 failed" in capsys.readouterr().out
-    from tracking.backends.local import read_local_store
+    from tracking.trackers.local import read_local_store
 
     assert [e["step"] for e in read_local_store(store[0])] == STEPS
 

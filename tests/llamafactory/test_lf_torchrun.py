@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.mlflow_server import free_port
-from tests.llamafactory.conftest import CONFIG, lf_env, needs_llamafactory, run_group, tiny_overrides
+from tests.llamafactory.conftest import (
+    CONFIG,
+    lf_env,
+    needs_llamafactory,
+    run_group,
+    tiny_overrides,
+)
 from tests.llamafactory.test_lf_local import STEPS, close, lf_args
 
 pytestmark = [needs_llamafactory, pytest.mark.slow]
@@ -30,8 +36,8 @@ def run(lf_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_two_ranks_log_every_sample_once_and_extract_agrees(run: Path, lf_tiny: Path, tmp_path: Path) -> None:
-    from tracking.backends.local import read_local_store
     from tracking.cli.main import main
+    from tracking.trackers.local import read_local_store
 
     (tracker,) = json.loads((run / "tokcal.json").read_text())["trackers"]
     evals = read_local_store(tracker["local_dir"])

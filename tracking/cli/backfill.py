@@ -6,10 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from tracking.backends.base import BACKENDS
-from tracking.cli.common import add_model_args, add_spec_args, format_table, load_kwargs, read_template, spec_from
+from callbacks.llamafactory_data import add_llamafactory_args, eval_set_from_args
+from tracking.cli.common import (
+    add_model_args,
+    add_spec_args,
+    format_table,
+    load_kwargs,
+    read_template,
+    spec_from,
+)
 from tracking.errors import TokcalError
-from tracking.lf_data import add_llamafactory_args, eval_set_from_args
+from tracking.trackers.base import BACKENDS
 
 EXAMPLE = r"""examples:
   # the run and the spec come from out/tokcal.json (written by the training callback)
@@ -68,17 +75,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracking.backfill import (
-        Dist,
+    from tracking.core.distributed import Dist, init_distributed
+    from tracking.core.metrics import bin_edges
+    from tracking.jobs.backfill import (
         backfill,
         find_state,
-        init_distributed,
         open_targets,
         read_state,
         settings_from_state,
         tracker_targets,
     )
-    from tracking.metrics import bin_edges
 
     eval_set = eval_set_from_args(args)  # None with --data
     init_distributed()

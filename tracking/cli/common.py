@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Mapping
 
-from tracking.spec import DecisionSpec, spec_from_args
+from tracking.core.spec import DecisionSpec, spec_from_args
 
 
 def add_spec_args(p: argparse.ArgumentParser) -> None:

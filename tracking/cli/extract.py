@@ -5,9 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tracking.cli.common import add_model_args, add_spec_args, format_table, load_kwargs, read_template, spec_from
+from callbacks.llamafactory_data import add_llamafactory_args
+from tracking.cli.common import (
+    add_model_args,
+    add_spec_args,
+    format_table,
+    load_kwargs,
+    read_template,
+    spec_from,
+)
 from tracking.errors import TokcalError
-from tracking.lf_data import add_llamafactory_args
 
 EXAMPLE = r"""example:
   tokcal extract --checkpoint out/checkpoint-500 --data eval.jsonl \
@@ -41,22 +48,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tracking.core.metrics import bin_edges
     from tracking.io import write_json, write_jsonl
-    from tracking.pipeline import score_checkpoint
-
-    from tracking.metrics import bin_edges
+    from tracking.jobs.extract import score_checkpoint
 
     spec = spec_from(args)
     bin_edges(args.bins)
     for out in (args.output, args.metrics):
         if out and Path(out).is_dir():
             raise TokcalError(f"expected an output file path, got a folder: {out}")
-    from tracking.lf_data import eval_set_from_args
+    from callbacks.llamafactory_data import eval_set_from_args
 
     eval_set = eval_set_from_args(args)
     if eval_set is not None:
-        from tracking.checkpoints import load_checkpoint
-        from tracking.pipeline import score_examples
+        from tracking.jobs.checkpoints import load_checkpoint
+        from tracking.jobs.extract import score_examples
 
         model, _ = load_checkpoint(args.checkpoint, **load_kwargs(args))
         scores = score_examples(model, eval_set.tokenizer, eval_set.examples, spec, max_tokens=args.max_tokens)

@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracking.report import read_sources, write_report
+    from tracking.jobs.report import read_sources, write_report
 
     t0 = time.perf_counter()
     series = read_sources(args.sources, tracking_uri=args.tracking_uri, steps=args.steps, labels=args.labels)

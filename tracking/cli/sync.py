@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tracking.backends import BACKENDS
-from tracking.backends.base import redact
-from tracking.backends.spool import find_spool_dir, read_spool, sync_spool
+from tracking.trackers import BACKENDS
+from tracking.trackers.base import redact
+from tracking.trackers.spool import find_spool_dir, read_spool, sync_spool
 
 EPILOG = """\
 example:

@@ -56,7 +56,7 @@ class DemoResult:
     folder: Path
     tracking_uri: str
     run_id: str
-    series: list[Any] = field(default_factory=list)  # tracking.report.Series: live eval, backfilled holdout
+    series: list[Any] = field(default_factory=list)  # tracking.jobs.report.Series: live eval, backfilled holdout
     report: Path | None = None
     seconds: float = 0.0
 
@@ -86,8 +86,8 @@ def prepare_folder(folder: Path, force: bool = False) -> None:
 
 
 def write_data(folder: Path, cfg: DemoConfig) -> dict[str, Path]:
-    """Train, eval and held-out splits of :func:`tracking.synthetic.review_records`."""
-    from tracking.synthetic import review_records
+    """Train, eval and held-out splits of :func:`tracking.data.synthetic.review_records`."""
+    from tracking.data.synthetic import review_records
 
     folder.mkdir(parents=True, exist_ok=True)
     splits = {"train": (cfg.n_train, cfg.seed), "eval": (cfg.n_eval, cfg.seed + 1),
@@ -195,7 +195,7 @@ def _run(folder: str | os.PathLike[str], cfg: DemoConfig, force: bool, out: Any)
     out(f"      $ tokcal {' '.join(argv)}")
     _backfill(argv, out)
 
-    from tracking.report import read_mlflow, write_report
+    from tracking.jobs.report import read_mlflow, write_report
 
     series = read_mlflow(run_id, uri)
     say("[5/5] report: the evolution over steps, reliability diagrams and histograms of both series")

@@ -35,7 +35,16 @@ def train_tokenizer(texts: list[str], vocab_size: int = 512) -> Any:
     Training splits words with GPT-2's regex, so no token joins ``{`` to ``Accept`` and the
     decision after ``\\boxed{`` is one whole token, as with real Qwen vocabularies.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE())

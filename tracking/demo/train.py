@@ -14,7 +14,7 @@ def build_start_checkpoint(train_file: Path, path: Path, cfg: Any) -> int:
     """Train the tokenizer on the training split, build the random model and save both to
     ``path`` (``checkpoint-0``, so backfill scores the untrained model too). Returns the
     number of parameters."""
-    from tracking.data import read_records
+    from tracking.data.records import read_records
     from tracking.demo.model import build_model, save_model
     from tracking.demo.tokenizer import corpus, train_tokenizer
 
@@ -25,7 +25,8 @@ def build_start_checkpoint(train_file: Path, path: Path, cfg: Any) -> int:
 
 
 def _rows(path: Path, tokenizer: Any) -> list[dict[str, list[int]]]:
-    from tracking.data import read_records, tokenize_records
+    from tracking.data.conversation import tokenize_records
+    from tracking.data.records import read_records
 
     return [{"input_ids": e.input_ids, "attention_mask": [1] * len(e), "labels": e.labels}
             for e in tokenize_records(read_records(path), tokenizer)]

@@ -12,8 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tracking.core.spec import label_key
 from tracking.errors import TokcalError
-from tracking.spec import label_key
 
 _EPS = float(np.finfo(np.float64).eps)
 _TINY = 1e-300

@@ -17,13 +17,13 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from tracking.core.metrics import DecisionMetrics
 from tracking.errors import TokcalError
 from tracking.io import to_jsonable, write_atomic  # noqa: F401  (re-exported for the backends)
-from tracking.metrics import DecisionMetrics
 
 BACKENDS: tuple[str, ...] = ("local", "mlflow", "wandb")
 
-# Names of the figures that ``tracking.plots.metric_figures`` draws, and the suffix each
+# Names of the figures that ``tracking.core.plots.metric_figures`` draws, and the suffix each
 # one gets in image keys and file names (``eval_decision_reliability``).
 FIGURE_SUFFIX: dict[str, str] = {
     "reliability": "decision_reliability",
@@ -162,8 +162,8 @@ class Tracker(ABC):
     Example:
         >>> import tempfile
         >>> import numpy as np
-        >>> from tracking.backends import open_tracker
-        >>> from tracking.metrics import compute_metrics
+        >>> from tracking.trackers import open_tracker
+        >>> from tracking.core.metrics import compute_metrics
         >>> m = compute_metrics(np.array([[0.8, 0.1], [0.3, 0.6]]), np.array([0, 1]), ["Accept", "Reject"])
         >>> with open_tracker("local", local_dir=tempfile.mkdtemp()) as tracker:
         ...     tracker.log_evaluation(m, step=120)

@@ -23,7 +23,9 @@ import logging
 import os
 from typing import Any
 
-from tracking.backends.base import (
+from tracking.core.metrics import DecisionMetrics
+from tracking.errors import TokcalError, require
+from tracking.trackers.base import (
     BINS_COLUMNS,
     FIGURE_SUFFIX,
     Tracker,
@@ -36,8 +38,6 @@ from tracking.backends.base import (
     to_jsonable,
     wandb_key,
 )
-from tracking.errors import TokcalError, require
-from tracking.metrics import DecisionMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class WandbTracker(Tracker):
         samples: list[dict[str, Any]] | None = None,
         tags: dict[str, str] | None = None,
     ) -> None:
-        from tracking.plots import figure_to_array, metric_figures
+        from tracking.core.plots import figure_to_array, metric_figures
 
         wandb = self._wandb
         metrics = check_metrics(metrics)

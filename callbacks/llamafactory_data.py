@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from tracking.data import Example
+from tracking.data.conversation import Example
 from tracking.errors import TokcalError
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class EvalSet:
     """An eval set tokenised by LLaMA-Factory.
 
     Attributes:
-        examples: one :class:`~tracking.data.Example` per eval row, in the Trainer's order
+        examples: one :class:`~tracking.data.conversation.Example` per eval row, in the Trainer's order
             (``sample_id`` is the row index).
         tokenizer: LLaMA-Factory's tokenizer (the template has fixed its eos/pad tokens);
             score with this one, as the callback did in training.
@@ -95,7 +95,10 @@ def _lf_internals() -> tuple[Any, ...]:
     require_llamafactory()
     try:
         from llamafactory.data import get_template_and_fix_tokenizer, split_dataset
-        from llamafactory.data.loader import _get_merged_dataset, _get_preprocessed_dataset
+        from llamafactory.data.loader import (
+            _get_merged_dataset,
+            _get_preprocessed_dataset,
+        )
         from llamafactory.hparams.parser import _parse_train_args
         from llamafactory.model import load_tokenizer
     except ImportError as exc:

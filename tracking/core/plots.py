@@ -7,7 +7,7 @@ import io
 import numpy as np
 from matplotlib.figure import Figure
 
-from tracking.metrics import DecisionMetrics, Histogram, ReliabilityBins
+from tracking.core.metrics import DecisionMetrics, Histogram, ReliabilityBins
 
 
 def reliability_diagram(
@@ -16,7 +16,7 @@ def reliability_diagram(
     """Accuracy per bin against the diagonal, the gap shaded, counts underneath.
 
     Example:
-        >>> from tracking.metrics import reliability_bins
+        >>> from tracking.core.metrics import reliability_bins
         >>> fig = reliability_diagram(reliability_bins(np.array([0.8, 0.6]), np.array([1, 0]), 10))
         >>> len(fig.axes)
         2

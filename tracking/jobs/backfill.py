@@ -11,7 +11,7 @@ the batches; rank 0 gathers the probabilities, writes the files and logs. The ba
 the same as in one process, so the numbers are too.
 
 Example:
-    >>> from tracking.backends import open_tracker  # doctest: +SKIP
+    >>> from tracking.trackers import open_tracker  # doctest: +SKIP
     >>> tracker = open_tracker("mlflow", run_id="4f0c...", tracking_uri="http://127.0.0.1:5000", spool=False)  # doctest: +SKIP
     >>> report = backfill(["out"], "eval.jsonl", tracker, TrackingSettings())  # doctest: +SKIP
     >>> print(report.summary())  # doctest: +SKIP
@@ -31,9 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from tracking.checkpoints import checkpoint_step, find_checkpoints, inspect_checkpoint
+from tracking.core.distributed import Dist
 from tracking.errors import TokcalError, first_line
-from tracking.settings import TrackingSettings
+from tracking.jobs.checkpoints import (
+    checkpoint_step,
+    find_checkpoints,
+    inspect_checkpoint,
+)
+from tracking.jobs.settings import TrackingSettings
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +253,7 @@ def tracker_targets(
 
 def open_targets(targets: Sequence[Mapping[str, Any]]) -> list[Any]:
     """Open each run without a spool (a failed call is a failed checkpoint, not a file)."""
-    from tracking.backends import open_tracker
+    from tracking.trackers import open_tracker
 
     opened: list[Any] = []
     try:
@@ -260,56 +265,6 @@ def open_targets(targets: Sequence[Mapping[str, Any]]) -> list[Any]:
             t.close()
         raise
     return opened
-
-
-# ----------------------------------------------------------------------- distribution
-
-
-class Dist:
-    """The ``torch.distributed`` group this process is in, or a single process."""
-
-    def __init__(self) -> None:
-        import torch.distributed as td
-
-        self._td = td
-        self.on = td.is_available() and td.is_initialized() and td.get_world_size() > 1
-        self.rank = td.get_rank() if self.on else 0
-        self.world = td.get_world_size() if self.on else 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def broadcast(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
-        if not self.on:
-            return obj
-        box = [obj]
-        self._td.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def gather(self, obj: Any) -> list[Any]:
-        """Every rank's ``obj``, in rank order, on every rank."""
-        if not self.on:
-            return [obj]
-        out: list[Any] = [None] * self.world
-        self._td.all_gather_object(out, obj)
-        return out
-
-
-def init_distributed() -> bool:
-    """Join the process group that ``torchrun`` describes in the environment, if any."""
-    import torch
-    import torch.distributed as td
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not td.is_available() or td.is_initialized():
-        return False
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        td.init_process_group("nccl")
-    else:
-        td.init_process_group("gloo")
-    return True
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -333,7 +288,7 @@ def tokenizer_fingerprint(tokenizer: Any, chat_template: str | None = None) -> s
 def _score_local(model: Any, tokenizer: Any, examples: list[Any], settings: TrackingSettings, *,
                  max_tokens: int, progress: bool, desc: str, dist: Dist) -> Any:
     """All the scores in one process; under torchrun, this rank's share of the batches."""
-    from tracking.pipeline import score_examples
+    from tracking.jobs.extract import score_examples
 
     if not dist.on:
         return score_examples(model, tokenizer, examples, settings.spec, max_tokens=max_tokens,
@@ -345,7 +300,7 @@ def _score_local(model: Any, tokenizer: Any, examples: list[Any], settings: Trac
 
 def _merge(parts: list[Any], examples: list[Any]) -> Any:
     """The ranks' shares as one result in sample order, as one process gives it."""
-    from tracking.scoring import DecisionScores
+    from tracking.core.scores import DecisionScores
 
     scores = DecisionScores.concat(parts, parts[0].labels).sorted()
     scores.sample_ids = [e.sample_id for e in examples]
@@ -385,8 +340,8 @@ def backfill(
     Args:
         checkpoints: output folders, checkpoint folders or globs (see :func:`resolve_checkpoints`).
         data: the eval file (JSON/JSONL; messages, alpaca or sharegpt records), or a
-            :class:`tracking.lf_data.EvalSet` (LLaMA-Factory's tokenisation, used as is).
-        trackers: a :class:`~tracking.backends.base.Tracker` or a list of them (open them
+            :class:`callbacks.llamafactory_data.EvalSet` (LLaMA-Factory's tokenisation, used as is).
+        trackers: a :class:`~tracking.trackers.base.Tracker` or a list of them (open them
             with ``spool=False`` so a failed call fails its checkpoint). Under torchrun only
             rank 0's are used; other ranks may pass ``[]``.
         settings: spec, ``n_bins``, ``hist_bins``, ``log_samples``/``max_samples`` (the
@@ -396,7 +351,7 @@ def backfill(
         metric_prefix: the metrics' prefix, as the Trainer names them (``eval_``).
         max_tokens, max_samples, chat_template: as in ``tokcal extract``.
         tags: more tags for every backfilled evaluation (:data:`MARKER` is always there).
-        **load_kw: :func:`~tracking.checkpoints.load_checkpoint` options (``tokenizer``,
+        **load_kw: :func:`~tracking.jobs.checkpoints.load_checkpoint` options (``tokenizer``,
             ``allow_pickle``, ``device``, ``dtype``, ``trust_remote_code``).
 
     Returns:
@@ -407,9 +362,10 @@ def backfill(
     """
     import torch
 
-    from tracking.checkpoints import load_checkpoint
-    from tracking.data import read_records, to_messages, tokenize_records
+    from tracking.data.conversation import tokenize_records
+    from tracking.data.records import read_records, to_messages
     from tracking.io import write_jsonl
+    from tracking.jobs.checkpoints import load_checkpoint
 
     settings = settings or TrackingSettings()
     dist = Dist()
@@ -417,7 +373,7 @@ def backfill(
         trackers = [trackers]
     trackers = list(trackers) if dist.main else []
     plan = resolve_checkpoints(checkpoints)
-    prebuilt = data if hasattr(data, "examples") else None  # tracking.lf_data.EvalSet: tokenised already
+    prebuilt = data if hasattr(data, "examples") else None  # callbacks.llamafactory_data.EvalSet: tokenised already
     if prebuilt is None:
         records = read_records(data)
         name = Path(data).name

@@ -1,7 +1,7 @@
 """Reports: decision metrics over training steps, from any place tokcal logged them.
 
 Readers turn a source into :class:`Series` (one per run and metric prefix), each a list of
-:class:`Point` (a step and its :class:`~tracking.metrics.DecisionMetrics`):
+:class:`Point` (a step and its :class:`~tracking.core.metrics.DecisionMetrics`):
 
 * :func:`read_local` - a local store (a run folder, or a folder of run folders);
 * :func:`read_mlflow` - an MLflow run: the scalars' histories plus the bins artifacts;
@@ -33,13 +33,18 @@ from typing import Any
 
 import numpy as np
 
+from tracking.core.metrics import (
+    DecisionMetrics,
+    Histogram,
+    ReliabilityBins,
+    compute_metrics,
+)
+from tracking.core.spec import label_key
 from tracking.errors import TokcalError
-from tracking.metrics import DecisionMetrics, Histogram, ReliabilityBins, compute_metrics
-from tracking.spec import label_key
 
 log = logging.getLogger(__name__)
 
-BACKFILL_TAG = "tokcal_backfill"  # tracking.backfill.MARKER's key
+BACKFILL_TAG = "tokcal_backfill"  # tracking.jobs.backfill.MARKER's key
 _TOKCAL_NAME = re.compile(r"^(decision_|avg_p_)")
 
 
@@ -91,7 +96,7 @@ def read_local(path: str | os.PathLike[str]) -> list[Series]:
     Raises:
         TokcalError: no evaluations found under ``path``.
     """
-    from tracking.backends.local import EVALUATIONS_FILE, read_local_store
+    from tracking.trackers.local import EVALUATIONS_FILE, read_local_store
 
     p = Path(path)
     if not p.exists():
@@ -159,9 +164,9 @@ def read_mlflow(run_id: str, tracking_uri: str | None = None) -> list[Series]:
     Raises:
         TokcalError: the run cannot be opened or holds no tokcal metrics.
     """
-    from tracking.backends.base import redact
-    from tracking.backends.mlflow import artifact_folder
     from tracking.errors import require
+    from tracking.trackers.base import redact
+    from tracking.trackers.mlflow import artifact_folder
 
     mlflow = require("mlflow", "mlflow")
     from mlflow.exceptions import MlflowException
@@ -355,7 +360,7 @@ def read_extract(files: Sequence[str | os.PathLike[str]], steps: Sequence[int] |
     Raises:
         TokcalError: a file cannot be read, a step cannot be told, or two files share one.
     """
-    from tracking.data import read_records
+    from tracking.data.records import read_records
 
     files = [Path(f) for f in files]
     if steps is not None and len(steps) != len(files):
@@ -431,7 +436,7 @@ def read_sources(sources: Sequence[str], *, tracking_uri: str | None = None, ste
     return out
 
 
-from tracking.report_html import write_report
+from tracking.jobs.report_html import write_report
 
 __all__ = ["Point", "Series", "extract_metrics", "read_extract", "read_local", "read_mlflow", "read_source",
            "read_sources", "read_wandb", "step_from_name", "write_report"]

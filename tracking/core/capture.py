@@ -1,7 +1,7 @@
 """Collecting decisions batch by batch during an evaluation, across processes.
 
 The Trainer callback feeds this from the logits its eval forward already computed; the
-own-pass fallback feeds it from :mod:`tracking.scoring`. :meth:`DecisionCapture.gather`
+own-pass fallback feeds it from :mod:`tracking.core.scoring`. :meth:`DecisionCapture.gather`
 joins every process's batches in sampler order and drops the duplicates that
 distributed samplers add to even out the last batch.
 """
@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from tracking.scoring import DecisionScores, decision_probs, find_answer_positions
-from tracking.spec import ResolvedSpec
+from tracking.core.distributed import all_gather
+from tracking.core.positions import IGNORE_INDEX, find_answer_positions
+from tracking.core.scores import DecisionScores, decision_probs
+from tracking.core.spec import ResolvedSpec
 
 
 @dataclass
@@ -71,7 +73,7 @@ class DecisionCapture:
         if self.first_miss is None and missing.any():
             row = int(np.flatnonzero(missing)[0])
             lab = labels[row].detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels[row])
-            self.first_miss = [int(x) for x in lab[lab != -100][:24]]
+            self.first_miss = [int(x) for x in lab[lab != IGNORE_INDEX][:24]]
         inputs = None
         if self.keep_inputs and input_ids is not None:
             ids = input_ids.detach().cpu().numpy() if isinstance(input_ids, torch.Tensor) else np.asarray(input_ids)
@@ -85,7 +87,7 @@ class DecisionCapture:
         ``gather_for_metrics``), then rows past ``num_samples`` are dropped: those are
         the padding duplicates of the last batch.
         """
-        per_rank = _all_gather(self.batches)
+        per_rank = all_gather(self.batches)
         labels = list(self.resolved.labels)
         k = len(labels)
         probs, gt, index = [], [], []
@@ -119,14 +121,3 @@ class DecisionCapture:
         if self.keep_inputs:
             scores.inputs = inputs
         return scores
-
-
-def _all_gather(obj: Any) -> list[Any]:
-    """``[obj of rank 0, obj of rank 1, ...]``; ``[obj]`` without a process group."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out

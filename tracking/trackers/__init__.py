@@ -8,7 +8,7 @@ see :func:`open_tracker_from_config`) and on the command line (``--backend``, se
 Example:
     >>> import tempfile
     >>> import numpy as np
-    >>> from tracking.metrics import compute_metrics
+    >>> from tracking.core.metrics import compute_metrics
     >>> m = compute_metrics(np.array([[0.7, 0.2], [0.1, 0.8]]), np.array([0, 1]), ["Accept", "Reject"])
     >>> with open_tracker("local", local_dir=tempfile.mkdtemp()) as tracker:
     ...     tracker.log_evaluation(m, step=10)
@@ -22,10 +22,10 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from tracking.backends.base import BACKENDS, Tracker, redact, wandb_key
-from tracking.backends.local import DEFAULT_LOCAL_DIR, LocalTracker, read_local_store
-from tracking.backends.spool import SpoolingTracker, SyncResult, sync_spool
 from tracking.errors import TokcalError
+from tracking.trackers.base import BACKENDS, Tracker, redact, wandb_key
+from tracking.trackers.local import DEFAULT_LOCAL_DIR, LocalTracker, read_local_store
+from tracking.trackers.spool import SpoolingTracker, SyncResult, sync_spool
 
 __all__ = [
     "BACKENDS",
@@ -107,13 +107,13 @@ def open_tracker(
     if name == "local":
         return LocalTracker(local_dir, run_id=run_id, run_name=run_name)
     if name == "mlflow":
-        from tracking.backends.mlflow import MlflowTracker
+        from tracking.trackers.mlflow import MlflowTracker
 
         inner: Tracker = MlflowTracker(
             run_id=run_id, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name
         )
     else:
-        from tracking.backends.wandb import WandbTracker
+        from tracking.trackers.wandb import WandbTracker
 
         inner = WandbTracker(run_id=run_id, project=project, entity=entity, run_name=run_name, mode=wandb_mode)
     if not spool:

@@ -27,7 +27,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tracking.backends.base import (
+from tracking.core.metrics import DecisionMetrics
+from tracking.errors import TokcalError
+from tracking.trackers.base import (
     FIGURE_SUFFIX,
     Tracker,
     check_metrics,
@@ -38,8 +40,6 @@ from tracking.backends.base import (
     to_jsonable,
     write_atomic,
 )
-from tracking.errors import TokcalError
-from tracking.metrics import DecisionMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class LocalTracker(Tracker):
         samples: list[dict[str, Any]] | None = None,
         tags: dict[str, str] | None = None,
     ) -> None:
-        from tracking.plots import figure_to_png, metric_figures
+        from tracking.core.plots import figure_to_png, metric_figures
 
         metrics = check_metrics(metrics)
         step = check_step(step)

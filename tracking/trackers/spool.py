@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracking.backends.base import (
+from tracking.core.metrics import DecisionMetrics
+from tracking.errors import TokcalError
+from tracking.trackers.base import (
     Tracker,
     check_metrics,
     check_step,
@@ -28,8 +30,6 @@ from tracking.backends.base import (
     to_jsonable,
     write_atomic,
 )
-from tracking.errors import TokcalError
-from tracking.metrics import DecisionMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def sync_spool(
         >>> result.replayed, result.skipped, result.remaining  # doctest: +SKIP
         (3, 0, 0)
     """
-    from tracking.backends import open_tracker
+    from tracking.trackers import open_tracker
 
     spool_dir = find_spool_dir(path)
     result = SyncResult(spool_dir=spool_dir)

@@ -1,4 +1,4 @@
-"""The report's figures and its one self-contained HTML file (see :mod:`tracking.report`).
+"""The report's figures and its one self-contained HTML file (see :mod:`tracking.jobs.report`).
 
 Everything the page shows is inside it: PNGs as base64 ``data:`` URIs, the style and a few
 lines of script (a step slider per series; without script every step shows in a grid).
@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
+from tracking.core.plots import figure_to_png, histogram_figure, reliability_diagram
 from tracking.errors import TokcalError
-from tracking.plots import figure_to_png, histogram_figure, reliability_diagram
 
 if TYPE_CHECKING:
-    from tracking.report import Series
+    from tracking.jobs.report import Series
 
 #: The evolution panels: (title, scalar name without prefix, or None for P per label).
 PANELS: tuple[tuple[str, str | None], ...] = (
@@ -48,7 +48,7 @@ _STYLES = ["-", "--", ":", "-."]
 def evolution_figure(series: Sequence[Series]) -> Figure:
     """Each panel of :data:`PANELS` against the step, one colour per series; backfilled
     points are hollow, live ones filled."""
-    from tracking.spec import label_key
+    from tracking.core.spec import label_key
 
     fig = Figure(figsize=(15, 7.5), dpi=90)
     axes = fig.subplots(2, 3).ravel()
@@ -129,7 +129,7 @@ def write_report(series: Sequence[Series], output: str | os.PathLike[str], *, ti
     """Write ``output`` (HTML) and its PNGs in ``<output stem>_files/``; returns the HTML path.
 
     Args:
-        series: what to draw (see :func:`tracking.report.read_sources`).
+        series: what to draw (see :func:`tracking.jobs.report.read_sources`).
         step_figures: draw each step's reliability diagrams and histograms (the slowest part).
 
     Raises:
@@ -175,7 +175,7 @@ def write_report(series: Sequence[Series], output: str | os.PathLike[str], *, ti
 
 
 def _table(s: Series) -> str:
-    from tracking.spec import label_key
+    from tracking.core.spec import label_key
 
     heads = ["step"] + [n for n, _ in TABLE[:1]] + [f"P({lab})" for lab in s.labels] + [n for n, _ in TABLE[1:]]
     rows = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "<th>how</th></tr>"]

@@ -6,18 +6,13 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from tracking.data import Example, make_batches, read_records, to_messages, tokenize_records
+from tracking.core.scores import DecisionScores
+from tracking.core.scoring import score
+from tracking.core.spec import DecisionSpec
+from tracking.data.batches import make_batches, pad_id_of
+from tracking.data.conversation import Example, tokenize_records
+from tracking.data.records import read_records, to_messages
 from tracking.errors import TokcalError
-from tracking.scoring import DecisionScores, score
-from tracking.spec import DecisionSpec
-
-
-def pad_id_of(tokenizer: Any) -> int:
-    for name in ("pad_token_id", "eos_token_id"):
-        v = getattr(tokenizer, name, None)
-        if v is not None:
-            return int(v)
-    return 0
 
 
 def score_examples(
@@ -73,7 +68,7 @@ def score_checkpoint(
         >>> scores = score_checkpoint("out/checkpoint-500", "eval.jsonl", DecisionSpec())  # doctest: +SKIP
         >>> scores.metrics().scalars["eval_decision_prob_mass"]  # doctest: +SKIP
     """
-    from tracking.checkpoints import load_checkpoint
+    from tracking.jobs.checkpoints import load_checkpoint
 
     records = read_records(data)  # a bad data file fails before the model loads
     for i, r in enumerate(records[:max_samples]):

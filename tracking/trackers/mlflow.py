@@ -27,7 +27,9 @@ import os
 import time
 from typing import Any
 
-from tracking.backends.base import (
+from tracking.core.metrics import DecisionMetrics
+from tracking.errors import TokcalError, first_line, require
+from tracking.trackers.base import (
     BINS_COLUMNS,
     FIGURE_SUFFIX,
     Tracker,
@@ -41,8 +43,6 @@ from tracking.backends.base import (
     step_name,
     to_jsonable,
 )
-from tracking.errors import TokcalError, first_line, require
-from tracking.metrics import DecisionMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class MlflowTracker(Tracker):
     ) -> None:
         from mlflow.entities import Metric, RunTag
 
-        from tracking.plots import figure_to_array, metric_figures
+        from tracking.core.plots import figure_to_array, metric_figures
 
         metrics = check_metrics(metrics)
         step = check_step(step)

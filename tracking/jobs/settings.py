@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from tracking.core.spec import DecisionSpec
 from tracking.errors import TokcalError
-from tracking.spec import DecisionSpec
 
 BACKENDS = ("local", "mlflow", "wandb")
 SCORERS = ("auto", "hook", "pass")

@@ -1,0 +1,107 @@
+"""The result of scoring an evaluation: label probabilities per decision.
+
+:func:`decision_probs` turns logits at answer positions into label probabilities;
+:class:`DecisionScores` holds them with the truth and sample ids, and gives metrics and
+per-decision records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from tracking.core.metrics import DecisionMetrics, compute_metrics
+from tracking.core.spec import ResolvedSpec, label_key
+
+
+def decision_probs(logits: torch.Tensor, resolved: ResolvedSpec) -> np.ndarray:
+    """(D, V) logits at answer positions -> (D, K) label probabilities (variants summed).
+
+    Log-softmax in float32 over the whole vocabulary, whatever the model's dtype.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    cols = [torch.logsumexp(logp[:, list(ids)], dim=-1) for ids in resolved.token_ids]
+    return torch.stack(cols, dim=-1).exp().double().cpu().numpy()
+
+
+@dataclass
+class DecisionScores:
+    """Per-decision results of an evaluation.
+
+    Attributes:
+        labels: the spec's labels.
+        probs: (N, K) probability of each label at the answer position.
+        gt: (N,) true label index.
+        sample_index: (N,) index of the sample (record) each decision came from.
+        missing: supervised spans where no decision token was found.
+        sample_ids: optional id per sample index (from the data file).
+    """
+
+    labels: list[str]
+    probs: np.ndarray
+    gt: np.ndarray
+    sample_index: np.ndarray
+    missing: int = 0
+    sample_ids: Sequence[Any] | None = None
+    inputs: list[list[int]] | None = field(default=None, repr=False)  # tokens before each decision
+
+    @classmethod
+    def empty(cls, labels: Sequence[str]) -> "DecisionScores":
+        k = len(labels)
+        return cls(list(labels), np.zeros((0, k)), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    @classmethod
+    def concat(cls, parts: Sequence["DecisionScores"], labels: Sequence[str]) -> "DecisionScores":
+        if not parts:
+            return cls.empty(labels)
+        return cls(
+            list(labels),
+            np.concatenate([p.probs for p in parts]).reshape(-1, len(labels)),
+            np.concatenate([p.gt for p in parts]).astype(np.int64),
+            np.concatenate([p.sample_index for p in parts]).astype(np.int64),
+            int(sum(p.missing for p in parts)),
+            parts[0].sample_ids,
+        )
+
+    def __len__(self) -> int:
+        return len(self.gt)
+
+    def sorted(self) -> "DecisionScores":
+        """Ordered by sample index (stable), so results do not depend on batching."""
+        o = np.argsort(self.sample_index, kind="stable")
+        return DecisionScores(self.labels, self.probs[o], self.gt[o], self.sample_index[o],
+                              self.missing, self.sample_ids)
+
+    def metrics(self, *, n_bins: int = 15, hist_bins: int = 20, prefix: str = "eval_") -> DecisionMetrics:
+        return compute_metrics(self.probs, self.gt, self.labels, n_missing=self.missing,
+                               n_bins=n_bins, hist_bins=hist_bins, prefix=prefix)
+
+    def records(self) -> list[dict[str, Any]]:
+        """One dict per decision: ``sample_id``, ``p_<label>``..., ``gt``, ``pred``,
+        ``correct``, ``mass``, ``confidence`` (and ``turn`` when a sample has several)."""
+        keys = [label_key(x) for x in self.labels]
+        counts = np.bincount(self.sample_index) if len(self) else np.zeros(0, np.int64)
+        seen: dict[int, int] = {}
+        out = []
+        for i in range(len(self)):
+            si = int(self.sample_index[i])
+            p = self.probs[i]
+            pred = int(np.argmax(p))
+            sid = self.sample_ids[si] if self.sample_ids is not None else si
+            rec: dict[str, Any] = {"sample_id": sid}
+            if counts[si] > 1:
+                rec["turn"] = seen.get(si, 0)
+                seen[si] = rec["turn"] + 1
+            rec.update({f"p_{k}": float(p[j]) for j, k in enumerate(keys)})
+            rec.update(
+                gt=self.labels[int(self.gt[i])],
+                pred=self.labels[pred],
+                correct=bool(pred == int(self.gt[i])),
+                mass=float(p.sum()),
+                confidence=float(p[pred]),
+            )
+            out.append(rec)
+        return out

@@ -1,0 +1,98 @@
+"""Rendering a conversation with the chat template and tokenising it as SFT training does.
+
+Each record is rendered with the tokenizer's chat template and tokenised whole; labels
+cover the assistant turns only (-100 elsewhere), as in supervised fine-tuning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from tracking.core.positions import IGNORE_INDEX
+from tracking.data.records import message_text, to_messages
+from tracking.errors import TokcalError
+
+
+@dataclass
+class Example:
+    """One tokenised record."""
+
+    input_ids: list[int]
+    labels: list[int]
+    sample_id: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def tokenize_conversation(
+    tokenizer: Any, messages: list[dict[str, Any]], *, chat_template: str | None = None
+) -> tuple[list[int], list[int]]:
+    """Render with the chat template and tokenise; label the assistant turns only.
+
+    The supervised span of a turn is its content plus the end-of-sequence token that the
+    template puts right after it, matched through the tokeniser's character offsets.
+    """
+    template = chat_template or getattr(tokenizer, "chat_template", None)
+    if not template:
+        raise TokcalError(
+            "the tokenizer has no chat template; add one to the checkpoint's tokenizer_config.json "
+            "or pass --chat-template FILE"
+        )
+    text = tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template)
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    eos = getattr(tokenizer, "eos_token", None) or ""
+    for m in messages:
+        content = message_text(m["content"])
+        if m["role"] != "assistant" or not content:
+            continue
+        at = text.find(content, cursor)
+        if at < 0:
+            raise TokcalError(
+                "the chat template changed an assistant answer, so its tokens cannot be located; "
+                "check the template or the record"
+            )
+        end = at + len(content)
+        if eos and text.startswith(eos, end):
+            end += len(eos)
+        spans.append((at, end))
+        cursor = end
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    labels = [IGNORE_INDEX] * len(ids)
+    offsets = enc["offset_mapping"]
+    si = 0
+    for i, (s, e) in enumerate(offsets):
+        while si < len(spans) and s >= spans[si][1]:
+            si += 1
+        if si < len(spans) and spans[si][0] <= s < spans[si][1] and e > s:
+            labels[i] = ids[i]
+    return ids, labels
+
+
+def tokenize_records(
+    records: Sequence[dict[str, Any]],
+    tokenizer: Any,
+    *,
+    chat_template: str | None = None,
+    max_samples: int | None = None,
+    progress: bool = False,
+    name: str = "data",
+) -> list[Example]:
+    """Render and tokenise records already read with :func:`read_records`."""
+    if max_samples is not None:
+        records = records[:max_samples]
+    it: Iterable[tuple[int, dict[str, Any]]] = enumerate(records)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, total=len(records), desc="tokenising", unit="rec", leave=False)
+    out = []
+    for i, r in it:
+        where = f"{name}, record {i}"
+        ids, labels = tokenize_conversation(tokenizer, to_messages(r, where), chat_template=chat_template)
+        out.append(Example(ids, labels, r.get("id", i)))
+    return out

@@ -1,0 +1,124 @@
+"""Reading eval records and normalising them to chat ``messages``.
+
+Records in JSON or JSONL, in one of three shapes:
+
+- ``messages``: ``[{"role": "system"|"user"|"assistant", "content": ...}, ...]``
+- LLaMA-Factory alpaca: ``instruction``, ``input``, ``output`` (optional ``system``, ``history``)
+- LLaMA-Factory sharegpt: ``conversations`` with ``from``/``value``
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tracking.errors import TokcalError
+
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "system": "system"}
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSON array (or ``{"data": [...]}``) or a JSONL file of records.
+
+    Raises:
+        TokcalError: the file is missing, empty, or a line is not a JSON object (the
+            message gives the line number).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise TokcalError(f"data file not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    if not text.strip():
+        raise TokcalError(f"data file {p} is empty; expected JSON or JSONL records")
+    records: list[Any]
+    if text.lstrip()[0] == "[" or (p.suffix == ".json" and text.lstrip()[0] == "{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            if p.suffix == ".json":
+                raise TokcalError(f"{p} is not valid JSON: {exc.msg} at line {exc.lineno}") from exc
+            data = None
+        if data is not None:
+            records = data.get("data", [data]) if isinstance(data, dict) else data
+            return _check_objects(records, p)
+    records = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise TokcalError(f"{p}, line {n}: not valid JSON ({exc.msg}); expected one record per line") from exc
+        if not isinstance(records[-1], dict):
+            raise TokcalError(f"{p}, line {n}: expected a JSON object, got {type(records[-1]).__name__}")
+    if not records:
+        raise TokcalError(f"data file {p} has no records")
+    return records
+
+
+def _check_objects(records: Any, p: Path) -> list[dict[str, Any]]:
+    if not isinstance(records, list):
+        raise TokcalError(f"{p}: expected a list of records, got {type(records).__name__}")
+    if not records:
+        raise TokcalError(f"data file {p} has no records")
+    for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise TokcalError(f"{p}, record {i}: expected a JSON object, got {type(r).__name__}")
+    return records
+
+
+def message_text(content: Any) -> str:
+    """Plain text of a message's content (a string, or a list of typed parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    if content is None:
+        return ""
+    raise TokcalError(f"expected message content as text or a list of parts, got {type(content).__name__}")
+
+
+def to_messages(record: dict[str, Any], where: str = "record") -> list[dict[str, Any]]:
+    """Normalise a record in any supported shape to chat ``messages``.
+
+    Example:
+        >>> to_messages({"instruction": "Review:", "input": "Good.", "output": "\\\\boxed{Accept}"})
+        [{'role': 'user', 'content': 'Review:\\nGood.'}, {'role': 'assistant', 'content': '\\\\boxed{Accept}'}]
+    """
+    if "messages" in record:
+        msgs = record["messages"]
+        if not isinstance(msgs, list) or not all(isinstance(m, dict) and "role" in m for m in msgs):
+            raise TokcalError(f"{where}: expected 'messages' as a list of {{role, content}} objects")
+        out = [{"role": m["role"], "content": m.get("content", "")} for m in msgs]
+    elif "conversations" in record:
+        out = []
+        if record.get("system"):
+            out.append({"role": "system", "content": record["system"]})
+        for m in record["conversations"]:
+            role = _SHAREGPT_ROLES.get(str(m.get("from", "")).lower())
+            if role is None:
+                raise TokcalError(
+                    f"{where}: unknown sharegpt role {m.get('from')!r}; expected one of {sorted(_SHAREGPT_ROLES)}"
+                )
+            out.append({"role": role, "content": m.get("value", "")})
+    elif "instruction" in record or "output" in record:
+        out = []
+        if record.get("system"):
+            out.append({"role": "system", "content": record["system"]})
+        for q, a in record.get("history") or []:
+            out += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        prompt = str(record.get("instruction", ""))
+        if record.get("input"):
+            prompt = f"{prompt}\n{record['input']}" if prompt else str(record["input"])
+        out.append({"role": "user", "content": prompt})
+        out.append({"role": "assistant", "content": record.get("output", "")})
+    else:
+        raise TokcalError(
+            f"{where}: unknown record shape with keys {sorted(record)}; expected 'messages', "
+            "'conversations' (sharegpt) or 'instruction'/'output' (alpaca)"
+        )
+    if not any(m["role"] == "assistant" and message_text(m["content"]).strip() for m in out):
+        raise TokcalError(f"{where} has no assistant answer; expected the answer to score in the last turn")
+    return out
