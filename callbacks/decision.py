@@ -29,7 +29,6 @@ from tracking.jobs.settings import TrackingSettings
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "tokcal.json"
 
 
 class DecisionTrackingCallback(TrainerCallback):
@@ -246,7 +245,7 @@ class DecisionTrackingCallback(TrainerCallback):
     def _open_trackers(self, args: TrainingArguments) -> None:
         if self.trackers:
             return
-        from tracking.io import write_json
+        from tracking.jobs.state import STATE_FILE, write_state
         from tracking.trackers import open_tracker
 
         names = self.settings.backends_for(getattr(args, "report_to", None))
@@ -259,9 +258,8 @@ class DecisionTrackingCallback(TrainerCallback):
                 self.trackers.append(t)
             except Exception as exc:  # a tracking error never stops training
                 self._warn_once(f"open:{name}", f"tokcal could not open the {name} tracker: {exc}")
-        state = {"trackers": [t.describe() for t in self.trackers], **self.settings.to_dict()}
         try:
-            write_json(Path(args.output_dir) / STATE_FILE, state)
+            write_state(args.output_dir, [t.describe() for t in self.trackers], self.settings)
         except OSError as exc:
             self._warn_once("state", f"tokcal could not write {STATE_FILE}: {exc}")
 

@@ -17,7 +17,8 @@ from tests.helpers.mlflow_server import free_port
 from tests.helpers.training import train_tiny
 from tracking.cli.main import main
 from tracking.core.spec import DecisionSpec
-from tracking.jobs.backfill import MARKER, backfill, resolve_checkpoints
+from tracking.jobs.backfill import MARKER, backfill
+from tracking.jobs.checkpoints import resolve_checkpoints
 from tracking.jobs.extract import score_checkpoint
 from tracking.jobs.settings import TrackingSettings
 from tracking.trackers.local import LocalTracker, read_local_store
@@ -299,7 +300,7 @@ def test_torchrun_two_processes_equal_one(run_dir: Path, tmp_path: Path):
 
 
 def test_output_folder_with_a_final_model_stands_for_its_checkpoints(tmp_path: Path):
-    from tracking.jobs.backfill import resolve_checkpoints
+    from tracking.jobs.checkpoints import resolve_checkpoints
 
     out = tmp_path / "out"
     for step in (2, 4):

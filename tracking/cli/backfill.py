@@ -77,14 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tracking.core.distributed import Dist, init_distributed
     from tracking.core.metrics import bin_edges
-    from tracking.jobs.backfill import (
-        backfill,
-        find_state,
-        open_targets,
-        read_state,
-        settings_from_state,
-        tracker_targets,
-    )
+    from tracking.jobs.backfill import backfill
+    from tracking.jobs.state import find_state, read_state, settings_from_state
+    from tracking.trackers.targets import open_targets, tracker_targets
 
     eval_set = eval_set_from_args(args)  # None with --data
     init_distributed()

@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import gc
-import glob
 import hashlib
 import json
 import logging
@@ -34,21 +33,18 @@ from typing import Any, Iterable, Mapping, Sequence
 from tracking.core.distributed import Dist
 from tracking.errors import TokcalError, first_line
 from tracking.jobs.checkpoints import (
-    checkpoint_step,
-    find_checkpoints,
     inspect_checkpoint,
+    resolve_checkpoints,
 )
 from tracking.jobs.settings import TrackingSettings
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "tokcal.json"  # written by callbacks.decision at train begin
 #: The marker every backfilled evaluation carries (W&B: ``eval/tag_tokcal_backfill`` in
 #: the row; MLflow: a run tag and the ``tags`` of each ``bins_step_*.json``; local: the
 #: line's ``tags``).
 MARKER: dict[str, str] = {"tokcal_backfill": "true"}
 DECISIONS_FILE = "tokcal_decisions.jsonl"
-_GLOB_CHARS = "*?["
 
 
 # ----------------------------------------------------------------------------- results
@@ -104,167 +100,6 @@ class BackfillReport:
         lines.append(f"backfill into {runs}: {len(self.logged)} logged, {len(self.skipped)} skipped, "
                      f"{len(self.failed)} failed")
         return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------- checkpoints
-
-
-def _looks_like_checkpoint(p: Path) -> bool:
-    return any((p / f).is_file() for f in ("config.json", "adapter_config.json", "trainer_state.json")) or (
-        p.name.startswith("checkpoint-") and p.name[len("checkpoint-"):].isdigit()
-    )
-
-
-def resolve_checkpoints(sources: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, int]]:
-    """``(folder, step)`` in step order from output folders, checkpoint folders or globs.
-
-    An output folder stands for its ``checkpoint-N`` sub-folders; a glob for its matching
-    folders. The step is ``trainer_state.json``'s ``global_step`` (else the folder name).
-
-    Raises:
-        TokcalError: nothing found, a path that does not exist, a step that cannot be told,
-            or two checkpoints with the same step.
-    """
-    found: dict[Path, None] = {}
-    sources = list(sources)
-    if not sources:
-        raise TokcalError("no checkpoints given; expected an output folder, checkpoint folders or a glob")
-    for src in sources:
-        text = str(src)
-        if any(c in text for c in _GLOB_CHARS) and not Path(text).exists():
-            matches = [Path(m) for m in sorted(glob.glob(text)) if Path(m).is_dir()]
-            if not matches:
-                raise TokcalError(f"no checkpoint folder matches {text!r}")
-            found.update(dict.fromkeys(m.resolve() for m in matches))
-            continue
-        p = Path(text)
-        if not p.exists():
-            raise TokcalError(f"checkpoint or output folder not found: {p}")
-        if not p.is_dir():
-            raise TokcalError(f"expected a checkpoint or output folder, got a file: {p}")
-        subs = find_checkpoints(p)
-        if not subs and _looks_like_checkpoint(p):
-            found[p.resolve()] = None
-            continue
-        # An output folder stands for its checkpoints, also when it holds the final model
-        # too (LLaMA-Factory and Trainer.save_model write one there).
-        if not subs:
-            raise TokcalError(f"no checkpoint-N folders in {p}; expected the Trainer's output_dir or checkpoint paths")
-        found.update(dict.fromkeys(s.resolve() for s in subs))
-    plan = sorted(((p, checkpoint_step(p)) for p in found), key=lambda x: (x[1], str(x[0])))
-    for (a, sa), (b, sb) in zip(plan, plan[1:]):
-        if sa == sb:
-            raise TokcalError(f"{a} and {b} are both step {sa}; expected one checkpoint per step (pass one of them)")
-    return plan
-
-
-# ------------------------------------------------------------------- run and settings
-
-
-def find_state(paths: Iterable[str | os.PathLike[str]]) -> Path | None:
-    """The ``tokcal.json`` in a given folder, or beside the checkpoints (their parent)."""
-    seen: list[Path] = []
-    for src in paths:
-        p = Path(str(src))
-        if any(c in str(src) for c in _GLOB_CHARS) and not p.exists():
-            p = Path(glob.glob(str(src))[0]) if glob.glob(str(src)) else p.parent
-        for cand in (p, p.parent):
-            if cand not in seen:
-                seen.append(cand)
-    for folder in seen:
-        if (folder / STATE_FILE).is_file():
-            return folder / STATE_FILE
-    return None
-
-
-def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a ``tokcal.json`` (``{"trackers": [...], <settings>}``)."""
-    from tracking.config import load_json_object
-
-    return load_json_object(path)
-
-
-def settings_from_state(state: Mapping[str, Any] | None) -> TrackingSettings:
-    """The tracking settings recorded in ``tokcal.json`` (defaults when there is none)."""
-    if not state:
-        return TrackingSettings()
-    return TrackingSettings.from_dict({k: v for k, v in state.items() if k != "trackers"})
-
-
-def tracker_targets(
-    state: Mapping[str, Any] | None,
-    *,
-    backend: str | None = None,
-    run_id: str | None = None,
-    project: str | None = None,
-    entity: str | None = None,
-    tracking_uri: str | None = None,
-    local_dir: str | None = None,
-    default_local_dir: str | None = None,
-) -> list[dict[str, Any]]:
-    """``open_tracker`` keyword arguments for the run(s) to backfill into.
-
-    The runs recorded in ``tokcal.json`` (``state["trackers"]``), narrowed to ``backend``
-    when given; each flag that is given overrides the recorded value.
-
-    Raises:
-        TokcalError: no run can be told (no ``tokcal.json`` and no ``--backend``/``--run-id``),
-            or a recorded MLflow URI had its password redacted and none is given.
-    """
-    recorded = [t for t in (state or {}).get("trackers", []) if isinstance(t, dict) and t.get("backend")]
-    if backend is not None:
-        entries = [t for t in recorded if t["backend"] == backend] or [{"backend": backend}]
-    elif recorded:
-        entries = recorded
-    else:
-        raise TokcalError(
-            "no run to backfill into: expected a tokcal.json (written by the training callback) beside the "
-            "checkpoints, or --backend and --run-id"
-        )
-    if run_id is not None and len(entries) > 1:
-        names = ", ".join(t["backend"] for t in entries)
-        raise TokcalError(f"--run-id names one run but tokcal.json records several ({names}); pass --backend too")
-    out = []
-    for t in entries:
-        name = t["backend"]
-        kw: dict[str, Any] = {"backend": name, "run_id": run_id or t.get("run_id")}
-        if not kw["run_id"]:
-            raise TokcalError(f"no {name} run id recorded; expected --run-id (see docs/backfill.md to find it)")
-        if name == "mlflow":
-            uri = tracking_uri or t.get("tracking_uri")
-            if uri and "***" in uri and not tracking_uri:
-                env = os.environ.get("MLFLOW_TRACKING_URI")
-                if not env:
-                    raise TokcalError(
-                        f"tokcal.json records the MLflow URI with its password hidden ({uri}); expected "
-                        "--tracking-uri or MLFLOW_TRACKING_URI to give it"
-                    )
-                uri = env
-            kw["tracking_uri"] = uri
-        elif name == "wandb":
-            kw["project"] = project or t.get("project")
-            kw["entity"] = entity or t.get("entity")
-        else:
-            recorded_dir = Path(t["local_dir"]).parent if t.get("local_dir") else None
-            kw["local_dir"] = local_dir or recorded_dir or default_local_dir or "tokcal-runs"
-        out.append(kw)
-    return out
-
-
-def open_targets(targets: Sequence[Mapping[str, Any]]) -> list[Any]:
-    """Open each run without a spool (a failed call is a failed checkpoint, not a file)."""
-    from tracking.trackers import open_tracker
-
-    opened: list[Any] = []
-    try:
-        for kw in targets:
-            kw = {k: v for k, v in kw.items() if v is not None}
-            opened.append(open_tracker(spool=False, **kw))
-    except BaseException:
-        for t in opened:
-            t.close()
-        raise
-    return opened
 
 
 # ---------------------------------------------------------------------------- scoring

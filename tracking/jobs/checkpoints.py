@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from tracking.errors import TokcalError, first_line
 
@@ -156,3 +158,58 @@ def find_checkpoints(output_dir: str | Path) -> list[Path]:
         raise TokcalError(f"output folder not found: {root}")
     found = [p for p in root.iterdir() if p.is_dir() and _STEP_RE.search(p.name)]
     return sorted(found, key=lambda p: int(_STEP_RE.search(p.name).group(1)))  # type: ignore[union-attr]
+
+
+_GLOB_CHARS = "*?["
+
+
+def _looks_like_checkpoint(p: Path) -> bool:
+    return any((p / f).is_file() for f in ("config.json", "adapter_config.json", "trainer_state.json")) or (
+        p.name.startswith("checkpoint-") and p.name[len("checkpoint-"):].isdigit()
+    )
+
+
+def resolve_checkpoints(sources: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, int]]:
+    """``(folder, step)`` in step order from output folders, checkpoint folders or globs.
+
+    An output folder stands for its ``checkpoint-N`` sub-folders; a glob for its matching
+    folders. The step is ``trainer_state.json``'s ``global_step`` (else the folder name).
+
+    Raises:
+        TokcalError: nothing found, a path that does not exist, a step that cannot be told,
+            or two checkpoints with the same step.
+    """
+    found: dict[Path, None] = {}
+    sources = list(sources)
+    if not sources:
+        raise TokcalError("no checkpoints given; expected an output folder, checkpoint folders or a glob")
+    for src in sources:
+        text = str(src)
+        if any(c in text for c in _GLOB_CHARS) and not Path(text).exists():
+            matches = [Path(m) for m in sorted(glob.glob(text)) if Path(m).is_dir()]
+            if not matches:
+                raise TokcalError(f"no checkpoint folder matches {text!r}")
+            found.update(dict.fromkeys(m.resolve() for m in matches))
+            continue
+        p = Path(text)
+        if not p.exists():
+            raise TokcalError(f"checkpoint or output folder not found: {p}")
+        if not p.is_dir():
+            raise TokcalError(f"expected a checkpoint or output folder, got a file: {p}")
+        subs = find_checkpoints(p)
+        if not subs and _looks_like_checkpoint(p):
+            found[p.resolve()] = None
+            continue
+        # An output folder stands for its checkpoints, also when it holds the final model
+        # too (LLaMA-Factory and Trainer.save_model write one there).
+        if not subs:
+            raise TokcalError(f"no checkpoint-N folders in {p}; expected the Trainer's output_dir or checkpoint paths")
+        found.update(dict.fromkeys(s.resolve() for s in subs))
+    plan = sorted(((p, checkpoint_step(p)) for p in found), key=lambda x: (x[1], str(x[0])))
+    for (a, sa), (b, sb) in zip(plan, plan[1:]):
+        if sa == sb:
+            raise TokcalError(f"{a} and {b} are both step {sa}; expected one checkpoint per step (pass one of them)")
+    return plan
+
+
+# ------------------------------------------------------------------- run and settings
