@@ -23,7 +23,6 @@ to skip tokenising the train split); another version gets a clear error if they 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import logging
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from tracking.data.conversation import Example
+from tracking.data.sources import EvalSource
 from tracking.errors import TokcalError
 
 log = logging.getLogger(__name__)
@@ -212,45 +212,54 @@ def _pick(eval_dict: Mapping[str, Any], eval_name: str | None, name: str) -> str
     raise TokcalError(f"no eval set {eval_name!r} in {name}; expected one of {keys}")
 
 
-# ----------------------------------------------------------------------- CLI helpers
+class LlamaFactorySource(EvalSource):
+    """The eval set of a LLaMA-Factory training config, built by LLaMA-Factory itself.
 
+    It is built once in :meth:`check` (with LLaMA-Factory's tokenizer, fixed by its
+    template), and every checkpoint is scored with that tokenizer and those token ids, as
+    the training callback did.
 
-def add_llamafactory_args(p: argparse.ArgumentParser) -> None:
-    """``--llamafactory-config`` and friends, for ``extract`` and ``backfill``.
+    Args:
+        config: the training YAML (or JSON).
+        overrides: ``key=value`` items on top of it (``model_name_or_path=/local/copy``).
+        eval_name: which eval set when there are several (``eval_on_each_dataset``).
+        max_samples: keep only the first N eval rows.
 
-    The subcommand's ``--data`` must not be ``required=True``; call
-    :func:`eval_set_from_args` in ``run`` (it checks that exactly one of the two is given).
+    Example:
+        >>> source = LlamaFactorySource("train.yaml")  # doctest: +SKIP
+        >>> scores = score_checkpoint("out/checkpoint-500", source, spec)  # doctest: +SKIP
     """
-    g = p.add_argument_group("LLaMA-Factory data (instead of --data)")
-    g.add_argument("--llamafactory-config", metavar="CONFIG.yaml",
-                   help="the LLaMA-Factory training YAML: build the eval set with its template, dataset_info.json, "
-                        "cutoff_len and val_size split, token for token as in training")
-    g.add_argument("--llamafactory-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of that YAML, e.g. model_name_or_path=/local/copy (repeatable)")
-    g.add_argument("--llamafactory-eval", metavar="NAME",
-                   help="which eval set when the config has several (eval_on_each_dataset)")
 
+    def __init__(self, config: str | os.PathLike[str], overrides: Sequence[str] = (), *,
+                 eval_name: str | None = None, max_samples: int | None = None) -> None:
+        if not Path(config).is_file():
+            raise TokcalError(f"LLaMA-Factory config not found: {config}")
+        self.config, self.overrides = str(config), list(overrides)
+        self.eval_name, self.max_samples = eval_name, max_samples
+        self.name = Path(config).name
+        self._eval_set: EvalSet | None = None
 
-def eval_set_from_args(args: argparse.Namespace) -> EvalSet | None:
-    """The :class:`EvalSet` when ``--llamafactory-config`` is given, else ``None``.
+    @property
+    def eval_set(self) -> EvalSet:
+        """The built eval set (built on first use)."""
+        if self._eval_set is None:
+            self._eval_set = load_eval_set(self.config, self.overrides, eval_name=self.eval_name,
+                                           max_samples=self.max_samples)
+            log.info("LLaMA-Factory eval set %s: %d rows (template %s)", self._eval_set.name,
+                     len(self._eval_set), self._eval_set.template)
+        return self._eval_set
 
-    Raises:
-        TokcalError: both or neither of ``--data`` and ``--llamafactory-config``, or
-            ``--llamafactory-set``/``--llamafactory-eval`` without the config.
-    """
-    cfg = getattr(args, "llamafactory_config", None)
-    data = getattr(args, "data", None)
-    if cfg and data:
-        raise TokcalError("expected --data or --llamafactory-config, not both")
-    if not cfg:
-        if getattr(args, "llamafactory_set", None) or getattr(args, "llamafactory_eval", None):
-            raise TokcalError("--llamafactory-set and --llamafactory-eval need --llamafactory-config")
-        if not data:
-            raise TokcalError("expected --data FILE or --llamafactory-config CONFIG.yaml")
-        return None
-    if not Path(cfg).is_file():
-        raise TokcalError(f"LLaMA-Factory config not found: {cfg}")
-    eval_set = load_eval_set(cfg, args.llamafactory_set, eval_name=args.llamafactory_eval,
-                             max_samples=getattr(args, "max_samples", None))
-    log.info("LLaMA-Factory eval set %s: %d rows (template %s)", eval_set.name, len(eval_set), eval_set.template)
-    return eval_set
+    def check(self) -> None:
+        self.eval_set  # noqa: B018 - building it is the check
+
+    def tokenizer_for(self, tokenizer: Any) -> Any:
+        return self.eval_set.tokenizer
+
+    def cache_key(self, tokenizer: Any) -> str:
+        return f"llamafactory:{self.config}"
+
+    def examples(self, tokenizer: Any, *, progress: bool = False) -> list[Example]:
+        return self.eval_set.examples
+
+    def metadata(self) -> dict[str, Any]:
+        return {"source": self.config, "llamafactory_eval": self.eval_set.name, **self.eval_set.info}

@@ -6,13 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from callbacks.llamafactory_data import add_llamafactory_args, eval_set_from_args
 from tracking.cli.common import (
+    add_data_args,
     add_model_args,
     add_spec_args,
     format_table,
     load_kwargs,
-    read_template,
+    source_from,
     spec_from,
 )
 from tracking.errors import TokcalError
@@ -52,8 +52,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="the training output folder (its checkpoint-N folders), checkpoint folders or globs")
-    p.add_argument("--data", metavar="FILE",
-                   help="JSON/JSONL: messages, alpaca or sharegpt records (or --llamafactory-config)")
     p.add_argument("--output-dir", metavar="DIR",
                    help="write <checkpoint>.decisions.jsonl here (default: tokcal_decisions.jsonl in each checkpoint)")
     p.add_argument("--force", action="store_true", help="log steps that the run already has again")
@@ -68,9 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--entity", help="W&B entity (user or team)")
     g.add_argument("--tracking-uri", help="MLflow tracking URI")
     g.add_argument("--local-dir", help="local backend folder (the one holding run folders)")
+    add_data_args(p)
     add_spec_args(p)
     add_model_args(p)
-    add_llamafactory_args(p)
     p.set_defaults(func=run, bins=None)
 
 
@@ -81,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from tracking.jobs.state import find_state, read_state, settings_from_state
     from tracking.trackers.targets import open_targets, tracker_targets
 
-    eval_set = eval_set_from_args(args)  # None with --data
+    source = source_from(args)
     init_distributed()
     dist = Dist()
     state_file = Path(args.state) if args.state else find_state(args.paths)
@@ -118,9 +116,9 @@ def run(args: argparse.Namespace) -> int:
         raise TokcalError(error)
     try:
         report = backfill(
-            args.paths, eval_set if eval_set is not None else args.data, trackers, settings, force=args.force,
+            args.paths, source, trackers, settings, force=args.force,
             output_dir=args.output_dir, metric_prefix=args.metric_prefix, max_tokens=args.max_tokens,
-            max_samples=args.max_samples, chat_template=read_template(args), progress=not args.quiet, **kw,
+            progress=not args.quiet, **kw,
         )
     finally:
         for t in trackers:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from tracking.core.spec import DecisionSpec, spec_from_args
 
@@ -53,3 +53,43 @@ def format_table(scalars: Mapping[str, float]) -> str:
         val = "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6g}"
         lines.append(f"{k.ljust(width)}  {val}")
     return "\n".join(lines)
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """``--data`` or ``--llamafactory-config`` (and its friends): where the eval set comes from."""
+    p.add_argument("--data", metavar="FILE",
+                   help="JSON/JSONL: messages, alpaca or sharegpt records (or --llamafactory-config)")
+    g = p.add_argument_group("LLaMA-Factory data (instead of --data)")
+    g.add_argument("--llamafactory-config", metavar="CONFIG.yaml",
+                   help="the LLaMA-Factory training YAML: build the eval set with its template, dataset_info.json, "
+                        "cutoff_len and val_size split, token for token as in training")
+    g.add_argument("--llamafactory-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of that YAML, e.g. model_name_or_path=/local/copy (repeatable)")
+    g.add_argument("--llamafactory-eval", metavar="NAME",
+                   help="which eval set when the config has several (eval_on_each_dataset)")
+
+
+def source_from(args: argparse.Namespace) -> Any:
+    """The :class:`~tracking.data.sources.EvalSource` the options name (not yet checked).
+
+    Raises:
+        TokcalError: both or neither of ``--data`` and ``--llamafactory-config``, or
+            ``--llamafactory-set``/``--llamafactory-eval`` without the config.
+    """
+    from tracking.errors import TokcalError
+
+    cfg, data = args.llamafactory_config, args.data
+    if cfg and data:
+        raise TokcalError("expected --data or --llamafactory-config, not both")
+    if cfg:
+        from callbacks.llamafactory_data import LlamaFactorySource
+
+        return LlamaFactorySource(cfg, args.llamafactory_set, eval_name=args.llamafactory_eval,
+                                  max_samples=args.max_samples)
+    if args.llamafactory_set or args.llamafactory_eval:
+        raise TokcalError("--llamafactory-set and --llamafactory-eval need --llamafactory-config")
+    if not data:
+        raise TokcalError("expected --data FILE or --llamafactory-config CONFIG.yaml")
+    from tracking.data.sources import DataFile
+
+    return DataFile(data, chat_template=read_template(args), max_samples=args.max_samples)

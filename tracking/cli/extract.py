@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from callbacks.llamafactory_data import add_llamafactory_args
 from tracking.cli.common import (
+    add_data_args,
     add_model_args,
     add_spec_args,
     format_table,
     load_kwargs,
-    read_template,
+    source_from,
     spec_from,
 )
 from tracking.errors import TokcalError
@@ -37,13 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint folder (safetensors)")
-    p.add_argument("--data", metavar="FILE",
-                   help="JSON/JSONL: messages, alpaca or sharegpt records (or --llamafactory-config)")
     p.add_argument("--output", required=True, metavar="OUT.jsonl", help="per-decision JSON lines")
     p.add_argument("--metrics", metavar="OUT.json", help="write the scalar metrics (and bins) here")
+    add_data_args(p)
     add_spec_args(p)
     add_model_args(p)
-    add_llamafactory_args(p)
     p.set_defaults(func=run)
 
 
@@ -57,20 +55,8 @@ def run(args: argparse.Namespace) -> int:
     for out in (args.output, args.metrics):
         if out and Path(out).is_dir():
             raise TokcalError(f"expected an output file path, got a folder: {out}")
-    from callbacks.llamafactory_data import eval_set_from_args
-
-    eval_set = eval_set_from_args(args)
-    if eval_set is not None:
-        from tracking.jobs.checkpoints import load_checkpoint
-        from tracking.jobs.extract import score_examples
-
-        model, _ = load_checkpoint(args.checkpoint, **load_kwargs(args))
-        scores = score_examples(model, eval_set.tokenizer, eval_set.examples, spec, max_tokens=args.max_tokens)
-    else:
-        scores = score_checkpoint(
-            args.checkpoint, args.data, spec, max_tokens=args.max_tokens, max_samples=args.max_samples,
-            chat_template=read_template(args), **load_kwargs(args),
-        )
+    scores = score_checkpoint(args.checkpoint, source_from(args), spec, max_tokens=args.max_tokens,
+                              **load_kwargs(args))
     metrics = scores.metrics(n_bins=args.bins)
     write_jsonl(args.output, scores.records())
     if args.metrics:

@@ -1,8 +1,10 @@
 """Backfill: rescore saved ``checkpoint-N`` folders and log each into the run at step N.
 
-The eval data is read and checked once, tokenised once (again only for a checkpoint whose
-tokenizer differs), and every checkpoint is scored with the same core as ``tokcal
-extract``. Steps the run already has for these metrics are skipped, so running it again
+The loop is four named steps: :func:`~tracking.jobs.checkpoints.resolve_checkpoints`,
+:func:`plan` (what can fail without loading, and which runs still need each step),
+:func:`score_one` and :func:`log_one`. The eval source is checked once and tokenised once
+(again only for a checkpoint whose tokenizer differs), and every checkpoint is scored with
+the same core as ``tokcal extract``. Steps the run already has for these metrics are skipped, so running it again
 adds nothing and an interrupted backfill goes on where it stopped. A bad checkpoint is
 reported and the others still run.
 
@@ -20,23 +22,25 @@ Example:
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import logging
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from tracking.core.distributed import Dist
+from tracking.core.scores import DecisionScores
+from tracking.data.sources import EvalSource, as_source
 from tracking.errors import TokcalError, first_line
 from tracking.jobs.checkpoints import (
     inspect_checkpoint,
     resolve_checkpoints,
 )
 from tracking.jobs.settings import TrackingSettings
+from tracking.trackers.base import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -102,48 +106,7 @@ class BackfillReport:
         return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------- scoring
-
-
-def tokenizer_fingerprint(tokenizer: Any, chat_template: str | None = None) -> str:
-    """A hash of everything tokenisation depends on: vocabulary, merges, normaliser,
-    added tokens, chat template, end-of-sequence token."""
-    h = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and hasattr(backend, "to_str"):
-        h.update(backend.to_str().encode("utf-8"))
-    else:
-        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode("utf-8"))
-    extra = (type(tokenizer).__name__, chat_template or getattr(tokenizer, "chat_template", None),
-             getattr(tokenizer, "eos_token", None), getattr(tokenizer, "pad_token_id", None))
-    h.update(repr(extra).encode("utf-8"))
-    return h.hexdigest()
-
-
-def _score_local(model: Any, tokenizer: Any, examples: list[Any], settings: TrackingSettings, *,
-                 max_tokens: int, progress: bool, desc: str, dist: Dist) -> Any:
-    """All the scores in one process; under torchrun, this rank's share of the batches."""
-    from tracking.jobs.extract import score_examples
-
-    if not dist.on:
-        return score_examples(model, tokenizer, examples, settings.spec, max_tokens=max_tokens,
-                              progress=progress, desc=desc)
-    return score_examples(model, tokenizer, examples, settings.spec, max_tokens=max_tokens,
-                          progress=progress and dist.main, desc=f"{desc} (rank 0 of {dist.world})",
-                          shard=(dist.rank, dist.world))
-
-
-def _merge(parts: list[Any], examples: list[Any]) -> Any:
-    """The ranks' shares as one result in sample order, as one process gives it."""
-    from tracking.core.scores import DecisionScores
-
-    scores = DecisionScores.concat(parts, parts[0].labels).sorted()
-    scores.sample_ids = [e.sample_id for e in examples]
-    return scores
-
-
-def _one_line(exc: BaseException) -> str:
-    return first_line(exc, with_type=not isinstance(exc, TokcalError))
+# ---------------------------------------------------------------------------- steps
 
 
 def decisions_path(checkpoint: Path, output_dir: str | os.PathLike[str] | None) -> Path:
@@ -153,9 +116,116 @@ def decisions_path(checkpoint: Path, output_dir: str | os.PathLike[str] | None) 
     return Path(output_dir) / f"{checkpoint.name}.decisions.jsonl"
 
 
+def plan(
+    checkpoints: Sequence[tuple[Path, int]],
+    trackers: Sequence[Any],
+    *,
+    key: str,
+    force: bool = False,
+    output_dir: str | os.PathLike[str] | None = None,
+    allow_pickle: bool = False,
+) -> tuple[list[CheckpointResult], dict[int, list[int]]]:
+    """Every problem that shows without loading a model, and which trackers need each step.
+
+    Returns:
+        One :class:`CheckpointResult` per checkpoint (``"pending"``, or ``"failed"`` with
+        the reason), and for each step the indices of the trackers that do not have it
+        yet (all of them with ``force``).
+    """
+    results: list[CheckpointResult] = []
+    for path, step in checkpoints:
+        res = CheckpointResult(path, step, "pending", output=decisions_path(path, output_dir))
+        try:
+            inspect_checkpoint(path, allow_pickle=allow_pickle)
+            if output_dir is None and not os.access(path, os.W_OK):
+                raise TokcalError(f"cannot write {DECISIONS_FILE} into {path} (read-only); pass --output-dir")
+        except TokcalError as exc:
+            res.status, res.error = "failed", str(exc)
+        results.append(res)
+    have = [set() if force else set(t.logged_steps(key)) for t in trackers]
+    need = {r.step: [i for i, h in enumerate(have) if r.step not in h] for r in results}
+    return results, need
+
+
+class ExampleCache:
+    """The source's examples, built once per :meth:`EvalSource.cache_key`."""
+
+    def __init__(self, source: EvalSource, *, progress: bool = False) -> None:
+        self.source, self.progress = source, progress
+        self._built: dict[str, list[Any]] = {}
+
+    @property
+    def builds(self) -> int:
+        """How many times the eval set was tokenised."""
+        return len(self._built)
+
+    def get(self, tokenizer: Any, name: str) -> list[Any]:
+        key = self.source.cache_key(tokenizer)
+        if key not in self._built:
+            if self._built:
+                log.info("%s: its tokenizer differs from the previous checkpoints'; tokenising again", name)
+            self._built[key] = self.source.examples(tokenizer, progress=self.progress)
+        return self._built[key]
+
+
+def score_one(res: CheckpointResult, cache: ExampleCache, spec: Any, dist: Dist, *, max_tokens: int,
+              progress: bool, load_kw: Mapping[str, Any]) -> tuple[DecisionScores | None, str | None]:
+    """Load and score one checkpoint (this rank's share under torchrun), then join the
+    ranks: the scores in sample order on rank 0, or the first rank's error on every rank."""
+    import torch
+
+    from tracking.jobs.checkpoints import load_checkpoint
+    from tracking.jobs.extract import score_examples
+
+    scores, error, examples, model = None, None, [], None
+    try:
+        model, tokenizer = load_checkpoint(res.path, **load_kw)
+        tokenizer = cache.source.tokenizer_for(tokenizer)
+        examples = cache.get(tokenizer, res.path.name)
+        desc = f"step {res.step}" + (f" (rank 0 of {dist.world})" if dist.on else "")
+        scores = score_examples(model, tokenizer, examples, spec, source=cache.source, max_tokens=max_tokens,
+                                progress=progress and dist.main, desc=desc,
+                                shard=(dist.rank, dist.world) if dist.on else None)
+    except Exception as exc:  # one bad checkpoint must not stop the others: reported in the summary
+        error = first_line(exc, with_type=not isinstance(exc, TokcalError))
+    finally:
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if not dist.on:
+        return scores, error
+    gathered = dist.gather((error, scores if error is None else None))  # one collective per checkpoint
+    errors = [e for e, _ in gathered if e]
+    if errors:
+        return None, errors[0]
+    merged = DecisionScores.concat([p for _, p in gathered], gathered[0][1].labels).sorted()
+    merged.sample_ids = [e.sample_id for e in examples]
+    return merged, None
+
+
+def log_one(res: CheckpointResult, scores: DecisionScores, trackers: Sequence[Any], settings: TrackingSettings,
+            *, prefix: str, tags: Mapping[str, str]) -> None:
+    """Write the per-decision JSONL and log the evaluation into each tracker at its step."""
+    from tracking.io import write_jsonl
+
+    metrics = scores.metrics(n_bins=settings.n_bins, hist_bins=settings.hist_bins, prefix=prefix)
+    rows = scores.records()
+    write_jsonl(res.output, rows)
+    samples = None
+    if settings.log_samples:
+        samples = rows[: settings.max_samples] if settings.max_samples else rows
+    for tracker in trackers:
+        tracker.log_evaluation(metrics, res.step, samples=samples, tags=dict(tags))
+    res.scalars = dict(metrics.scalars)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
 def backfill(
     checkpoints: Iterable[str | os.PathLike[str]],
-    data: str | os.PathLike[str],
+    data: EvalSource | str | os.PathLike[str],
     trackers: Any,
     settings: TrackingSettings | None = None,
     *,
@@ -167,24 +237,24 @@ def backfill(
     chat_template: str | None = None,
     tags: Mapping[str, str] | None = None,
     progress: bool = True,
-    targets: Sequence[dict[str, Any]] | None = None,
     **load_kw: Any,
 ) -> BackfillReport:
     """Rescore checkpoints and log each into ``trackers`` at its step, in step order.
 
     Args:
-        checkpoints: output folders, checkpoint folders or globs (see :func:`resolve_checkpoints`).
-        data: the eval file (JSON/JSONL; messages, alpaca or sharegpt records), or a
-            :class:`callbacks.llamafactory_data.EvalSet` (LLaMA-Factory's tokenisation, used as is).
+        checkpoints: output folders, checkpoint folders or globs (see
+            :func:`~tracking.jobs.checkpoints.resolve_checkpoints`).
+        data: an :class:`~tracking.data.sources.EvalSource` (a data file, LLaMA-Factory's
+            pipeline, ...) or a data file path (then ``chat_template``/``max_samples`` apply).
         trackers: a :class:`~tracking.trackers.base.Tracker` or a list of them (open them
             with ``spool=False`` so a failed call fails its checkpoint). Under torchrun only
             rank 0's are used; other ranks may pass ``[]``.
         settings: spec, ``n_bins``, ``hist_bins``, ``log_samples``/``max_samples`` (the
-            per-sample table); usually :func:`settings_from_state` plus flags.
+            per-sample table); usually :func:`~tracking.jobs.state.settings_from_state` plus flags.
         force: log steps the run already has again.
         output_dir: where the per-decision JSONL files go (default: in each checkpoint).
         metric_prefix: the metrics' prefix, as the Trainer names them (``eval_``).
-        max_tokens, max_samples, chat_template: as in ``tokcal extract``.
+        max_tokens: padded tokens per batch.
         tags: more tags for every backfilled evaluation (:data:`MARKER` is always there).
         **load_kw: :func:`~tracking.jobs.checkpoints.load_checkpoint` options (``tokenizer``,
             ``allow_pickle``, ``device``, ``dtype``, ``trust_remote_code``).
@@ -193,126 +263,70 @@ def backfill(
         A :class:`BackfillReport`; nothing raises for one bad checkpoint.
 
     Raises:
-        TokcalError: before any scoring, for no checkpoints or a bad data file.
+        TokcalError: before any scoring, for no checkpoints or a bad eval set.
     """
-    import torch
-
-    from tracking.data.conversation import tokenize_records
-    from tracking.data.records import read_records, to_messages
-    from tracking.io import write_jsonl
-    from tracking.jobs.checkpoints import load_checkpoint
-
     settings = settings or TrackingSettings()
     dist = Dist()
-    if hasattr(trackers, "log_evaluation"):
-        trackers = [trackers]
-    trackers = list(trackers) if dist.main else []
-    plan = resolve_checkpoints(checkpoints)
-    prebuilt = data if hasattr(data, "examples") else None  # callbacks.llamafactory_data.EvalSet: tokenised already
-    if prebuilt is None:
-        records = read_records(data)
-        name = Path(data).name
-        for i, r in enumerate(records[:max_samples]):
-            to_messages(r, f"{name}, record {i}")
+    trackers = ([trackers] if isinstance(trackers, Tracker) else list(trackers)) if dist.main else []
+    source = as_source(data, chat_template=chat_template, max_samples=max_samples)
+    checkpoints = resolve_checkpoints(checkpoints)
+    source.check()
     if output_dir is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-
-    results: list[CheckpointResult] = []
-    todo: list[CheckpointResult] = []
-    for path, step in plan:  # every problem that shows without loading, before any scoring
-        res = CheckpointResult(path, step, "pending", output=decisions_path(path, output_dir))
-        results.append(res)
-        try:
-            inspect_checkpoint(path, allow_pickle=bool(load_kw.get("allow_pickle", False)))
-            if output_dir is None and not os.access(path, os.W_OK):
-                raise TokcalError(f"cannot write {DECISIONS_FILE} into {path} (read-only); pass --output-dir")
-        except TokcalError as exc:
-            res.status, res.error = "failed", str(exc)
-            continue
-        todo.append(res)
-
-    key = f"{metric_prefix}decision_samples"  # always finite, logged with every evaluation
-    have = [set() if force else set(t.logged_steps(key)) for t in trackers]
-    need_by_step = dist.broadcast({r.step: [i for i, h in enumerate(have) if r.step not in h] for r in todo})
-    n_trackers = dist.broadcast(len(trackers))
+    results, need = plan(checkpoints, trackers, key=f"{metric_prefix}decision_samples", force=force,
+                         output_dir=output_dir, allow_pickle=bool(load_kw.get("allow_pickle", False)))
+    need, n_trackers = dist.broadcast((need, len(trackers)))
     report = BackfillReport(results, [t.describe() for t in trackers])
+    cache = ExampleCache(source, progress=progress and dist.main)
     marker = {**MARKER, **dict(tags or {})}
-    cache: dict[str, list[Any]] = {}
-
-    bar = None
-    if progress and dist.main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(results), desc="checkpoints", unit="ckpt", file=sys.stderr)
-    try:
+    with _bar(len(results), enabled=progress and dist.main) as bar:
         for res in results:
-            if res.status != "pending":
-                if bar is not None:
-                    bar.update(1)
-                continue
-            need = need_by_step[res.step]
-            if n_trackers and not need:
+            if res.status == "pending" and n_trackers and not need[res.step]:
                 res.status = "skipped"
-                if bar is not None:
-                    bar.update(1)
-                continue
-            if bar is not None:
+            if res.status == "pending":
                 bar.set_postfix_str(res.path.name)
-            t0 = time.perf_counter()
-            model = None
-            scores, error, examples = None, None, []
-            try:
-                model, tokenizer = load_checkpoint(res.path, **load_kw)
-                fp = "prebuilt" if prebuilt is not None else tokenizer_fingerprint(tokenizer, chat_template)
-                if prebuilt is not None:  # LLaMA-Factory's ids, scored with its tokenizer as in training
-                    tokenizer, cache[fp] = prebuilt.tokenizer, prebuilt.examples
-                    report.tokenizations = 1
-                elif fp not in cache:
-                    if cache:
-                        log.info("%s: its tokenizer differs from the previous checkpoints'; tokenising again",
-                                 res.path.name)
-                    cache[fp] = tokenize_records(records, tokenizer, chat_template=chat_template,
-                                                 max_samples=max_samples, progress=progress and dist.main,
-                                                 name=name)
-                    report.tokenizations += 1
-                examples = cache[fp]
-                scores = _score_local(model, tokenizer, examples, settings, max_tokens=max_tokens,
-                                      progress=progress, desc=f"step {res.step}", dist=dist)
-            except Exception as exc:  # one bad checkpoint must not stop the others
-                error = _one_line(exc)
-            finally:
-                del model
-                gc.collect()
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            if dist.on:  # one collective per checkpoint, whatever happened on each rank
-                gathered = dist.gather((error, scores if error is None else None))
-                errors = [e for e, _ in gathered if e]
-                if not errors:
-                    scores = _merge([p for _, p in gathered], examples)
-            else:
-                errors = [error] if error else []
-            if errors:
-                res.status, res.error = "failed", errors[0]
-            elif dist.main:
-                try:
-                    metrics = scores.metrics(n_bins=settings.n_bins, hist_bins=settings.hist_bins,
-                                             prefix=metric_prefix)
-                    rows = scores.records()
-                    write_jsonl(res.output, rows)
-                    samples = None
-                    if settings.log_samples:
-                        samples = rows[: settings.max_samples] if settings.max_samples else rows
-                    for i in need:
-                        trackers[i].log_evaluation(metrics, res.step, samples=samples, tags=marker)
-                    res.status, res.scalars = "logged", dict(metrics.scalars)
-                except Exception as exc:
-                    res.status, res.error = "failed", _one_line(exc)
-            res.status, res.error = dist.broadcast((res.status, res.error))
-            res.seconds = time.perf_counter() - t0
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+                _run_one(res, cache, settings, dist, [trackers[i] for i in need[res.step] if i < len(trackers)],
+                         marker=marker, prefix=metric_prefix, max_tokens=max_tokens, progress=progress,
+                         load_kw=load_kw)
+            bar.update(1)
+    report.tokenizations = cache.builds
     return report
+
+
+def _run_one(res: CheckpointResult, cache: ExampleCache, settings: TrackingSettings, dist: Dist,
+             trackers: Sequence[Any], *, marker: Mapping[str, str], prefix: str, max_tokens: int,
+             progress: bool, load_kw: Mapping[str, Any]) -> None:
+    """Score one checkpoint, log it on rank 0, and agree on its outcome on every rank."""
+    t0 = time.perf_counter()
+    scores, error = score_one(res, cache, settings.spec, dist, max_tokens=max_tokens, progress=progress,
+                              load_kw=load_kw)
+    if error is None and dist.main:
+        try:
+            log_one(res, scores, trackers, settings, prefix=prefix, tags=marker)
+        except Exception as exc:  # a failed write or tracker call fails this checkpoint only
+            error = first_line(exc, with_type=not isinstance(exc, TokcalError))
+    res.status, res.error = dist.broadcast(("failed", error) if error else ("logged", None))
+    res.seconds = time.perf_counter() - t0
+
+
+@contextmanager
+def _bar(total: int, *, enabled: bool) -> Iterator[Any]:
+    """A checkpoints progress bar on stderr, or a stand-in that does nothing."""
+    if not enabled:
+        yield _NoBar()
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc="checkpoints", unit="ckpt", file=sys.stderr)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        """Nothing to show."""
+
+    def set_postfix_str(self, text: str) -> None:
+        """Nothing to show."""

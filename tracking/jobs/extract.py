@@ -1,7 +1,13 @@
-"""Scoring a saved checkpoint on an eval file: shared by ``extract`` and ``backfill``."""
+"""Scoring a saved checkpoint on an eval source: what ``extract`` and ``backfill`` share.
+
+Example:
+    >>> scores = score_checkpoint("out/checkpoint-500", "eval.jsonl", DecisionSpec())  # doctest: +SKIP
+    >>> scores.metrics().scalars["eval_decision_prob_mass"]  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -10,8 +16,8 @@ from tracking.core.scores import DecisionScores
 from tracking.core.scoring import score
 from tracking.core.spec import DecisionSpec
 from tracking.data.batches import make_batches, pad_id_of
-from tracking.data.conversation import Example, tokenize_records
-from tracking.data.records import read_records, to_messages
+from tracking.data.conversation import Example
+from tracking.data.sources import EvalSource, as_source
 from tracking.errors import TokcalError
 
 
@@ -21,6 +27,7 @@ def score_examples(
     examples: Sequence[Example],
     spec: DecisionSpec,
     *,
+    source: EvalSource | None = None,
     max_tokens: int = 16384,
     progress: bool = True,
     desc: str = "scoring",
@@ -28,12 +35,17 @@ def score_examples(
 ) -> DecisionScores:
     """Score tokenised examples with a loaded model; results in sample order.
 
-    ``shard=(rank, world)`` scores every world-th batch from ``rank`` on (torchrun).
+    Args:
+        source: makes the batches (default: right-padded, length-sorted token batches).
+        shard: ``(rank, world)`` scores every world-th batch from ``rank`` on (torchrun).
     """
     if not examples:
         raise TokcalError("the eval set is empty; expected at least one record")
     resolved = spec.resolve(tokenizer)
-    batches = make_batches(examples, pad_id_of(tokenizer), max_tokens=max_tokens)
+    if source is not None:
+        batches = source.batches(examples, tokenizer, max_tokens=max_tokens)
+    else:
+        batches = make_batches(examples, pad_id_of(tokenizer), max_tokens=max_tokens)
     if shard is not None:
         batches = batches[shard[0]::shard[1]]
     bar = None
@@ -52,8 +64,8 @@ def score_examples(
 
 
 def score_checkpoint(
-    checkpoint: str | Path,
-    data: str | Path,
+    checkpoint: str | os.PathLike[str],
+    data: EvalSource | str | os.PathLike[str],
     spec: DecisionSpec,
     *,
     max_tokens: int = 16384,
@@ -62,18 +74,20 @@ def score_checkpoint(
     progress: bool = True,
     **load_kw: Any,
 ) -> DecisionScores:
-    """Load a checkpoint, tokenise ``data`` with its tokenizer, and score it.
+    """Load a checkpoint, build the eval set with its tokenizer, and score it.
 
-    Example:
-        >>> scores = score_checkpoint("out/checkpoint-500", "eval.jsonl", DecisionSpec())  # doctest: +SKIP
-        >>> scores.metrics().scalars["eval_decision_prob_mass"]  # doctest: +SKIP
+    Args:
+        checkpoint: the checkpoint folder.
+        data: an :class:`~tracking.data.sources.EvalSource`, or a data file path (then
+            ``chat_template`` and ``max_samples`` apply).
+        **load_kw: :func:`~tracking.jobs.checkpoints.load_checkpoint` options.
     """
     from tracking.jobs.checkpoints import load_checkpoint
 
-    records = read_records(data)  # a bad data file fails before the model loads
-    for i, r in enumerate(records[:max_samples]):
-        to_messages(r, f"{Path(data).name}, record {i}")
-    model, tokenizer = load_checkpoint(checkpoint, **load_kw)
-    examples = tokenize_records(records, tokenizer, chat_template=chat_template, max_samples=max_samples,
-                                progress=progress, name=Path(data).name)
-    return score_examples(model, tokenizer, examples, spec, max_tokens=max_tokens, progress=progress)
+    source = as_source(data, chat_template=chat_template, max_samples=max_samples)
+    source.check()  # a bad eval set fails before the model loads
+    model, tokenizer = load_checkpoint(Path(checkpoint), **load_kw)
+    tokenizer = source.tokenizer_for(tokenizer)
+    examples = source.examples(tokenizer, progress=progress)
+    return score_examples(model, tokenizer, examples, spec, source=source, max_tokens=max_tokens,
+                          progress=progress)
