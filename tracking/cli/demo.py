@@ -31,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="write into a non-empty folder the demo did not make (only its own entries are replaced)")
     p.add_argument("--seed", type=int, default=0, help="data, tokenizer and model seed (default: 0)")
-    p.add_argument("--steps", type=int, help="training steps (default: 300)")
+    from tracking.demo.run import DemoConfig
+
+    p.add_argument("--steps", type=int, help=f"training steps (default: {DemoConfig.max_steps})")
     p.set_defaults(func=run)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tracking.errors import TokcalError
+from tracking.jobs.state import STATE_FILE, read_state, settings_from_state
 
 MARKER = ".tokcal-demo"  # marks a folder the demo made, so a rerun may replace its entries
 ENTRIES = ("data", "train", "mlflow.db", "mlartifacts", "report.html", "report_files", MARKER)
@@ -187,13 +188,12 @@ def _run(folder: str | os.PathLike[str], cfg: DemoConfig, force: bool, out: Any)
     create_experiment(uri, folder / "mlartifacts")
     with mlflow_env(uri, EXPERIMENT):
         train(data, train_dir, cfg, tracking_uri=uri, out=out)
-    state = json.loads((train_dir / "tokcal.json").read_text(encoding="utf-8"))
+    state = read_state(train_dir / STATE_FILE)
     run_id = next(t["run_id"] for t in state["trackers"] if t["backend"] == "mlflow")
 
-    argv = ["backfill", str(train_dir), "--data", str(data["holdout"]), "--metric-prefix", HOLDOUT_PREFIX, "--quiet"]
     say("[4/5] backfill: rescoring every checkpoint (step 0 too) on the held-out split into the same run")
-    out(f"      $ tokcal {' '.join(argv)}")
-    _backfill(argv, out)
+    out(f"      $ tokcal backfill {train_dir} --data {data['holdout']} --metric-prefix {HOLDOUT_PREFIX} --quiet")
+    _backfill(train_dir, data["holdout"], state, out)
 
     from tracking.jobs.report import read_mlflow, write_report
 
@@ -204,16 +204,18 @@ def _run(folder: str | os.PathLike[str], cfg: DemoConfig, force: bool, out: Any)
     return DemoResult(folder, uri, run_id, series, report, time.perf_counter() - t0)
 
 
-def _backfill(argv: list[str], out: Any) -> None:
-    import contextlib
-    import io
+def _backfill(train_dir: Path, data: Path, state: dict[str, Any], out: Any) -> None:
+    """What ``tokcal backfill TRAIN_DIR --data DATA --metric-prefix holdout_`` does."""
+    from tracking.jobs.backfill import backfill
+    from tracking.trackers.targets import open_targets, tracker_targets
 
-    from tracking.cli.main import main
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main(argv)
-    lines = buf.getvalue().strip().splitlines()
-    out("      " + (lines[-1] if lines else ""))
-    if code != 0:
-        raise TokcalError("backfill failed:\n" + buf.getvalue())
+    trackers = open_targets(tracker_targets(state))
+    try:
+        report = backfill([train_dir], data, trackers, settings_from_state(state), metric_prefix=HOLDOUT_PREFIX,
+                          progress=False)
+    finally:
+        for t in trackers:
+            t.close()
+    out("      " + report.summary().splitlines()[-1])
+    if not report.ok:
+        raise TokcalError("backfill failed:\n" + report.summary())
