@@ -165,6 +165,9 @@ _warned_multi: set[tuple[str, ...]] = set()
 def resolve_spec(spec: DecisionSpec, tokenizer: Any) -> ResolvedSpec:
     """Resolve each label's decision tokens in the context of the prefix.
 
+    Tokenise ``prefix + variant`` for every variant; the shared leading tokens are the
+    context, and each variant's decision token is its first token after them.
+
     Raises:
         TokcalError: two labels share a decision token, or a variant is a prefix of
             another label's variant so no token tells them apart.
@@ -176,70 +179,84 @@ def resolve_spec(spec: DecisionSpec, tokenizer: Any) -> ResolvedSpec:
     """
     if tokenizer is None:
         raise TokcalError("expected a tokenizer to resolve decision tokens, got None")
-    forms = spec.surface_forms()
-    seqs: list[tuple[str, str, list[int]]] = []
-    for label, variants in forms.items():
-        for v in variants:
-            seqs.append((label, v, _encode(tokenizer, spec.prefix + v)))
-    # Longest common prefix of all sequences = the shared context.
-    lcp = min(len(s) for _, _, s in seqs)
-    for i in range(lcp):
-        if len({s[i] for _, _, s in seqs}) > 1:
-            lcp = i
-            break
+    seqs = [(label, v, _encode(tokenizer, spec.prefix + v))
+            for label, variants in spec.surface_forms().items() for v in variants]
+    lcp = _shared_length([s for _, _, s in seqs])
     # A decision token must reach past the prefix: with "(" + "A" -> "(A" but "(" + " A" ->
     # "(", " A", the token "(" says nothing about the label.
-    prefix_len = None
-    if hasattr(tokenizer, "decode"):
-        prefix_len = len(_decode(tokenizer, _encode(tokenizer, spec.prefix)))
+    prefix_len = len(_decode(tokenizer, _encode(tokenizer, spec.prefix))) if hasattr(tokenizer, "decode") else None
     owner: dict[int, tuple[str, str]] = {}
     per_label: dict[str, list[int]] = {label: [] for label in spec.labels}
     multi: list[str] = []
     for label, v, s in seqs:
-        if len(s) <= lcp:
-            other = next((lab for lab, _, t in seqs if lab != label and len(t) > lcp), None)
-            other = other or next(lab for lab, _, _ in seqs if lab != label)
-            raise TokcalError(
-                f"labels {label!r} and {other!r} cannot be told apart: {v!r} after "
-                f"{spec.prefix!r} is a prefix of {other!r}; choose labels whose first "
-                "token differs"
-            )
-        tok = s[lcp]
-        if prefix_len is not None and len(_decode(tokenizer, s[: lcp + 1])) <= prefix_len:
-            raise TokcalError(
-                f"variant {v!r} of label {label!r} has no decision token of its own: its "
-                f"first differing token {tokenizer.convert_ids_to_tokens(tok)!r} (id {tok}) "
-                f"ends inside the prefix {spec.prefix!r}; drop the variant or change the prefix"
-            )
-        if tok in owner and owner[tok][0] != label:
-            other_label, other_v = owner[tok]
-            piece = tokenizer.convert_ids_to_tokens(tok)
-            raise TokcalError(
-                f"labels {other_label!r} ({other_v!r}) and {label!r} ({v!r}) map to the "
-                f"same decision token {piece!r} (id {tok}); use labels whose first token "
-                "differs"
-            )
+        tok = _decision_token(spec, tokenizer, seqs, (label, v, s), lcp, prefix_len)
+        _check_not_shared(tokenizer, owner, tok, label, v)
         owner[tok] = (label, v)
         if tok not in per_label[label]:
             per_label[label].append(tok)
         if len(s) > lcp + 1 and label not in multi:
             multi.append(label)
-    if multi:
-        key = tuple(multi)
-        if key not in _warned_multi:
-            _warned_multi.add(key)
-            warnings.warn(
-                f"decision labels {multi} span several tokens after {spec.prefix!r}; the "
-                "first token decides, so their probabilities are upper bounds",
-                stacklevel=2,
-            )
-    context = tuple(seqs[0][2][:lcp])
+    _warn_multi_token(spec, multi)
     return ResolvedSpec(
         spec=spec,
         token_ids=tuple(tuple(per_label[x]) for x in spec.labels),
-        context_ids=context,
+        context_ids=tuple(seqs[0][2][:lcp]),
         multi_token=tuple(multi),
     )
+
+
+def _shared_length(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of token sequences (the shared context)."""
+    lcp = min(len(s) for s in seqs)
+    for i in range(lcp):
+        if len({s[i] for s in seqs}) > 1:
+            return i
+    return lcp
+
+
+def _decision_token(spec: DecisionSpec, tokenizer: Any, seqs: Sequence[tuple[str, str, list[int]]],
+                    seq: tuple[str, str, list[int]], lcp: int, prefix_len: int | None) -> int:
+    """The variant's first token after the shared context, checked to tell it apart."""
+    label, v, s = seq
+    if len(s) <= lcp:
+        other = next((lab for lab, _, t in seqs if lab != label and len(t) > lcp), None)
+        other = other or next(lab for lab, _, _ in seqs if lab != label)
+        raise TokcalError(
+            f"labels {label!r} and {other!r} cannot be told apart: {v!r} after "
+            f"{spec.prefix!r} is a prefix of {other!r}; choose labels whose first "
+            "token differs"
+        )
+    tok = s[lcp]
+    if prefix_len is not None and len(_decode(tokenizer, s[: lcp + 1])) <= prefix_len:
+        raise TokcalError(
+            f"variant {v!r} of label {label!r} has no decision token of its own: its "
+            f"first differing token {tokenizer.convert_ids_to_tokens(tok)!r} (id {tok}) "
+            f"ends inside the prefix {spec.prefix!r}; drop the variant or change the prefix"
+        )
+    return tok
+
+
+def _check_not_shared(tokenizer: Any, owner: dict[int, tuple[str, str]], tok: int, label: str, v: str) -> None:
+    if tok in owner and owner[tok][0] != label:
+        other_label, other_v = owner[tok]
+        piece = tokenizer.convert_ids_to_tokens(tok)
+        raise TokcalError(
+            f"labels {other_label!r} ({other_v!r}) and {label!r} ({v!r}) map to the "
+            f"same decision token {piece!r} (id {tok}); use labels whose first token "
+            "differs"
+        )
+
+
+def _warn_multi_token(spec: DecisionSpec, multi: list[str]) -> None:
+    """Once per set of labels: a label spanning several tokens is decided by its first."""
+    key = tuple(multi)
+    if multi and key not in _warned_multi:
+        _warned_multi.add(key)
+        warnings.warn(
+            f"decision labels {multi} span several tokens after {spec.prefix!r}; the "
+            "first token decides, so their probabilities are upper bounds",
+            stacklevel=3,
+        )
 
 
 def spec_from_args(
