@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tracking.cli.common import (
     add_data_args,
@@ -17,6 +18,10 @@ from tracking.cli.common import (
 )
 from tracking.errors import TokcalError
 from tracking.trackers.base import BACKENDS
+
+if TYPE_CHECKING:
+    from tracking.core.distributed import Dist
+    from tracking.jobs.settings import TrackingSettings
 
 EXAMPLE = r"""examples:
   # the run and the spec come from out/tokcal.json (written by the training callback)
@@ -74,46 +79,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tracking.core.distributed import Dist, init_distributed
-    from tracking.core.metrics import bin_edges
     from tracking.jobs.backfill import backfill
-    from tracking.jobs.state import find_state, read_state, settings_from_state
-    from tracking.trackers.targets import open_targets, tracker_targets
+    from tracking.jobs.state import find_state, read_state
 
     source = source_from(args)
     init_distributed()
     dist = Dist()
     state_file = Path(args.state) if args.state else find_state(args.paths)
     state = read_state(state_file) if state_file else None
-    settings = settings_from_state(state)
-    changes = {"spec": spec_from(args, settings.spec)}
-    if args.bins is not None:
-        bin_edges(args.bins)
-        changes["n_bins"] = args.bins
-    settings = settings.replace(**changes)
+    settings = _settings(args, state)
     kw = load_kwargs(args)
     if dist.on and kw["device"] is None:
-        import os
-
-        import torch
-
-        if torch.cuda.is_available():
-            kw["device"] = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-
-    # Find and open the run on rank 0 before anything is scored; every rank stops on an error.
-    trackers, error = [], None
-    if dist.main:
-        try:
-            targets = tracker_targets(
-                state, backend=args.backend, run_id=args.run_id, project=args.project, entity=args.entity,
-                tracking_uri=args.tracking_uri, local_dir=args.local_dir,
-                default_local_dir=str(state_file.parent / "tokcal") if state_file else None,
-            )
-            trackers = open_targets(targets)
-        except TokcalError as exc:
-            error = str(exc)
-    error = dist.broadcast(error)
-    if error:
-        raise TokcalError(error)
+        kw["device"] = _local_cuda_device()
+    trackers = _open_runs(args, state, state_file, dist)
     try:
         report = backfill(
             args.paths, source, trackers, settings, force=args.force,
@@ -136,3 +114,46 @@ def run(args: argparse.Namespace) -> int:
               "(logged steps are skipped)", file=sys.stderr)
         return 1
     return 0
+
+
+def _settings(args: argparse.Namespace, state: dict | None) -> "TrackingSettings":
+    """The settings recorded in tokcal.json, with the spec and bins flags on top."""
+    from tracking.core.metrics import bin_edges
+    from tracking.jobs.state import settings_from_state
+
+    settings = settings_from_state(state)
+    changes: dict = {"spec": spec_from(args, settings.spec)}
+    if args.bins is not None:
+        bin_edges(args.bins)
+        changes["n_bins"] = args.bins
+    return settings.replace(**changes)
+
+
+def _open_runs(args: argparse.Namespace, state: dict | None, state_file: Path | None, dist: "Dist") -> list:
+    """Find and open the run(s) on rank 0 before anything is scored; every rank stops on an error."""
+    from tracking.trackers.targets import open_targets, tracker_targets
+
+    trackers, error = [], None
+    if dist.main:
+        try:
+            targets = tracker_targets(
+                state, backend=args.backend, run_id=args.run_id, project=args.project, entity=args.entity,
+                tracking_uri=args.tracking_uri, local_dir=args.local_dir,
+                default_local_dir=str(state_file.parent / "tokcal") if state_file else None,
+            )
+            trackers = open_targets(targets)
+        except TokcalError as exc:
+            error = str(exc)
+    error = dist.broadcast(error)
+    if error:
+        raise TokcalError(error)
+    return trackers
+
+
+def _local_cuda_device() -> str | None:
+    """``cuda:<LOCAL_RANK>`` under torchrun on a GPU machine, else the default."""
+    import os
+
+    import torch
+
+    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else None
