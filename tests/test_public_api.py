@@ -57,3 +57,9 @@ def test_docstring_examples_run(module: str) -> None:
     mod = importlib.import_module(module)
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples failed in {module}"
+
+
+def test_all_lists_every_export() -> None:
+    from tracking import _EXPORTS
+
+    assert sorted(tracking.__all__) == sorted(_EXPORTS)

@@ -36,7 +36,20 @@ _EXPORTS: dict[str, str] = {
     "backfill": "tracking.jobs.backfill",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DataFile",
+    "DecisionMetrics",
+    "DecisionScores",
+    "DecisionSpec",
+    "EvalSource",
+    "TokcalError",
+    "Tracker",
+    "TrackingSettings",
+    "backfill",
+    "compute_metrics",
+    "open_tracker",
+    "score_checkpoint",
+]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
     from tracking.core.metrics import DecisionMetrics, compute_metrics

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from tracking.errors import TokcalError
+from tracking.io import read_text
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -13,10 +14,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     import yaml
 
     p = Path(path)
-    if not p.is_file():
-        raise TokcalError(f"config file not found: {p}")
+    text = read_text(p, "config file")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise TokcalError(f"{p} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     if data is None:
@@ -31,10 +31,9 @@ def load_json_object(path: str | Path) -> dict[str, Any]:
     import json
 
     p = Path(path)
+    text = read_text(p)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise TokcalError(f"file not found: {p}") from exc
+        data = json.loads(text)
     except ValueError as exc:
         raise TokcalError(f"{p} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):

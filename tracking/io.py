@@ -57,3 +57,80 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
 
 def write_json(path: str | Path, obj: Any) -> Path:
     return write_atomic(path, (to_json(obj, indent=2) + "\n").encode("utf-8"))
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A UTF-8 text file (a UTF-8 byte-order mark is fine), or a one-line error.
+
+    Raises:
+        TokcalError: missing, a folder, unreadable, or not UTF-8 (the message says how to
+            re-encode it).
+    """
+    from tracking.errors import TokcalError
+
+    p = Path(path)
+    if not p.exists():
+        raise TokcalError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise TokcalError(f"expected {what} to be a file, got a folder: {p}")
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise TokcalError(f"cannot read {what} {p}: {exc.strerror or exc}") from exc
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise TokcalError(f"{what} {p} is UTF-16; expected UTF-8: re-encode it, e.g. iconv -f UTF-16 -t UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise TokcalError(
+            f"{what} {p} is not UTF-8 (byte {exc.start} is 0x{data[exc.start]:02x}); expected UTF-8: "
+            "re-encode it, e.g. iconv -f LATIN1 -t UTF-8"
+        ) from exc
+
+
+def check_outputs(outputs: dict[str, str | Path | None], inputs: Iterable[str | Path | None] = ()) -> None:
+    """Refuse, before any work, output paths that would overwrite an input or each other,
+    that are folders, or whose folder cannot be created or written.
+
+    Args:
+        outputs: option name -> path (``None`` entries are ignored), e.g. ``{"--output": ...}``.
+        inputs: the paths the command reads.
+
+    Raises:
+        TokcalError: naming the option and what to do.
+
+    Example:
+        >>> check_outputs({"--output": "data.jsonl"}, ["data.jsonl"])
+        Traceback (most recent call last):
+        ...
+        tracking.errors.TokcalError: --output data.jsonl is also an input; expected a new file name
+    """
+    from tracking.errors import TokcalError
+
+    given = {k: Path(v) for k, v in outputs.items() if v is not None}
+    read = [Path(p) for p in inputs if p is not None]
+    seen: dict[Path, str] = {}
+    for option, p in given.items():
+        resolved = p.resolve()
+        if p.is_dir():
+            raise TokcalError(f"{option} {p} is a folder; expected a file path")
+        if any(resolved == q.resolve() for q in read):
+            raise TokcalError(f"{option} {p} is also an input; expected a new file name")
+        if resolved in seen:
+            raise TokcalError(f"{option} and {seen[resolved]} are the same file {p}; expected two file names")
+        seen[resolved] = option
+        check_writable_dir(p.parent, option)
+
+
+def check_writable_dir(folder: str | Path, option: str = "output folder") -> None:
+    """The folder exists and is writable, or its nearest existing parent is (it can be made)."""
+    from tracking.errors import TokcalError
+
+    p = Path(folder).resolve()
+    existing = p
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise TokcalError(f"{option}: {existing} is a file, so {p} cannot be a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise TokcalError(f"{option}: cannot write into {existing} (permission denied); choose a writable place")

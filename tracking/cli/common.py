@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from typing import Any, Mapping
 
 from tracking.core.spec import DecisionSpec, spec_from_args
@@ -42,7 +41,15 @@ def load_kwargs(args: argparse.Namespace) -> dict:
 
 
 def read_template(args: argparse.Namespace) -> str | None:
-    return Path(args.chat_template).read_text(encoding="utf-8") if args.chat_template else None
+    """The ``--chat-template`` file's text, checked to be a Jinja template."""
+    if not args.chat_template:
+        return None
+    from tracking.data.conversation import check_chat_template
+    from tracking.io import read_text
+
+    text = read_text(args.chat_template, "chat template")
+    check_chat_template(text, args.chat_template)
+    return text
 
 
 def format_table(scalars: Mapping[str, float]) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from tracking.cli.common import (
     add_data_args,
@@ -14,7 +13,6 @@ from tracking.cli.common import (
     source_from,
     spec_from,
 )
-from tracking.errors import TokcalError
 
 EXAMPLE = r"""example:
   tokcal extract --checkpoint out/checkpoint-500 --data eval.jsonl \
@@ -47,14 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tracking.core.metrics import bin_edges
-    from tracking.io import write_json, write_jsonl
+    from tracking.io import check_outputs, write_json, write_jsonl
     from tracking.jobs.extract import score_checkpoint
 
     spec = spec_from(args)
     bin_edges(args.bins)
-    for out in (args.output, args.metrics):
-        if out and Path(out).is_dir():
-            raise TokcalError(f"expected an output file path, got a folder: {out}")
+    check_outputs({"--output": args.output, "--metrics": args.metrics},
+                  [args.data, args.llamafactory_config, args.chat_template, args.config])
     scores = score_checkpoint(args.checkpoint, source_from(args), spec, max_tokens=args.max_tokens,
                               **load_kwargs(args))
     metrics = scores.metrics(n_bins=args.bins)

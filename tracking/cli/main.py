@@ -6,7 +6,7 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from tracking.errors import TokcalError
 
@@ -15,8 +15,15 @@ from tracking.errors import TokcalError
 SUBCOMMANDS: list[str] = ["extract", "sync", "backfill", "train", "report", "demo"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line that says where to look, not the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tokcal",
         description="Decision-token probabilities and calibration for fine-tuned LLMs.",
         epilog="Run 'tokcal COMMAND --help' for each command's options and an example.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 EXAMPLE = r"""examples:
   # the runs that a training output folder's tokcal.json records (what `tokcal demo` leaves)
@@ -48,9 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tracking.io import check_outputs
     from tracking.jobs.report import read_sources, write_report
 
     t0 = time.perf_counter()
+    check_outputs({"--output": args.output}, [s for s in args.sources if Path(s).is_file()])
     series = read_sources(args.sources, tracking_uri=args.tracking_uri, steps=args.steps, labels=args.labels)
     out = write_report(series, args.output, title=args.title, step_figures=not args.no_step_figures)
     for s in series:

@@ -96,3 +96,25 @@ def tokenize_records(
         ids, labels = tokenize_conversation(tokenizer, to_messages(r, where), chat_template=chat_template)
         out.append(Example(ids, labels, r.get("id", i)))
     return out
+
+
+def check_chat_template(template: str, where: str = "chat template") -> None:
+    """A Jinja chat template that parses, or a one-line error naming the line.
+
+    Example:
+        >>> check_chat_template("{% for m in messages %}{{ m.content }}{% endfor %}")
+        >>> check_chat_template("{% for m in messages %}")
+        Traceback (most recent call last):
+        ...
+        tracking.errors.TokcalError: chat template is not a valid Jinja template (line 1: Unexpected end of template. ...
+    """
+    import jinja2
+
+    if not template.strip():
+        raise TokcalError(f"{where} is empty; expected a Jinja chat template")
+    try:
+        jinja2.Environment().parse(template)
+    except jinja2.TemplateSyntaxError as exc:
+        msg = str(exc.message or exc).splitlines()[0]
+        raise TokcalError(f"{where} is not a valid Jinja template (line {exc.lineno}: {msg}); fix it or "
+                          "drop --chat-template to use the tokenizer's") from exc

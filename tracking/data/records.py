@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tracking.errors import TokcalError
+from tracking.io import read_text
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "system": "system"}
@@ -27,9 +28,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
             message gives the line number).
     """
     p = Path(path)
-    if not p.is_file():
-        raise TokcalError(f"data file not found: {p}")
-    text = p.read_text(encoding="utf-8")
+    text = read_text(p, "data file")
     if not text.strip():
         raise TokcalError(f"data file {p} is empty; expected JSON or JSONL records")
     records: list[Any]
@@ -74,7 +73,8 @@ def message_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        return "".join(p["text"] for p in content
+                       if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
     if content is None:
         return ""
     raise TokcalError(f"expected message content as text or a list of parts, got {type(content).__name__}")
@@ -83,42 +83,92 @@ def message_text(content: Any) -> str:
 def to_messages(record: dict[str, Any], where: str = "record") -> list[dict[str, Any]]:
     """Normalise a record in any supported shape to chat ``messages``.
 
+    Raises:
+        TokcalError: an unknown shape, a field of the wrong type, or no assistant answer
+            (the message names the record and what was expected).
+
     Example:
         >>> to_messages({"instruction": "Review:", "input": "Good.", "output": "\\\\boxed{Accept}"})
         [{'role': 'user', 'content': 'Review:\\nGood.'}, {'role': 'assistant', 'content': '\\\\boxed{Accept}'}]
     """
+    if not isinstance(record, dict):
+        raise TokcalError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if "messages" in record:
-        msgs = record["messages"]
-        if not isinstance(msgs, list) or not all(isinstance(m, dict) and "role" in m for m in msgs):
-            raise TokcalError(f"{where}: expected 'messages' as a list of {{role, content}} objects")
-        out = [{"role": m["role"], "content": m.get("content", "")} for m in msgs]
+        out = _from_messages(record, where)
     elif "conversations" in record:
-        out = []
-        if record.get("system"):
-            out.append({"role": "system", "content": record["system"]})
-        for m in record["conversations"]:
-            role = _SHAREGPT_ROLES.get(str(m.get("from", "")).lower())
-            if role is None:
-                raise TokcalError(
-                    f"{where}: unknown sharegpt role {m.get('from')!r}; expected one of {sorted(_SHAREGPT_ROLES)}"
-                )
-            out.append({"role": role, "content": m.get("value", "")})
+        out = _from_sharegpt(record, where)
     elif "instruction" in record or "output" in record:
-        out = []
-        if record.get("system"):
-            out.append({"role": "system", "content": record["system"]})
-        for q, a in record.get("history") or []:
-            out += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-        prompt = str(record.get("instruction", ""))
-        if record.get("input"):
-            prompt = f"{prompt}\n{record['input']}" if prompt else str(record["input"])
-        out.append({"role": "user", "content": prompt})
-        out.append({"role": "assistant", "content": record.get("output", "")})
+        out = _from_alpaca(record, where)
     else:
         raise TokcalError(
             f"{where}: unknown record shape with keys {sorted(record)}; expected 'messages', "
             "'conversations' (sharegpt) or 'instruction'/'output' (alpaca)"
         )
+    for i, m in enumerate(out):
+        _check_content(m["content"], f"{where}, message {i}")
     if not any(m["role"] == "assistant" and message_text(m["content"]).strip() for m in out):
         raise TokcalError(f"{where} has no assistant answer; expected the answer to score in the last turn")
     return out
+
+
+def _from_messages(record: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    msgs = record["messages"]
+    if not isinstance(msgs, list) or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in msgs):
+        raise TokcalError(f"{where}: expected 'messages' as a list of {{role, content}} objects")
+    return [{"role": m["role"], "content": m.get("content", "")} for m in msgs]
+
+
+def _system(record: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    system = record.get("system")
+    if system is None or system == "":
+        return []
+    if not isinstance(system, str):
+        raise TokcalError(f"{where}: expected 'system' as text, got {type(system).__name__}")
+    return [{"role": "system", "content": system}]
+
+
+def _from_sharegpt(record: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    turns = record["conversations"]
+    if not isinstance(turns, list) or not all(isinstance(m, dict) for m in turns):
+        raise TokcalError(f"{where}: expected 'conversations' as a list of {{from, value}} objects")
+    out = _system(record, where)
+    for m in turns:
+        role = _SHAREGPT_ROLES.get(str(m.get("from", "")).lower())
+        if role is None:
+            raise TokcalError(
+                f"{where}: unknown sharegpt role {m.get('from')!r}; expected one of {sorted(_SHAREGPT_ROLES)}"
+            )
+        out.append({"role": role, "content": m.get("value", "")})
+    return out
+
+
+def _from_alpaca(record: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    for key in ("instruction", "input", "output"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            raise TokcalError(f"{where}: expected {key!r} as text, got {type(record[key]).__name__}")
+    history = record.get("history") or []
+    if not isinstance(history, list) or not all(
+            isinstance(h, (list, tuple)) and len(h) == 2 and all(isinstance(x, str) for x in h) for h in history):
+        raise TokcalError(f"{where}: expected 'history' as a list of [question, answer] pairs of text")
+    out = _system(record, where)
+    for q, a in history:
+        out += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    prompt = record.get("instruction") or ""
+    if record.get("input"):
+        prompt = f"{prompt}\n{record['input']}" if prompt else record["input"]
+    out.append({"role": "user", "content": prompt})
+    out.append({"role": "assistant", "content": record.get("output") or ""})
+    return out
+
+
+def _check_content(content: Any, where: str) -> None:
+    """Text, nothing, or a list of typed parts (``{"type": "text", "text": ...}``, images ...)."""
+    if content is None or isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise TokcalError(f"{where}: expected content as text or a list of parts, got {type(content).__name__}")
+    for part in content:
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise TokcalError(f"{where}: expected each content part as an object with a 'type', got {part!r:.60}")
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            raise TokcalError(f"{where}: expected a text part's 'text' as text, got {part.get('text')!r:.60}")

@@ -35,7 +35,9 @@ from tracking.core.distributed import Dist
 from tracking.core.scores import DecisionScores
 from tracking.data.sources import EvalSource, as_source
 from tracking.errors import TokcalError, first_line
+from tracking.io import check_writable_dir
 from tracking.jobs.checkpoints import (
+    check_load_options,
     inspect_checkpoint,
     resolve_checkpoints,
 )
@@ -268,8 +270,11 @@ def backfill(
     settings = settings or TrackingSettings()
     dist = Dist()
     trackers = ([trackers] if isinstance(trackers, Tracker) else list(trackers)) if dist.main else []
+    check_load_options(load_kw.get("device"), load_kw.get("dtype"), max_tokens=max_tokens)
     source = as_source(data, chat_template=chat_template, max_samples=max_samples)
     checkpoints = resolve_checkpoints(checkpoints)
+    if output_dir is not None:
+        check_writable_dir(output_dir, "--output-dir")
     source.check()
     if output_dir is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,44 @@ def inspect_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> Check
     raise TokcalError(f"{p} has no model weights (expected model.safetensors or an index)")
 
 
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_load_options(device: str | None = None, dtype: str | None = None, *, max_tokens: int = 16384) -> None:
+    """Check the loading and batching options before anything loads.
+
+    Raises:
+        TokcalError: an unknown device or dtype, a CUDA device on a machine without one
+            (or an index past the last GPU), or ``max_tokens`` < 1.
+
+    Example:
+        >>> check_load_options("cpu", "float32")
+        >>> check_load_options("gpu")
+        Traceback (most recent call last):
+        ...
+        tracking.errors.TokcalError: expected --device cpu, cuda or cuda:N, got 'gpu'
+    """
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise TokcalError(f"expected --max-tokens >= 1, got {max_tokens!r}")
+    if dtype is not None and dtype not in _DTYPES:
+        raise TokcalError(f"expected --dtype one of {', '.join(_DTYPES)}, got {dtype!r}")
+    if device is None:
+        return
+    m = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", str(device))
+    if m is None:
+        raise TokcalError(f"expected --device cpu, cuda or cuda:N, got {device!r}")
+    import torch
+
+    if m.group(1) == "cuda":
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise TokcalError(f"--device {device}: this machine has no CUDA GPU; use --device cpu")
+        if m.group(2) is not None and int(m.group(2)) >= n:
+            raise TokcalError(f"--device {device}: this machine has {n} GPU(s) (cuda:0..cuda:{n - 1})")
+    if m.group(1) == "mps" and not torch.backends.mps.is_available():
+        raise TokcalError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
 def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 

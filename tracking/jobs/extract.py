@@ -82,8 +82,13 @@ def score_checkpoint(
             ``chat_template`` and ``max_samples`` apply).
         **load_kw: :func:`~tracking.jobs.checkpoints.load_checkpoint` options.
     """
-    from tracking.jobs.checkpoints import load_checkpoint
+    from tracking.jobs.checkpoints import (
+        check_load_options,
+        inspect_checkpoint,
+        load_checkpoint,
+    )
 
+    check_load_options(load_kw.get("device"), load_kw.get("dtype"), max_tokens=max_tokens)
     source = as_source(data, chat_template=chat_template, max_samples=max_samples)
     source.check()  # a bad eval set fails before the model loads
     model, tokenizer = load_checkpoint(Path(checkpoint), **load_kw)

@@ -58,7 +58,13 @@ def settings_from_state(state: Mapping[str, Any] | None) -> TrackingSettings:
 
 def write_state(output_dir: str | os.PathLike[str], trackers: Sequence[Mapping[str, Any]],
                 settings: TrackingSettings) -> Path:
-    """Write ``<output_dir>/tokcal.json`` atomically: the trackers' descriptions and the settings."""
+    """Write ``<output_dir>/tokcal.json`` atomically: the trackers' descriptions and the
+    settings, every credential (a password in a URI, a token) shown as ``***``."""
     from tracking.io import write_json
+    from tracking.trackers.base import redact
 
-    return write_json(Path(output_dir) / STATE_FILE, {"trackers": [dict(t) for t in trackers], **settings.to_dict()})
+    recorded = settings.to_dict()
+    if recorded.get("tracking_uri"):
+        recorded["tracking_uri"] = redact(recorded["tracking_uri"])
+    described = [{k: redact(v) if isinstance(v, str) else v for k, v in t.items()} for t in trackers]
+    return write_json(Path(output_dir) / STATE_FILE, {"trackers": described, **recorded})
