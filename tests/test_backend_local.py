@@ -100,7 +100,8 @@ def test_backend_by_name(tmp_path):
         open_tracker("mlflow", uri="x")
     with pytest.raises(TokcalError, match=r"tracking_uri applies to the mlflow backend.*got 'http://u:\*\*\*@h/'"):
         open_tracker("wandb", tracking_uri="http://u:secret@h/")
-    with pytest.raises(TokcalError, match=r"project applies to the wandb backend; expected it unset for backend 'local'"):
+    foreign = r"project applies to the wandb backend; expected it unset for backend 'local'"
+    with pytest.raises(TokcalError, match=foreign):
         open_tracker("local", local_dir=tmp_path, project="p")
     assert open_tracker("local", local_dir=tmp_path, project=None, tracking_uri=None).name == "local"  # unset is fine
 

@@ -95,7 +95,8 @@ class JsonLinesTracker(Tracker):
         for r in _lines(file):
             m = DecisionMetrics.from_dict(r)
             by_prefix.setdefault(m.prefix, []).append(Point(r["step"], m, is_backfilled(r["tags"])))
-        return [Series.of(f"jsonl {file.stem} · {p.rstrip('_')}", pts, str(file)) for p, pts in sorted(by_prefix.items())]
+        return [Series.of(f"jsonl {file.stem} · {prefix.rstrip('_')}", points, str(file))
+                for prefix, points in sorted(by_prefix.items())]
 
     @classmethod
     def read_described(cls, described: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> list[Series]:
@@ -136,7 +137,7 @@ def test_registry_and_options(jsonl_backend, tmp_path):
     assert isinstance(tracker, SpoolingTracker) and not tracker.thread_safe  # remote: spooled; in-thread
     assert tracker.spool_dir == Path(DEFAULT_LOCAL_DIR) / "spool"
     assert isinstance(open_tracker("jsonl", folder=tmp_path, spool=False), JsonLinesTracker)
-    with pytest.raises(TokcalError, match="folder applies to the jsonl backend; expected it unset for backend 'mlflow'"):
+    with pytest.raises(TokcalError, match="folder applies to the jsonl backend; expected it unset for backend 'mlflow"):
         open_tracker("mlflow", folder=str(tmp_path))
     with pytest.raises(TokcalError, match="tracking_uri applies to the mlflow backend.*backend 'jsonl'"):
         open_tracker("jsonl", folder=tmp_path, tracking_uri="http://h")
