@@ -279,8 +279,9 @@ class DecisionTrackingCallback(TrainerCallback):
                     self._warn_once(f"log:{t.name}", f"tokcal could not log evaluation at step {step} "
                                                      f"to {t.name}: {exc}")
 
-            # Figures and uploads run beside training; W&B's client wants its own thread.
-            if s.background_logging and t.name != "wandb":
+            # Figures and writes run in the background thread, beside training; a backend
+            # that must be called from the training thread (thread_safe False: W&B) logs here.
+            if s.background_logging and t.thread_safe:
                 self._submit(push)
             else:
                 push()

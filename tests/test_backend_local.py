@@ -14,10 +14,8 @@ from tracking.errors import MissingDependencyError, TokcalError
 from tracking.trackers import (
     LocalTracker,
     open_tracker,
-    open_tracker_from_config,
     read_local_store,
     redact,
-    wandb_key,
 )
 from tracking.trackers.local import EVALUATIONS_FILE, scalar_history
 
@@ -93,15 +91,19 @@ def test_local_errors(tmp_path):
         tracker.log_evaluation({"eval_decision_ece": 0.1}, 1)
 
 
-def test_backend_by_name_in_code_and_config(tmp_path):
+def test_backend_by_name(tmp_path):
     assert open_tracker("LOCAL", local_dir=tmp_path).name == "local"
-    assert open_tracker_from_config({"backend": "local", "local_dir": str(tmp_path)}).name == "local"
+    assert open_tracker(**{"backend": "local", "local_dir": str(tmp_path)}).name == "local"  # a settings mapping
     with pytest.raises(TokcalError, match=r"expected backend to be one of 'local', 'mlflow', 'wandb', got 'tensorboard'"):
         open_tracker("tensorboard")
     with pytest.raises(TokcalError, match=r"unknown tracker settings \['uri'\]"):
-        open_tracker_from_config({"backend": "mlflow", "uri": "x"})
+        open_tracker("mlflow", uri="x")
     with pytest.raises(TokcalError, match=r"tracking_uri applies to the mlflow backend.*got 'http://u:\*\*\*@h/'"):
         open_tracker("wandb", tracking_uri="http://u:secret@h/")
+    foreign = r"project applies to the wandb backend; expected it unset for backend 'local'"
+    with pytest.raises(TokcalError, match=foreign):
+        open_tracker("local", local_dir=tmp_path, project="p")
+    assert open_tracker("local", local_dir=tmp_path, project=None, tracking_uri=None).name == "local"  # unset is fine
 
 
 def test_redact():
@@ -110,13 +112,6 @@ def test_redact():
     assert redact("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
     assert redact("http://alice@host/") == "http://alice@host/"
     assert redact(None) == ""
-
-
-def test_wandb_key_follows_the_trainer():
-    assert wandb_key("eval_decision_ece") == "eval/decision_ece"
-    assert wandb_key("eval_mmlu_decision_ece") == "eval/mmlu_decision_ece"
-    assert wandb_key("test_decision_ece") == "test/decision_ece"
-    assert wandb_key("loss") == "train/loss"
 
 
 @pytest.mark.parametrize("backend", ["wandb", "mlflow"])

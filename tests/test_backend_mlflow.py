@@ -108,3 +108,32 @@ def test_default_store_is_mlflows_sqlite_file(tmp_path, no_mlflow_env, monkeypat
     assert tracker.describe()["tracking_uri"] == f"sqlite:///{tmp_path}/mlflow.db"
     assert (tmp_path / "mlflow.db").is_file()
     tracker.close()
+
+
+def test_reopening_a_run_recorded_with_a_hidden_password(tmp_path, no_mlflow_env, monkeypatch):
+    """tokcal.json and the spool store ``***`` for a password: backfill's targets and sync ask
+    for the real URI through one rule (flag, else MLFLOW_TRACKING_URI), each naming its file."""
+    import json
+
+    from tracking.trackers.spool import sync_spool
+    from tracking.trackers.targets import tracker_targets
+
+    real, hidden = "http://alice:hunter2@127.0.0.1:9/", "http://alice:***@127.0.0.1:9/"
+    state = {"trackers": [{"backend": "mlflow", "run_id": "r" * 32, "tracking_uri": hidden}]}
+    with pytest.raises(TokcalError, match=r"^tokcal.json records the MLflow tracking URI with its password hidden "
+                                          r"\(http://alice:\*\*\*@.*expected --tracking-uri or MLFLOW_TRACKING_URI"):
+        tracker_targets(state)
+    assert tracker_targets(state, tracking_uri=real)[0]["tracking_uri"] == real
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", real)
+    assert tracker_targets(state)[0] == {"backend": "mlflow", "run_id": "r" * 32, "tracking_uri": real,
+                                         "experiment": None}
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    entry = {"version": 1, "kind": "close", "step": 0, "target": state["trackers"][0]}
+    (spool / "000000000-1-x.spool.json").write_text(json.dumps(entry))
+    with pytest.raises(TokcalError, match=r"^000000000-1-x.spool.json: the spool records the MLflow tracking URI "
+                                          r"with its password hidden"):
+        sync_spool(spool)
+    assert (spool / "000000000-1-x.spool.json").is_file()

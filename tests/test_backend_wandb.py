@@ -19,12 +19,32 @@ from tracking.core.metrics import DecisionMetrics, compute_metrics  # noqa: E402
 from tracking.errors import TokcalError  # noqa: E402
 from tracking.trackers import open_tracker  # noqa: E402
 from tracking.trackers.base import BINS_COLUMNS  # noqa: E402
+from tracking.trackers.wandb import tokcal_key, wandb_key  # noqa: E402
 
 
 def make_metrics(seed: int, n: int = 64) -> DecisionMetrics:
     rng = np.random.default_rng(seed)
     probs = rng.dirichlet([2.0, 2.0, 1.0], size=n)[:, :2]
     return compute_metrics(probs, rng.integers(0, 2, size=n), ["Accept", "Reject"])
+
+
+def test_wandb_key_follows_the_trainer():
+    assert wandb_key("eval_decision_ece") == "eval/decision_ece"
+    assert wandb_key("eval_mmlu_decision_ece") == "eval/mmlu_decision_ece"
+    assert wandb_key("test_decision_ece") == "test/decision_ece"
+    assert wandb_key("loss") == "train/loss"
+
+
+def test_tokcal_key_inverts_wandb_key():
+    """Every key tokcal logs (scalars, histograms, images, tables, tags; any prefix) comes back."""
+    m = compute_metrics(np.array([[0.7, 0.2], [0.1, 0.8]]), np.array([0, 1]), ["Accept", "Reject"],
+                        prefix="eval_holdout_")
+    keys = [*m.scalars, *(f"eval_holdout_decision_hist_{k}" for k in m.histograms), "eval_decision_reliability",
+            "eval_decision_bins", "eval_tag_tokcal_backfill", "test_decision_ece", "loss", "train_x", "_step"]
+    assert len(keys) > 25
+    for key in keys:
+        assert tokcal_key(wandb_key(key)) == key, key
+    assert tokcal_key("eval/decision_ece") == "eval_decision_ece" and tokcal_key("_runtime") == "_runtime"
 
 
 @pytest.fixture

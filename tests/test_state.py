@@ -6,7 +6,13 @@ import json
 
 from tracking.core.spec import DecisionSpec
 from tracking.jobs.settings import TrackingSettings
-from tracking.jobs.state import STATE_FILE, find_state, read_state, settings_from_state, write_state
+from tracking.jobs.state import (
+    STATE_FILE,
+    find_state,
+    read_state,
+    settings_from_state,
+    write_state,
+)
 
 
 def test_round_trip_and_found_beside_checkpoints(tmp_path):

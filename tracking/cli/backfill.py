@@ -17,7 +17,7 @@ from tracking.cli.common import (
     spec_from,
 )
 from tracking.errors import TokcalError
-from tracking.trackers.base import BACKENDS
+from tracking.trackers.base import backend_names
 
 if TYPE_CHECKING:
     from tracking.core.distributed import Dist
@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metric-prefix", default="eval_", help="metric name prefix, as the Trainer logs it (default: eval_)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     g = p.add_argument_group("run (default: the one recorded in tokcal.json)")
-    g.add_argument("--backend", choices=BACKENDS, help="log into this backend's run only")
+    g.add_argument("--backend", choices=backend_names(), help="log into this backend's run only")
     g.add_argument("--run-id", help="the run to log into (W&B: the id in the run URL; MLflow: the run ID)")
     g.add_argument("--project", help="W&B project")
     g.add_argument("--entity", help="W&B entity (user or team)")

@@ -35,9 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from tracking.trackers.base import backend_class, backend_names
+
+    forms = [backend_class(name).source_form for name in backend_names()]
     p.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="mlflow:RUN_ID (or a bare MLflow run ID), wandb:ENTITY/PROJECT/RUN_ID, a local store "
-                        "folder, a training output folder with tokcal.json, or extract .jsonl files")
+                   help=f"{', '.join(f for f in forms if f)}, a training output folder with tokcal.json, "
+                        "or extract .jsonl files")
     p.add_argument("--output", "-o", default="report.html", metavar="FILE", help="HTML file (default: report.html)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI for mlflow: sources (default: MLflow's)")
     p.add_argument("--steps", nargs="+", type=int, metavar="N", help="the step of each extract file, in order")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tracking.trackers import BACKENDS
-from tracking.trackers.base import redact
+from tracking.errors import TokcalError
+from tracking.trackers.base import backend_class, backend_names
 from tracking.trackers.spool import find_spool_dir, read_spool, sync_spool
 
 EPILOG = """\
@@ -32,7 +32,8 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("path", metavar="SPOOL_DIR_OR_OUTPUT_DIR",
                         help="the spool folder, or an output folder that holds one (tokcal-spool/, spool/)")
-    parser.add_argument("--backend", choices=BACKENDS, help="replay into this backend instead of the recorded one")
+    parser.add_argument("--backend", choices=backend_names(),
+                        help="replay into this backend instead of the recorded one")
     parser.add_argument("--run-id", help="replay into this run instead of the recorded one")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (needed when the recorded one held a password)")
     parser.add_argument("--project", help="W&B project")
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         for file, entry in entries:
             target = entry["target"]
             print(f"{file.name}: {entry['kind']} at step {entry['step']} -> {target.get('backend')} run "
-                  f"{target.get('run_id')} ({redact(str(target.get('tracking_uri') or target.get('project') or ''))})")
+                  f"{target.get('run_id')} ({_location(target)})")
         return 0
     result = sync_spool(
         spool_dir, backend=args.backend, run_id=args.run_id, tracking_uri=args.tracking_uri,
@@ -61,3 +62,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"replayed {result.replayed} entries ({result.points} points) into {runs}; "
           f"{result.skipped} were already there; {result.remaining} left in {spool_dir}")
     return 0 if result.remaining == 0 else 1
+
+
+def _location(target: dict[str, Any]) -> str:
+    """Where a spooled entry's run lives, as its backend says (redacted)."""
+    try:
+        return backend_class(target.get("backend")).location(target)
+    except TokcalError:  # a backend this tokcal does not know: say so in the listing
+        return f"unknown backend {target.get('backend')!r}"

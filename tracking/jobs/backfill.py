@@ -42,14 +42,10 @@ from tracking.jobs.checkpoints import (
     resolve_checkpoints,
 )
 from tracking.jobs.settings import TrackingSettings
-from tracking.trackers.base import Tracker
+from tracking.trackers.base import MARKER, Tracker
 
 log = logging.getLogger(__name__)
 
-#: The marker every backfilled evaluation carries (W&B: ``eval/tag_tokcal_backfill`` in
-#: the row; MLflow: a run tag and the ``tags`` of each ``bins_step_*.json``; local: the
-#: line's ``tags``).
-MARKER: dict[str, str] = {"tokcal_backfill": "true"}
 DECISIONS_FILE = "tokcal_decisions.jsonl"
 
 

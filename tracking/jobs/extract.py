@@ -84,7 +84,6 @@ def score_checkpoint(
     """
     from tracking.jobs.checkpoints import (
         check_load_options,
-        inspect_checkpoint,
         load_checkpoint,
     )
 

@@ -9,8 +9,8 @@ from typing import Any, Sequence
 
 from tracking.core.spec import DecisionSpec
 from tracking.errors import TokcalError
+from tracking.trackers.base import DEFAULT_BACKEND, backend_class, backend_names
 
-BACKENDS = ("local", "mlflow", "wandb")
 SCORERS = ("auto", "hook", "pass")
 
 
@@ -60,9 +60,10 @@ class TrackingSettings:
     def __post_init__(self) -> None:
         b = self.backend
         names = (b,) if isinstance(b, str) else tuple(b)
-        bad = [x for x in names if x not in BACKENDS + ("auto",)]
+        known = backend_names()
+        bad = [x for x in names if x not in known + ("auto",)]
         if bad or not names or ("auto" in names and len(names) > 1):
-            raise TokcalError(f"expected backend 'auto' or some of {list(BACKENDS)}, got {b!r}")
+            raise TokcalError(f"expected backend 'auto' or some of {list(known)}, got {b!r}")
         object.__setattr__(self, "backend", names[0] if len(names) == 1 else names)
         for name in ("every", "n_bins", "hist_bins"):
             v = getattr(self, name)
@@ -83,21 +84,31 @@ class TrackingSettings:
         return dataclasses.replace(self, **changes)
 
     def backends_for(self, report_to: str | Sequence[str] | None) -> list[str]:
-        """The backends to open: named ones, or those in ``report_to`` (else ``local``)."""
+        """The backends to open: named ones, or those whose Trainer integration
+        ``report_to`` names (``"all"``: every one), in registry order; else ``local``.
+
+        Example:
+            >>> TrackingSettings().backends_for(["wandb", "tensorboard"]), TrackingSettings().backends_for("none")
+            (['wandb'], ['local'])
+        """
         if self.backend != "auto":
             return [self.backend] if isinstance(self.backend, str) else list(self.backend)
         rt = [report_to] if isinstance(report_to, str) else list(report_to or [])
-        if "all" in rt:
-            rt = ["wandb", "mlflow"]
-        chosen = [x for x in ("wandb", "mlflow") if x in rt]
-        return chosen or ["local"]
+        follows = {name: backend_class(name).report_to for name in backend_names()}
+        chosen = [name for name, integration in follows.items() if integration and ("all" in rt or integration in rt)]
+        return chosen or [DEFAULT_BACKEND]
 
     def tracker_kwargs(self, backend: str, *, local_dir: str, run_name: str | None = None) -> dict[str, Any]:
-        kw: dict[str, Any] = {"local_dir": self.local_dir or local_dir, "run_id": self.run_id}
-        if backend == "wandb":
-            kw.update(project=self.project, entity=self.entity, run_name=run_name)
-        elif backend == "mlflow":
-            kw.update(tracking_uri=self.tracking_uri, experiment=self.experiment, run_name=run_name)
+        """:func:`~tracking.trackers.open_tracker` arguments for ``backend``: the common ones
+        and the backend's options that these settings hold (``project``, ``tracking_uri`` ...).
+
+        Example:
+            >>> TrackingSettings(project="p").tracker_kwargs("wandb", local_dir="out/tokcal")["project"]
+            'p'
+        """
+        fields = {f.name for f in dataclasses.fields(self)}
+        kw: dict[str, Any] = {"local_dir": self.local_dir or local_dir, "run_id": self.run_id, "run_name": run_name}
+        kw.update({o: getattr(self, o) for o in backend_class(backend).options if o in fields})
         return kw
 
     def to_dict(self) -> dict[str, Any]:

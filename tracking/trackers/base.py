@@ -1,27 +1,49 @@
-"""The tracker interface every backend implements, and helpers they share.
+"""The tracker interface every backend implements, the backend registry, and helpers.
 
 A tracker is one run in one backend. ``log_evaluation`` pushes everything about one
 evaluation at one training step: the scalars, the histograms, the reliability
 diagram(s), the bins as a table and, optionally, a per-sample table. Steps are explicit
 and may come in any order (backfill adds points for old checkpoints later).
+
+Each backend is one module, ``tracking/trackers/<name>.py``, with one :class:`Tracker`
+subclass that knows everything about it: how it writes (``_write_evaluation``), which
+options it takes (``options``), how a run is described in ``tokcal.json`` and the spool
+(``describe``) and reopened from there (``reopen_kwargs``), and how its evaluations are
+read back (``logged_steps``, ``read_runs``, ``read_described``). The registry below maps
+a backend name to that class; :func:`tracking.trackers.open_tracker`, backfill's targets,
+``tokcal sync``, ``tokcal report`` and the callback only look names up in it.
+
+Example:
+    >>> backend_names()
+    ('local', 'mlflow', 'wandb')
+    >>> backend_class("mlflow").options
+    ('tracking_uri', 'experiment')
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
 import re
 from abc import ABC, abstractmethod
-from typing import Any, Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
-from tracking.core.metrics import DecisionMetrics
+from tracking.core.metrics import DecisionMetrics, ReliabilityBins
 from tracking.errors import TokcalError
 from tracking.io import to_jsonable, write_atomic  # noqa: F401  (re-exported for the backends)
 
-BACKENDS: tuple[str, ...] = ("local", "mlflow", "wandb")
+DEFAULT_LOCAL_DIR = "tokcal-runs"  # the local store, and the parent of the default spool folder
+
+#: The tag every backfilled evaluation carries (``tokcal backfill``); the readers set
+#: :attr:`Point.backfilled` from it.
+BACKFILL_TAG = "tokcal_backfill"
+MARKER: dict[str, str] = {BACKFILL_TAG: "true"}
 
 # Names of the figures that ``tracking.core.plots.metric_figures`` draws, and the suffix each
 # one gets in image keys and file names (``eval_decision_reliability``).
@@ -67,24 +89,6 @@ def redact(text: str | None) -> str:
         if value and len(value) >= 4:
             out = out.replace(value, "***")
     return out
-
-
-def wandb_key(key: str) -> str:
-    """The Hugging Face W&B integration's key convention: ``eval_x`` -> ``eval/x``.
-
-    ``eval_`` and ``test_`` keys move under ``eval/`` and ``test/``; other keys under
-    ``train/``, as ``transformers.integrations.WandbCallback`` does.
-
-    Example:
-        >>> wandb_key("eval_decision_ece"), wandb_key("loss")
-        ('eval/decision_ece', 'train/loss')
-    """
-    for section in ("eval", "test"):
-        if key.startswith(f"{section}_"):
-            return f"{section}/{key[len(section) + 1:]}"
-    if "/" in key:
-        return key
-    return f"train/{key}"
 
 
 def check_step(step: Any) -> int:
@@ -153,11 +157,148 @@ def dumps_line(record: dict[str, Any]) -> bytes:
     return (json.dumps(to_jsonable(record), allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
-class Tracker(ABC):
-    """One run in one tracking backend.
+def check_tags(tags: Any) -> dict[str, Any]:
+    """The tags of one evaluation: a mapping of names to values (``None`` means none)."""
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping):
+        raise TokcalError(f"expected tags to be a dict of names to values, got {type(tags).__name__}")
+    return dict(tags)
 
-    Subclasses implement the abstract methods; callers use the tracker as a context
-    manager or call :meth:`close` themselves.
+
+def bins_from_table(columns: Sequence[str], data: Iterable[Sequence[Any]], curve: str) -> ReliabilityBins | None:
+    """The reliability bins of one ``curve`` back from a table that :func:`bins_rows` wrote
+    (``columns`` and rows as lists); ``None`` when the table has no such curve.
+
+    Example:
+        >>> m = DecisionMetrics.from_dict({"labels": ["A", "B"], "prefix": "eval_", "scalars": {},
+        ...     "reliability": {"edges": [0.0, 0.5, 1.0], "counts": [1, 2], "confidence": [0.3, 0.8],
+        ...                     "accuracy": [0.0, 1.0]}})
+        >>> rows = bins_rows(m, step=5)
+        >>> back = bins_from_table(BINS_COLUMNS, [[r[c] for c in BINS_COLUMNS] for r in rows], "top_label")
+        >>> back.counts.tolist(), back.edges.tolist()
+        ([1, 2], [0.0, 0.5, 1.0])
+    """
+    rows = [dict(zip(columns, r)) for r in data]
+    rows = sorted((r for r in rows if r.get("curve") == curve), key=lambda r: r["bin"])
+    if not rows:
+        return None
+    edges = [rows[0]["lower"]] + [r["upper"] for r in rows]
+    return ReliabilityBins.from_dict({"edges": edges, "counts": [r["count"] for r in rows],
+                                      "confidence": [r["confidence"] for r in rows],
+                                      "accuracy": [r["accuracy"] for r in rows]})
+
+
+# ------------------------------------------------------------------ read-back types
+
+
+@dataclass
+class Point:
+    """One evaluation read back from a run: its step, metrics and whether backfill logged it."""
+
+    step: int
+    metrics: DecisionMetrics
+    backfilled: bool = False
+
+    def scalar(self, name: str) -> float:
+        """``name`` without prefix (``decision_ece``); NaN when absent."""
+        v = self.metrics.scalars.get(f"{self.metrics.prefix}{name}")
+        return math.nan if v is None else float(v)
+
+
+@dataclass
+class Series:
+    """The evaluations of one run under one metric prefix, in step order."""
+
+    name: str
+    points: list[Point]
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.points[0].metrics.labels if self.points else []
+
+    @property
+    def steps(self) -> list[int]:
+        return [p.step for p in self.points]
+
+    @classmethod
+    def of(cls, name: str, points: Iterable[Point], source: str = "", notes: Sequence[str] = ()) -> "Series":
+        """A series in step order; a step logged twice (re-scored, ``--force``) counts once: the last one.
+
+        Example:
+            >>> m = DecisionMetrics(["A", "B"], "eval_", {}, None)
+            >>> Series.of("run", [Point(20, m), Point(10, m), Point(20, m, True)]).steps
+            [10, 20]
+        """
+        by_step: dict[int, Point] = {}
+        for p in points:
+            by_step[p.step] = p
+        return cls(name, [by_step[s] for s in sorted(by_step)], source, list(notes))
+
+
+def is_backfilled(tags: Mapping[str, Any] | None) -> bool:
+    """Whether an evaluation's tags carry :data:`MARKER`."""
+    return str((tags or {}).get(BACKFILL_TAG)) == "true"
+
+
+_TOKCAL_NAME = re.compile(r"^(decision_|avg_p_)")
+
+
+def metric_prefixes(keys: Iterable[str]) -> list[str]:
+    """Metric prefixes (``eval_``, ``eval_holdout_``) from the ``*decision_samples`` keys
+    among a run's scalar names (``decision_samples`` is logged with every evaluation).
+
+    Example:
+        >>> metric_prefixes(["eval_decision_samples", "eval_holdout_decision_samples", "eval_loss"])
+        ['eval_', 'eval_holdout_']
+    """
+    return sorted({k[: -len("decision_samples")] for k in keys if k.endswith("decision_samples")})
+
+
+def prefix_of(key: str, prefixes: Sequence[str]) -> str | None:
+    """The longest prefix whose tokcal metrics include ``key`` (``eval_loss`` has none).
+
+    Example:
+        >>> prefix_of("eval_holdout_decision_ece", ["eval_", "eval_holdout_"]), prefix_of("eval_loss", ["eval_"])
+        ('eval_holdout_', None)
+    """
+    for prefix in sorted(prefixes, key=len, reverse=True):
+        if key.startswith(prefix) and _TOKCAL_NAME.match(key[len(prefix):]):
+            return prefix
+    return None
+
+
+def labels_from_keys(scalars: Iterable[str], prefix: str) -> list[str]:
+    """Label keys from ``<prefix>avg_p_<key>`` names (sorted: the order is not recorded)."""
+    return sorted(k[len(prefix) + len("avg_p_"):] for k in scalars if k.startswith(f"{prefix}avg_p_"))
+
+
+# ------------------------------------------------------------------------ the tracker
+
+
+class Tracker(ABC):
+    """One run in one tracking backend, and what the backend knows about itself.
+
+    A backend subclasses this once, in its own module, and sets the class attributes:
+
+    * ``name``: the backend's name (``backend="..."``, ``--backend``, ``tokcal.json``);
+    * ``options``: the :func:`~tracking.trackers.open_tracker` keyword arguments only
+      this backend takes (``run_id``, ``run_name`` and ``local_dir`` are common to all);
+    * ``remote``: calls can fail for reasons outside tokcal (a server); ``open_tracker``
+      then wraps the tracker in a :class:`~tracking.trackers.spool.SpoolingTracker`;
+    * ``thread_safe``: the training callback may call it from its background thread
+      (``False`` logs in the calling thread);
+    * ``report_to``: the Hugging Face ``report_to`` integration it follows when
+      ``backend="auto"``; ``None`` for none;
+    * ``source_prefix``, ``source_form``: how ``tokcal report`` names one of its runs
+      (``mlflow:`` and ``mlflow:RUN_ID``).
+
+    It implements ``run_id``, ``describe``, ``log_config``, ``_write_evaluation`` and
+    ``logged_steps``; and, for ``tokcal report``, ``read_runs`` and ``read_described``.
+    :meth:`log_evaluation` checks the arguments once for every backend, then calls
+    ``_write_evaluation``.
 
     Example:
         >>> import tempfile
@@ -171,8 +312,72 @@ class Tracker(ABC):
         [120]
     """
 
-    name: str = "base"
+    name: ClassVar[str] = "base"
+    options: ClassVar[tuple[str, ...]] = ()
+    remote: ClassVar[bool] = False
+    thread_safe: ClassVar[bool] = True
+    report_to: ClassVar[str | None] = None
+    source_prefix: ClassVar[str | None] = None
+    source_form: ClassVar[str] = ""
 
+    # -- opening ---------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls, *, run_id: str | None = None, run_name: str | None = None,
+        local_dir: str | os.PathLike[str] = DEFAULT_LOCAL_DIR, **options: Any,
+    ) -> "Tracker":
+        """Open a run from :func:`~tracking.trackers.open_tracker`'s arguments: the common
+        ones and this backend's ``options`` (only those given). Backends whose constructor
+        takes other names override this."""
+        return cls(run_id=run_id, run_name=run_name, **options)  # type: ignore[call-arg]
+
+    @classmethod
+    def reopen_kwargs(
+        cls, described: Mapping[str, Any], overrides: Mapping[str, Any], *,
+        where: str = "tokcal.json", default_local_dir: str | None = None,
+    ) -> dict[str, Any]:
+        """The :func:`~tracking.trackers.open_tracker` arguments (without ``backend``) that
+        reopen a run as :meth:`describe` recorded it (``tokcal.json``, a spool entry).
+
+        Args:
+            described: the recorded description.
+            overrides: values given on the command line (``run_id``, options, ``local_dir``);
+                each one that is not ``None`` wins over the recorded value.
+            where: where ``described`` comes from, for error messages.
+            default_local_dir: the local folder to use when neither is given.
+        """
+        kw = {"run_id": overrides.get("run_id") or described.get("run_id")}
+        for option in cls.options:
+            kw[option] = overrides.get(option) or described.get(option)
+        return kw
+
+    @classmethod
+    def location(cls, described: Mapping[str, Any]) -> str:
+        """Where a described run lives, for messages (credentials redacted)."""
+        return ""
+
+    # -- reading back ----------------------------------------------------------------
+    @classmethod
+    def claims_source(cls, source: str) -> bool:
+        """Whether a ``tokcal report`` word without ``source_prefix`` names one of this
+        backend's runs (a folder for the local store, a bare MLflow run id)."""
+        return False
+
+    @classmethod
+    def read_runs(cls, address: str, overrides: Mapping[str, Any] | None = None) -> list[Series]:
+        """The evaluations of the run(s) at ``address`` (a ``tokcal report`` word without
+        ``source_prefix``), one :class:`Series` per run and metric prefix.
+
+        ``overrides`` holds the command line's options (``tracking_uri``); a backend uses
+        those it knows."""
+        raise TokcalError(f"expected a backend that can be read back, got {cls.name!r}, which cannot")
+
+    @classmethod
+    def read_described(cls, described: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> list[Series]:
+        """The evaluations of a run as ``tokcal.json`` describes it (see :meth:`read_runs`)."""
+        raise TokcalError(f"expected a backend that can be read back, got {cls.name!r}, which cannot")
+
+    # -- one run ---------------------------------------------------------------------
     @property
     @abstractmethod
     def run_id(self) -> str | None:
@@ -180,24 +385,43 @@ class Tracker(ABC):
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:
-        """What ``tokcal.json`` stores to find this run again (credentials redacted):
-        ``backend``, ``run_id`` and ``project``/``entity`` or ``tracking_uri``, ``local_dir``."""
+        """What ``tokcal.json`` and the spool store to find this run again (credentials
+        redacted): ``backend``, ``run_id``, the backend's options, ``local_dir``."""
 
     @abstractmethod
     def log_config(self, config: dict[str, Any]) -> None:
         """Record the tracking settings (decision spec, options) with the run."""
 
-    @abstractmethod
     def log_evaluation(
         self,
         metrics: DecisionMetrics,
         step: int,
         *,
-        samples: list[dict[str, Any]] | None = None,
-        tags: dict[str, str] | None = None,
+        samples: Iterable[dict[str, Any]] | None = None,
+        tags: Mapping[str, Any] | None = None,
     ) -> None:
         """Push one evaluation at training step ``step``: scalars, histograms, the
-        reliability diagram(s), the bins table and, if given, a per-sample table."""
+        reliability diagram(s), the bins table and, if given, a per-sample table.
+
+        Checks the arguments (a :class:`~tracking.core.metrics.DecisionMetrics`, a step
+        >= 0, samples as dicts, tags as a mapping) before anything is written, then calls
+        the backend's ``_write_evaluation``.
+
+        Raises:
+            TokcalError: for bad arguments; the backend's own errors otherwise.
+        """
+        metrics = check_metrics(metrics)
+        step = check_step(step)
+        rows = None if samples is None else list(samples)
+        if rows is not None:
+            sample_columns(rows)
+        self._write_evaluation(metrics, step, samples=rows, tags=check_tags(tags))
+
+    @abstractmethod
+    def _write_evaluation(
+        self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None, tags: dict[str, Any],
+    ) -> None:
+        """Write one evaluation whose arguments :meth:`log_evaluation` has checked."""
 
     @abstractmethod
     def logged_steps(self, key: str) -> set[int]:
@@ -222,3 +446,84 @@ class Tracker(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.describe()!r})"
+
+
+# ------------------------------------------------------------------------ the registry
+
+# Backend name -> "module:Class". Strings, so that this module imports no backend (and
+# no backend package: mlflow and wandb are imported only when a run is opened).
+_REGISTRY: dict[str, str | type[Tracker]] = {
+    "local": "tracking.trackers.local:LocalTracker",
+    "mlflow": "tracking.trackers.mlflow:MlflowTracker",
+    "wandb": "tracking.trackers.wandb:WandbTracker",
+}
+DEFAULT_BACKEND = "local"  # when nothing is configured and report_to names no backend
+
+
+def backend_names() -> tuple[str, ...]:
+    """The registered backends' names, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def check_backend(backend: Any) -> str:
+    """Normalise and validate a backend name (``"MLflow"`` -> ``"mlflow"``).
+
+    Example:
+        >>> check_backend("MLflow")
+        'mlflow'
+    """
+    name = backend.strip().lower() if isinstance(backend, str) else backend
+    if name not in _REGISTRY:
+        raise TokcalError(f"expected backend to be one of {', '.join(map(repr, _REGISTRY))}, got {backend!r}")
+    return name
+
+
+def backend_class(backend: str) -> type[Tracker]:
+    """The :class:`Tracker` subclass of a backend name (its module is imported on first use).
+
+    Example:
+        >>> backend_class("local").__name__
+        'LocalTracker'
+    """
+    name = check_backend(backend)
+    entry = _REGISTRY[name]
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        entry = getattr(importlib.import_module(module), attr)
+        _REGISTRY[name] = entry
+    return entry  # type: ignore[return-value]
+
+
+def register_backend(cls: type[Tracker] | str, name: str | None = None) -> None:
+    """Add a backend: a :class:`Tracker` subclass, or ``"module:Class"`` with ``name``.
+
+    A backend in this package gets its line in ``_REGISTRY`` instead; this is for
+    backends defined elsewhere (a plugin, a test).
+
+    Example:
+        >>> register_backend("my_package.tensorboard:TensorBoardTracker", "tensorboard")  # doctest: +SKIP
+    """
+    if isinstance(cls, str):
+        if not name or ":" not in cls:
+            raise TokcalError(f"expected a Tracker class, or 'module:Class' with a name, got {cls!r}")
+        key = name
+    elif isinstance(cls, type) and issubclass(cls, Tracker):
+        key = name or cls.name
+    else:
+        raise TokcalError(f"expected a Tracker class, or 'module:Class' with a name, got {cls!r}")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", key) or key in _REGISTRY:
+        raise TokcalError(f"expected a new lower-case backend name, got {key!r} (registered: {list(_REGISTRY)})")
+    _REGISTRY[key] = cls
+
+
+def unregister_backend(name: str) -> None:
+    """Remove a backend that :func:`register_backend` added."""
+    _REGISTRY.pop(check_backend(name))
+
+
+def option_owner(option: str) -> str | None:
+    """The backend that takes ``option`` (``tracking_uri`` -> ``mlflow``); ``None`` if none does."""
+    for name in _REGISTRY:
+        if option in backend_class(name).options:
+            return name
+    return None

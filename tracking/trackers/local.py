@@ -14,6 +14,9 @@ Each line of ``evaluations.jsonl`` is ``DecisionMetrics.to_dict()`` (``labels``,
 ``DecisionMetrics.from_dict(line)`` gives the metrics back. A line is written with one
 ``write`` and fsynced; a crash can leave at most an unterminated last line, which the
 reader skips with a warning and the next write removes. One process writes a run.
+
+``tokcal report`` reads a run folder, or a folder of run folders, back with
+:func:`read_local`; ``tokcal.json`` records the run folder as ``local_dir``.
 """
 
 from __future__ import annotations
@@ -24,18 +27,20 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from tracking.core.metrics import DecisionMetrics
 from tracking.errors import TokcalError
 from tracking.trackers.base import (
+    DEFAULT_LOCAL_DIR,
     FIGURE_SUFFIX,
+    Point,
+    Series,
     Tracker,
-    check_metrics,
-    check_step,
     dumps_line,
-    sample_columns,
+    is_backfilled,
     step_name,
     to_jsonable,
     write_atomic,
@@ -46,7 +51,6 @@ logger = logging.getLogger(__name__)
 EVALUATIONS_FILE = "evaluations.jsonl"
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.json"
-DEFAULT_LOCAL_DIR = "tokcal-runs"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 
 
@@ -66,6 +70,7 @@ class LocalTracker(Tracker):
     """
 
     name = "local"
+    source_form = "a local store folder"
 
     def __init__(
         self, local_dir: str | os.PathLike[str] = DEFAULT_LOCAL_DIR, *, run_id: str | None = None,
@@ -87,6 +92,40 @@ class LocalTracker(Tracker):
             info = {"run_id": self._run_id, "run_name": run_name, "created": time.time()}
             write_atomic(self._dir / RUN_FILE, json.dumps(info, indent=2).encode("utf-8"))
 
+    @classmethod
+    def open(
+        cls, *, run_id: str | None = None, run_name: str | None = None,
+        local_dir: str | os.PathLike[str] = DEFAULT_LOCAL_DIR, **options: Any,
+    ) -> "LocalTracker":
+        return cls(local_dir, run_id=run_id, run_name=run_name, **options)
+
+    @classmethod
+    def reopen_kwargs(
+        cls, described: Mapping[str, Any], overrides: Mapping[str, Any], *,
+        where: str = "tokcal.json", default_local_dir: str | None = None,
+    ) -> dict[str, Any]:
+        """The run id, and ``local_dir``: the one given, else the folder that holds the
+        recorded run folder, else ``default_local_dir``, else ``tokcal-runs``."""
+        recorded = Path(described["local_dir"]).parent if described.get("local_dir") else None
+        local_dir = overrides.get("local_dir") or recorded or default_local_dir or DEFAULT_LOCAL_DIR
+        return {"run_id": overrides.get("run_id") or described.get("run_id"), "local_dir": str(local_dir)}
+
+    @classmethod
+    def location(cls, described: Mapping[str, Any]) -> str:
+        return str(described.get("local_dir") or "")
+
+    @classmethod
+    def claims_source(cls, source: str) -> bool:
+        return Path(source).exists()
+
+    @classmethod
+    def read_runs(cls, address: str, overrides: Mapping[str, Any] | None = None) -> list[Series]:
+        return read_local(address)
+
+    @classmethod
+    def read_described(cls, described: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> list[Series]:
+        return read_local(described["local_dir"]) if described.get("local_dir") else []
+
     @property
     def run_id(self) -> str:
         return self._run_id
@@ -105,18 +144,11 @@ class LocalTracker(Tracker):
         data = json.dumps(to_jsonable(config), indent=2, allow_nan=False).encode("utf-8")
         write_atomic(self._dir / CONFIG_FILE, data)
 
-    def log_evaluation(
-        self,
-        metrics: DecisionMetrics,
-        step: int,
-        *,
-        samples: list[dict[str, Any]] | None = None,
-        tags: dict[str, str] | None = None,
+    def _write_evaluation(
+        self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None, tags: dict[str, Any],
     ) -> None:
         from tracking.core.plots import figure_to_png, metric_figures
 
-        metrics = check_metrics(metrics)
-        step = check_step(step)
         images: dict[str, str] = {}
         for fig_name, fig in metric_figures(metrics, step=step).items():
             file_name = f"{step_name(step)}_{metrics.prefix}{FIGURE_SUFFIX.get(fig_name, fig_name)}.png"
@@ -124,13 +156,12 @@ class LocalTracker(Tracker):
             images[fig_name] = file_name
         samples_file = None
         if samples is not None:
-            sample_columns(samples)  # validates the rows
             samples_file = f"{step_name(step)}_{metrics.prefix}samples.jsonl"
             write_atomic(self._dir / samples_file, b"".join(dumps_line({"step": step, **row}) for row in samples))
         record = {
             "step": step,
             "timestamp": time.time(),
-            "tags": dict(tags or {}),
+            "tags": tags,
             **metrics.to_dict(),
             "images": images,
             "samples_file": samples_file,
@@ -228,6 +259,46 @@ def read_local_store(path: str | os.PathLike[str], *, last_per_step: bool = Fals
     return records
 
 
+def read_local(path: str | os.PathLike[str]) -> list[Series]:
+    """A local run folder (``evaluations.jsonl`` inside), or a folder of run folders, as
+    one :class:`~tracking.trackers.base.Series` per run and metric prefix.
+
+    Raises:
+        TokcalError: no evaluations found under ``path``.
+
+    Example:
+        >>> import tempfile
+        >>> import numpy as np
+        >>> from tracking.core.metrics import compute_metrics
+        >>> m = compute_metrics(np.array([[0.8, 0.1], [0.3, 0.6]]), np.array([0, 1]), ["Accept", "Reject"])
+        >>> tracker = LocalTracker(tempfile.mkdtemp())
+        >>> tracker.log_evaluation(m, step=10, tags={"tokcal_backfill": "true"})
+        >>> [(s.steps, s.points[0].backfilled) for s in read_local(tracker.directory)]
+        [([10], True)]
+    """
+    p = Path(path)
+    if not p.exists():
+        raise TokcalError(f"report source not found: {p}")
+    if p.is_file():
+        runs = [p.parent] if p.name == EVALUATIONS_FILE else []
+    elif (p / EVALUATIONS_FILE).is_file():
+        runs = [p]
+    else:
+        runs = sorted(d for d in p.iterdir() if (d / EVALUATIONS_FILE).is_file())
+    if not runs:
+        raise TokcalError(f"no local tokcal runs in {p}; expected a run folder with {EVALUATIONS_FILE} "
+                          "or a folder of them (e.g. <output_dir>/tokcal)")
+    out: list[Series] = []
+    for run_dir in runs:
+        by_prefix: dict[str, list[Point]] = {}
+        for rec in read_local_store(run_dir, last_per_step=True):
+            m = DecisionMetrics.from_dict(rec)
+            by_prefix.setdefault(m.prefix, []).append(Point(int(rec["step"]), m, is_backfilled(rec.get("tags"))))
+        for prefix, points in sorted(by_prefix.items()):
+            out.append(Series.of(f"local {run_dir.name} · {prefix.rstrip('_')}", points, str(run_dir)))
+    return out
+
+
 def scalar_history(records: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
     """``(step, value)`` of one scalar across records, in record order."""
     return [(int(r["step"]), float(r["scalars"][key])) for r in records if r.get("scalars", {}).get(key) is not None]
@@ -239,6 +310,7 @@ __all__ = [
     "EVALUATIONS_FILE",
     "LocalTracker",
     "append_line",
+    "read_local",
     "read_local_store",
     "scalar_history",
 ]

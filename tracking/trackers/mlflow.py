@@ -17,6 +17,11 @@ Per evaluation, with ``prefix="eval_"``:
 * ``tokcal/eval/bins_step_000120.json``: the bins table (columns/rows), histograms, notes;
 * ``tokcal/eval/samples_step_000120.json``: the per-sample table, when given;
 * the evaluation's ``tags`` as run tags (MLflow tags are per run, not per step).
+
+:func:`read_mlflow` reads that layout back (``tokcal report``): the scalars' histories,
+and bins, histograms, notes and tags from the ``bins_step_*.json`` artifacts.
+``tokcal.json`` and the spool record the tracking URI with its password as ``***``;
+:func:`tracking_uri_for` asks for the real one when such a run is reopened.
 """
 
 from __future__ import annotations
@@ -24,20 +29,30 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import tempfile
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from tracking.core.metrics import DecisionMetrics
+from tracking.core.metrics import DecisionMetrics, Histogram
 from tracking.errors import TokcalError, first_line, require
 from tracking.trackers.base import (
     BINS_COLUMNS,
     FIGURE_SUFFIX,
+    Point,
+    Series,
     Tracker,
+    bins_from_table,
     bins_rows,
-    check_metrics,
-    check_step,
     finite_scalars,
     flatten,
+    is_backfilled,
+    labels_from_keys,
+    metric_prefixes,
+    prefix_of,
     redact,
     sample_columns,
     step_name,
@@ -50,9 +65,40 @@ _BATCH = 1000  # MLflow's limit of metrics per log_batch call
 _MAX_PARAM = 6000  # MLflow's limit on a param value's length
 
 
+_RUN_ID = re.compile(r"[0-9a-f]{32}")  # what MLflow's run ids look like
+_BINS_FILE = re.compile(r"/bins_step_\d+\.json$")
+
+
 def artifact_folder(prefix: str) -> str:
     """``tokcal/eval`` for ``eval_``, ``tokcal/eval_mmlu`` for ``eval_mmlu_``."""
     return f"tokcal/{prefix.rstrip('_') or 'eval'}"
+
+
+def tracking_uri_for(recorded: str | None, given: str | None, where: str) -> str | None:
+    """The tracking URI to reopen a recorded run with: ``given`` (``--tracking-uri``), else
+    the recorded one. A recorded URI whose password was stored as ``***`` needs the real
+    one: ``given``, else ``MLFLOW_TRACKING_URI``.
+
+    Example:
+        >>> tracking_uri_for("http://127.0.0.1:5000", None, "tokcal.json")
+        'http://127.0.0.1:5000'
+        >>> tracking_uri_for("https://u:***@host", "https://u:pw@host", "the spool")
+        'https://u:pw@host'
+
+    Raises:
+        TokcalError: the recorded URI hides a password and neither gives it.
+    """
+    if given:
+        return given
+    if recorded and "***" in recorded:
+        env = os.environ.get("MLFLOW_TRACKING_URI")
+        if not env:
+            raise TokcalError(
+                f"{where} records the MLflow tracking URI with its password hidden ({recorded}); expected "
+                "--tracking-uri or MLFLOW_TRACKING_URI to give it, got neither"
+            )
+        return env
+    return recorded
 
 
 class MlflowTracker(Tracker):
@@ -72,6 +118,11 @@ class MlflowTracker(Tracker):
     """
 
     name = "mlflow"
+    options = ("tracking_uri", "experiment")
+    remote = True
+    report_to = "mlflow"
+    source_prefix = "mlflow:"
+    source_form = "mlflow:RUN_ID (or a bare MLflow run ID)"
 
     def __init__(
         self,
@@ -115,6 +166,36 @@ class MlflowTracker(Tracker):
             return "0"  # the Default experiment every MLflow store has
         found = self._client.get_experiment_by_name(name)
         return found.experiment_id if found is not None else self._client.create_experiment(name)
+
+    @classmethod
+    def reopen_kwargs(
+        cls, described: Mapping[str, Any], overrides: Mapping[str, Any], *,
+        where: str = "tokcal.json", default_local_dir: str | None = None,
+    ) -> dict[str, Any]:
+        """The run id and tracking URI (see :func:`tracking_uri_for`); ``experiment`` only
+        when given (it names a new run's experiment)."""
+        return {
+            "run_id": overrides.get("run_id") or described.get("run_id"),
+            "tracking_uri": tracking_uri_for(described.get("tracking_uri"), overrides.get("tracking_uri"), where),
+            "experiment": overrides.get("experiment"),
+        }
+
+    @classmethod
+    def location(cls, described: Mapping[str, Any]) -> str:
+        return redact(str(described.get("tracking_uri") or ""))
+
+    @classmethod
+    def claims_source(cls, source: str) -> bool:
+        return bool(_RUN_ID.fullmatch(source))
+
+    @classmethod
+    def read_runs(cls, address: str, overrides: Mapping[str, Any] | None = None) -> list[Series]:
+        return read_mlflow(address, (overrides or {}).get("tracking_uri"))
+
+    @classmethod
+    def read_described(cls, described: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> list[Series]:
+        given = (overrides or {}).get("tracking_uri")
+        return read_mlflow(described["run_id"], tracking_uri_for(described.get("tracking_uri"), given, "tokcal.json"))
 
     @property
     def run_id(self) -> str:
@@ -164,40 +245,25 @@ class MlflowTracker(Tracker):
                 ", ".join(sorted(changed)), self._run_id,
             )
 
-    def log_evaluation(
-        self,
-        metrics: DecisionMetrics,
-        step: int,
-        *,
-        samples: list[dict[str, Any]] | None = None,
-        tags: dict[str, str] | None = None,
+    def _write_evaluation(
+        self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None, tags: dict[str, Any],
     ) -> None:
         from mlflow.entities import Metric, RunTag
 
         from tracking.core.plots import figure_to_array, metric_figures
 
-        metrics = check_metrics(metrics)
-        step = check_step(step)
         stamp = int(time.time() * 1000)
         run = self._run_id
         # A cheap server call first: when the server is down, nothing of this evaluation
         # is written (artifacts can go straight to the artifact store), so a replay from
         # the spool does not log the same image twice.
-        run_tags = [RunTag("tokcal", "1")] + [RunTag(str(k), str(v)) for k, v in (tags or {}).items()]
+        run_tags = [RunTag("tokcal", "1")] + [RunTag(str(k), str(v)) for k, v in tags.items()]
         self._client.log_batch(run, tags=run_tags, synchronous=True)
         for fig_name, fig in metric_figures(metrics, step=step).items():
             key = f"{metrics.prefix}{FIGURE_SUFFIX.get(fig_name, fig_name)}"
             self._client.log_image(run, figure_to_array(fig), key=key, step=step, timestamp=stamp, synchronous=True)
         folder = artifact_folder(metrics.prefix)
-        table = {
-            "step": step,
-            "labels": metrics.labels,
-            "columns": list(BINS_COLUMNS),
-            "data": [[row[c] for c in BINS_COLUMNS] for row in bins_rows(metrics, step)],
-            "histograms": {k: h.to_dict() for k, h in metrics.histograms.items()},
-            "notes": metrics.notes,
-            "tags": dict(tags or {}),
-        }
+        table = bins_table(metrics, step, tags)
         self._client.log_dict(run, to_jsonable(table), f"{folder}/bins_{step_name(step)}.json")
         if samples is not None:
             cols = sample_columns(samples)
@@ -239,3 +305,107 @@ class MlflowTracker(Tracker):
 
 def _first_line(exc: BaseException) -> str:
     return redact(first_line(exc))
+
+
+# ------------------------------------------------------------------ the bins artifact
+
+
+def bins_table(metrics: DecisionMetrics, step: int, tags: Mapping[str, Any]) -> dict[str, Any]:
+    """``tokcal/<prefix>/bins_step_N.json``: what the metric histories do not hold."""
+    return {
+        "step": step,
+        "labels": metrics.labels,
+        "columns": list(BINS_COLUMNS),
+        "data": [[row[c] for c in BINS_COLUMNS] for row in bins_rows(metrics, step)],
+        "histograms": {k: h.to_dict() for k, h in metrics.histograms.items()},
+        "notes": metrics.notes,
+        "tags": dict(tags),
+    }
+
+
+def point_from(step: int, prefix: str, scalars: dict[str, float], table: Mapping[str, Any]) -> Point:
+    """One evaluation back from its scalars and its :func:`bins_table` (``{}`` when the
+    artifact is missing: scalars only, label keys from the metric names)."""
+    cols, data = table.get("columns") or [], table.get("data") or []
+    metrics = DecisionMetrics(
+        labels=list(table.get("labels") or labels_from_keys(scalars, prefix)), prefix=prefix, scalars=scalars,
+        reliability=bins_from_table(cols, data, "top_label"),
+        positive_reliability=bins_from_table(cols, data, "positive"),
+        histograms={k: Histogram.from_dict(h) for k, h in (table.get("histograms") or {}).items()},
+        notes=list(table.get("notes") or []),
+    )
+    return Point(step, metrics, is_backfilled(table.get("tags")))
+
+
+# ------------------------------------------------------------------------ reading back
+
+
+def read_mlflow(run_id: str, tracking_uri: str | None = None) -> list[Series]:
+    """An MLflow run: one series per metric prefix that tokcal logged into it.
+
+    Scalars come from the metric histories; reliability bins, histograms and the backfill
+    marker from the ``tokcal/<prefix>/bins_step_*.json`` artifacts.
+
+    Raises:
+        TokcalError: the run cannot be opened or holds no tokcal metrics.
+
+    Example:
+        >>> series = read_mlflow("4f0c2b9e8d7a4c1b9e0f1a2b3c4d5e6f", "sqlite:///mlflow.db")  # doctest: +SKIP
+    """
+    mlflow = require("mlflow", "mlflow")
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    where = redact(tracking_uri or mlflow.get_tracking_uri())
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise TokcalError(f"could not open MLflow run {run_id!r} at {where}: {str(exc).splitlines()[0][:200]}") from exc
+    keys = list(run.data.metrics)
+    prefixes = metric_prefixes(keys)
+    if not prefixes:
+        raise TokcalError(f"MLflow run {run_id} at {where} has no tokcal metrics (no '*decision_samples' key)")
+    name = run.info.run_name or run_id[:8]
+    out = []
+    with tempfile.TemporaryDirectory(prefix="tokcal-report-") as tmp:
+        for prefix in prefixes:
+            scalars: dict[int, dict[str, float]] = {}
+            for key in keys:
+                if prefix_of(key, prefixes) == prefix:
+                    for m in client.get_metric_history(run_id, key):
+                        scalars.setdefault(int(m.step), {})[key] = float(m.value)
+            tables = _bins_tables(client, run_id, artifact_folder(prefix), tmp, MlflowException)
+            points = [point_from(step, prefix, scalars[step], tables.get(step, {})) for step in sorted(scalars)]
+            out.append(Series.of(f"mlflow {name} · {prefix.rstrip('_')}", points, f"mlflow:{run_id} at {where}"))
+    return out
+
+
+def _bins_tables(client: Any, run_id: str, folder: str, tmp: str, error: type[Exception]) -> dict[int, dict[str, Any]]:
+    """The ``bins_step_*.json`` tables in ``folder`` by step (none when the folder is missing)."""
+    try:
+        listed = [f.path for f in client.list_artifacts(run_id, folder)]
+    except error:
+        listed = []
+    wanted = [f for f in listed if _BINS_FILE.search(f)]
+    tables: dict[int, dict[str, Any]] = {}
+    if wanted:
+        with _no_progress_bar():
+            local = Path(client.download_artifacts(run_id, folder, tmp))
+        for f in wanted:
+            table = json.loads((local / Path(f).name).read_text(encoding="utf-8"))
+            tables[int(table["step"])] = table
+    return tables
+
+
+@contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    old = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old

@@ -23,8 +23,7 @@ from tracking.core.metrics import DecisionMetrics
 from tracking.errors import TokcalError
 from tracking.trackers.base import (
     Tracker,
-    check_metrics,
-    check_step,
+    backend_class,
     finite_scalars,
     redact,
     to_jsonable,
@@ -65,6 +64,10 @@ class SpoolingTracker(Tracker):
     def run_id(self) -> str | None:
         return self.inner.run_id
 
+    @property
+    def thread_safe(self) -> bool:  # type: ignore[override]
+        return self.inner.thread_safe
+
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "spool_dir": str(self.spool_dir.resolve())}
 
@@ -76,16 +79,9 @@ class SpoolingTracker(Tracker):
         except Exception as exc:  # deliberate: spool and warn, never stop training
             self._spool({"kind": "config", "step": 0, "config": to_jsonable(config)}, exc)
 
-    def log_evaluation(
-        self,
-        metrics: DecisionMetrics,
-        step: int,
-        *,
-        samples: list[dict[str, Any]] | None = None,
-        tags: dict[str, str] | None = None,
+    def _write_evaluation(
+        self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None, tags: dict[str, Any],
     ) -> None:
-        metrics = check_metrics(metrics)
-        step = check_step(step)
         try:
             self.inner.log_evaluation(metrics, step, samples=samples, tags=tags)
         except Exception as exc:  # deliberate: spool and warn, never stop training
@@ -202,28 +198,20 @@ def read_spool(spool_dir: str | os.PathLike[str]) -> list[tuple[Path, dict[str, 
     return entries
 
 
-def _target_key(target: dict[str, Any], overrides: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-    keys = ("backend", "run_id", "tracking_uri", "project", "entity")
-    merged = {k: target.get(k) for k in keys}
-    merged.update({k: v for k, v in overrides.items() if v is not None})
-    return tuple((k, merged[k]) for k in keys)
-
-
 def sync_spool(
     path: str | os.PathLike[str],
     *,
     backend: str | None = None,
     run_id: str | None = None,
-    tracking_uri: str | None = None,
-    project: str | None = None,
-    entity: str | None = None,
+    **options: Any,
 ) -> SyncResult:
     """Replay a spool into its run(s); idempotent per (metric, step).
 
-    Each entry goes to the run recorded with it, unless ``backend``/``run_id``/... say
-    otherwise. Scalars the run already has at that step are not logged again; an entry
-    whose scalars are all there is dropped. Each file is deleted only after its replay
-    succeeded; the first failure stops the replay with a :class:`TokcalError`.
+    Each entry goes to the run recorded with it, unless ``backend``/``run_id``/the
+    backend's options (``tracking_uri``, ``project``, ``entity``) say otherwise. Scalars
+    the run already has at that step are not logged again; an entry whose scalars are all
+    there is dropped. Each file is deleted only after its replay succeeded; the first
+    failure stops the replay with a :class:`TokcalError`.
 
     Example:
         >>> result = sync_spool("tokcal-runs/spool")  # doctest: +SKIP
@@ -235,29 +223,21 @@ def sync_spool(
     spool_dir = find_spool_dir(path)
     result = SyncResult(spool_dir=spool_dir)
     entries = read_spool(spool_dir)
-    overrides = {"backend": backend, "run_id": run_id, "tracking_uri": tracking_uri,
-                 "project": project, "entity": entity}
-    groups: dict[tuple[tuple[str, Any], ...], list[tuple[Path, dict[str, Any]]]] = {}
-    for file, entry in entries:
-        groups.setdefault(_target_key(entry["target"], overrides), []).append((file, entry))
+    overrides = {"run_id": run_id, **options}
+    groups: dict[tuple[Any, ...], list[tuple[Path, dict[str, Any]]]] = {}
+    opens: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for file, entry in entries:  # every target is resolved before anything is replayed
+        name = backend or entry["target"].get("backend")
+        try:
+            kwargs = backend_class(name).reopen_kwargs(entry["target"], overrides, where="the spool")
+        except TokcalError as exc:
+            raise TokcalError(f"{file.name}: {exc}") from exc
+        kwargs = {"backend": name, **{k: v for k, v in kwargs.items() if v is not None}}
+        key = tuple(sorted(kwargs.items()))
+        groups.setdefault(key, []).append((file, entry))
+        opens[key] = kwargs
     for key, group in groups.items():
-        target = dict(key)
-        uri = target["tracking_uri"]
-        if uri is not None and "***" in uri:
-            if tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI"):
-                raise TokcalError(
-                    f"the spool records a tracking URI with a password ({uri}); expected --tracking-uri "
-                    "or MLFLOW_TRACKING_URI to give it, got neither"
-                )
-            uri = tracking_uri or os.environ["MLFLOW_TRACKING_URI"]
-        if target["backend"] not in ("mlflow", "wandb", "local"):
-            raise TokcalError(f"expected a spool target backend of mlflow, wandb or local, got {target['backend']!r}")
-        kwargs: dict[str, Any] = {"run_id": target["run_id"], "spool": False}
-        if target["backend"] == "mlflow":
-            kwargs["tracking_uri"] = uri
-        if target["backend"] == "wandb":
-            kwargs.update(project=target["project"], entity=target["entity"])
-        tracker = open_tracker(target["backend"], **kwargs)
+        tracker = open_tracker(spool=False, **opens[key])
         result.targets.append(tracker.describe())
         try:
             _replay(tracker, group, result)

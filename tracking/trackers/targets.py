@@ -1,12 +1,16 @@
-"""Which run(s) to reopen from what ``tokcal.json`` recorded, and opening them."""
+"""Which run(s) to reopen from what ``tokcal.json`` recorded, and opening them.
+
+Each backend says how its recorded description is reopened
+(:meth:`~tracking.trackers.base.Tracker.reopen_kwargs`); this module only picks the
+entries and applies the command line's flags.
+"""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from tracking.errors import TokcalError
+from tracking.trackers.base import backend_class, check_backend
 
 
 def tracker_targets(
@@ -14,16 +18,19 @@ def tracker_targets(
     *,
     backend: str | None = None,
     run_id: str | None = None,
-    project: str | None = None,
-    entity: str | None = None,
-    tracking_uri: str | None = None,
     local_dir: str | None = None,
     default_local_dir: str | None = None,
+    **options: Any,
 ) -> list[dict[str, Any]]:
     """``open_tracker`` keyword arguments for the run(s) to backfill into.
 
     The runs recorded in ``tokcal.json`` (``state["trackers"]``), narrowed to ``backend``
-    when given; each flag that is given overrides the recorded value.
+    when given; each flag that is given (``run_id``, ``local_dir``, a backend's options
+    such as ``tracking_uri``, ``project``, ``entity``) overrides the recorded value.
+
+    Example:
+        >>> tracker_targets({"trackers": [{"backend": "local", "run_id": "r1", "local_dir": "/o/tokcal/r1"}]})
+        [{'backend': 'local', 'run_id': 'r1', 'local_dir': '/o/tokcal'}]
 
     Raises:
         TokcalError: no run can be told (no ``tokcal.json`` and no ``--backend``/``--run-id``),
@@ -31,6 +38,7 @@ def tracker_targets(
     """
     recorded = [t for t in (state or {}).get("trackers", []) if isinstance(t, dict) and t.get("backend")]
     if backend is not None:
+        backend = check_backend(backend)
         entries = [t for t in recorded if t["backend"] == backend] or [{"backend": backend}]
     elif recorded:
         entries = recorded
@@ -42,30 +50,14 @@ def tracker_targets(
     if run_id is not None and len(entries) > 1:
         names = ", ".join(t["backend"] for t in entries)
         raise TokcalError(f"--run-id names one run but tokcal.json records several ({names}); pass --backend too")
+    overrides = {"run_id": run_id, "local_dir": local_dir, **options}
     out = []
     for t in entries:
         name = t["backend"]
-        kw: dict[str, Any] = {"backend": name, "run_id": run_id or t.get("run_id")}
-        if not kw["run_id"]:
+        kw = backend_class(name).reopen_kwargs(t, overrides, where="tokcal.json", default_local_dir=default_local_dir)
+        if not kw.get("run_id"):
             raise TokcalError(f"no {name} run id recorded; expected --run-id (see docs/backfill.md to find it)")
-        if name == "mlflow":
-            uri = tracking_uri or t.get("tracking_uri")
-            if uri and "***" in uri and not tracking_uri:
-                env = os.environ.get("MLFLOW_TRACKING_URI")
-                if not env:
-                    raise TokcalError(
-                        f"tokcal.json records the MLflow URI with its password hidden ({uri}); expected "
-                        "--tracking-uri or MLFLOW_TRACKING_URI to give it"
-                    )
-                uri = env
-            kw["tracking_uri"] = uri
-        elif name == "wandb":
-            kw["project"] = project or t.get("project")
-            kw["entity"] = entity or t.get("entity")
-        else:
-            recorded_dir = Path(t["local_dir"]).parent if t.get("local_dir") else None
-            kw["local_dir"] = local_dir or recorded_dir or default_local_dir or "tokcal-runs"
-        out.append(kw)
+        out.append({"backend": name, **kw})
     return out
 
 

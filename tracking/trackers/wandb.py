@@ -15,34 +15,81 @@
 W&B cannot resume an offline run (``WANDB_MODE=offline``): ``wandb.init(id=...,
 resume="must")`` offline silently starts a second local run with the same id, so this
 backend refuses instead. Sync the offline run (``wandb sync <dir>``) and attach online.
+
+The training callback logs to W&B in the calling (training) thread, never in its
+background thread (``thread_safe = False``): the run is shared with the Trainer's own
+W&B integration, which logs from that thread.
+
+:func:`read_wandb` reads a run's scalars back through the public API (``tokcal report``),
+turning the keys back into tokcal's names with :func:`tokcal_key`, the inverse of
+:func:`wandb_key`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from tracking.core.metrics import DecisionMetrics
+from tracking.core.spec import label_key
 from tracking.errors import TokcalError, require
 from tracking.trackers.base import (
+    BACKFILL_TAG,
     BINS_COLUMNS,
     FIGURE_SUFFIX,
+    Point,
+    Series,
     Tracker,
     bins_rows,
-    check_metrics,
-    check_step,
     finite_scalars,
+    labels_from_keys,
+    metric_prefixes,
+    prefix_of,
     redact,
     sample_columns,
     to_jsonable,
-    wandb_key,
 )
 
 logger = logging.getLogger(__name__)
 
 STEP_METRIC = "train/global_step"
 _OFFLINE_MODES = ("offline", "dryrun")
+_SECTIONS = ("eval", "test")  # the Trainer's prefixes that get a section of their own
+
+
+def wandb_key(key: str) -> str:
+    """The Hugging Face W&B integration's key convention: ``eval_x`` -> ``eval/x``.
+
+    ``eval_`` and ``test_`` keys move under ``eval/`` and ``test/``; other keys under
+    ``train/``, as ``transformers.integrations.WandbCallback`` does.
+
+    Example:
+        >>> wandb_key("eval_decision_ece"), wandb_key("loss")
+        ('eval/decision_ece', 'train/loss')
+    """
+    for section in _SECTIONS:
+        if key.startswith(f"{section}_"):
+            return f"{section}/{key[len(section) + 1:]}"
+    if "/" in key:
+        return key
+    return f"train/{key}"
+
+
+def tokcal_key(key: str) -> str:
+    """The inverse of :func:`wandb_key` (for keys without ``/``): ``eval/x`` -> ``eval_x``.
+
+    Example:
+        >>> tokcal_key("eval/decision_ece"), tokcal_key("train/loss"), tokcal_key("_step")
+        ('eval_decision_ece', 'loss', '_step')
+    """
+    section, sep, rest = key.partition("/")
+    if sep and section in _SECTIONS:
+        return f"{section}_{rest}"
+    if sep and section == "train" and "/" not in rest:
+        return rest
+    return key
 
 
 def _offline(wandb: Any, mode: str | None) -> bool:
@@ -69,6 +116,12 @@ class WandbTracker(Tracker):
     """
 
     name = "wandb"
+    options = ("project", "entity", "wandb_mode")
+    remote = True
+    thread_safe = False
+    report_to = "wandb"
+    source_prefix = "wandb:"
+    source_form = "wandb:ENTITY/PROJECT/RUN_ID"
 
     def __init__(
         self,
@@ -113,6 +166,25 @@ class WandbTracker(Tracker):
         self._run.define_metric(STEP_METRIC)
         self._sections: set[str] = set()
 
+    @classmethod
+    def open(
+        cls, *, run_id: str | None = None, run_name: str | None = None, local_dir: Any = None,
+        wandb_mode: str | None = None, **options: Any,
+    ) -> "WandbTracker":
+        return cls(run_id=run_id, run_name=run_name, mode=wandb_mode, **options)
+
+    @classmethod
+    def location(cls, described: Mapping[str, Any]) -> str:
+        return str(described.get("project") or "")
+
+    @classmethod
+    def read_runs(cls, address: str, overrides: Mapping[str, Any] | None = None) -> list[Series]:
+        return read_wandb(address)
+
+    @classmethod
+    def read_described(cls, described: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> list[Series]:
+        return read_wandb(f"{described.get('entity')}/{described.get('project')}/{described['run_id']}")
+
     @property
     def run(self) -> Any:
         """The ``wandb`` run object."""
@@ -148,19 +220,12 @@ class WandbTracker(Tracker):
             self._run.define_metric(f"{section}/*", step_metric=STEP_METRIC)
             self._sections.add(section)
 
-    def log_evaluation(
-        self,
-        metrics: DecisionMetrics,
-        step: int,
-        *,
-        samples: list[dict[str, Any]] | None = None,
-        tags: dict[str, str] | None = None,
+    def _write_evaluation(
+        self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None, tags: dict[str, Any],
     ) -> None:
         from tracking.core.plots import figure_to_array, metric_figures
 
         wandb = self._wandb
-        metrics = check_metrics(metrics)
-        step = check_step(step)
         p = metrics.prefix
         row: dict[str, Any] = {wandb_key(k): v for k, v in finite_scalars(metrics).items()}
         for name, hist in metrics.histograms.items():
@@ -179,7 +244,7 @@ class WandbTracker(Tracker):
             cols = sample_columns(samples)
             data = [[step if c == "step" else to_jsonable(s.get(c)) for c in cols] for s in samples]
             row[wandb_key(f"{p}decision_sample_table")] = wandb.Table(columns=cols, data=data)
-        for k, v in (tags or {}).items():
+        for k, v in tags.items():
             row[wandb_key(f"{p}tag_{k}")] = str(v)
         for key in row:
             self._define(key)
@@ -207,3 +272,80 @@ class WandbTracker(Tracker):
         if self._owned and not self._closed:
             self._run.finish()
         self._closed = True
+
+
+# ------------------------------------------------------------------------ reading back
+
+
+def read_wandb(path: str) -> list[Series]:
+    """A W&B run ``entity/project/run_id`` through ``wandb.Api`` (needs the network and a
+    login). Only the scalars are read: the reliability diagrams and histograms stay in W&B.
+
+    Raises:
+        TokcalError: offline, not logged in, or the run cannot be read.
+
+    Example:
+        >>> series = read_wandb("my-team/my-finetune/3x7kq2a1")  # doctest: +SKIP
+    """
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        raise TokcalError(
+            f"W&B runs are read through the W&B service, which WANDB_MODE={os.environ['WANDB_MODE']} turns off; "
+            "report on an offline run by syncing it first (wandb sync), or pass its local store or "
+            "extract JSONL files instead"
+        )
+    wandb = require("wandb", "wandb")
+    if path.count("/") != 2:
+        raise TokcalError(f"expected a W&B run as wandb:ENTITY/PROJECT/RUN_ID, got wandb:{path}")
+    try:
+        run = wandb.Api(timeout=30).run(path)
+        rows = list(run.scan_history())
+    except Exception as exc:  # no network, no login, no such run
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise TokcalError(f"could not read W&B run {path} (reading W&B needs the network and "
+                          f"'wandb login'): {reason}") from exc
+    merged: dict[int, dict[str, float]] = {}  # step -> tokcal's names (eval/x -> eval_x)
+    flags: set[tuple[str, int]] = set()  # (prefix, step) of backfilled rows
+    tag = f"tag_{BACKFILL_TAG}"
+    for row in rows:
+        step = row.get(STEP_METRIC)
+        if step is None:
+            continue
+        for k, v in row.items():
+            if "/" not in k or k == STEP_METRIC:
+                continue
+            key = tokcal_key(k)
+            if key.endswith(tag) and str(v) == "true":
+                flags.add((key[: -len(tag)], int(step)))
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                merged.setdefault(int(step), {})[key] = float(v)
+    prefixes = metric_prefixes({k for s in merged.values() for k in s})
+    if not prefixes:
+        raise TokcalError(f"W&B run {path} has no tokcal metrics (no 'eval/*decision_samples' key)")
+    recorded = _config_labels(getattr(run, "config", None) or {})
+    out = []
+    for prefix in prefixes:
+        points = []
+        for step, values in sorted(merged.items()):
+            mine = {k: v for k, v in values.items() if prefix_of(k, prefixes) == prefix}
+            if f"{prefix}decision_samples" in mine:
+                labels = labels_from_keys(mine, prefix)
+                if recorded and sorted(label_key(x) for x in recorded) == sorted(labels):
+                    labels = list(recorded)  # the spec's order (positive first) and spelling
+                points.append(Point(step, DecisionMetrics(labels, prefix, mine, None), (prefix, step) in flags))
+        out.append(Series.of(f"wandb {run.name or path} · {prefix.rstrip('_')}", points, f"wandb:{path}",
+                             ["reliability diagrams and histograms of W&B runs are in the W&B UI only"]))
+    return out
+
+
+def _config_labels(config: Any) -> list[str] | None:
+    """The spec's labels in a W&B run config, as :meth:`WandbTracker.log_config` stores the
+    settings (``tokcal: {[tokcal:] {spec: {labels}}}``)."""
+    node = config.get("tokcal") if isinstance(config, dict) else None
+    for _ in range(3):
+        if not isinstance(node, dict):
+            return None
+        spec = node.get("spec")
+        if isinstance(spec, dict) and isinstance(spec.get("labels"), list):
+            return [str(x) for x in spec["labels"]]
+        node = node.get("tokcal")
+    return None
