@@ -25,7 +25,11 @@ from tracking.core.metrics import DecisionMetrics
 from tracking.core.scores import DecisionScores
 from tracking.core.scoring import score_batches
 from tracking.core.spec import DecisionSpec, ResolvedSpec
-from tracking.core.trajectories import TrajectoryState, correct_from_probs, decision_keys
+from tracking.core.trajectories import (
+    TrajectoryState,
+    correct_from_probs,
+    decision_keys,
+)
 from tracking.errors import TokcalError
 from tracking.jobs.settings import TrackingSettings
 

@@ -18,12 +18,14 @@ import pytest
 from sklearn.metrics import (
     balanced_accuracy_score,
     f1_score,
-    matthews_corrcoef as sk_mcc,
     precision_score,
     recall_score,
     roc_curve,
 )
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+from sklearn.metrics import (
+    matthews_corrcoef as sk_mcc,
+)
 
 from tracking.core.classification import (
     balanced_accuracy,
