@@ -21,9 +21,15 @@ from transformers import (
 )
 
 from tracking.core.capture import DecisionCapture
+from tracking.core.metrics import DecisionMetrics
 from tracking.core.scores import DecisionScores
 from tracking.core.scoring import score_batches
 from tracking.core.spec import DecisionSpec, ResolvedSpec
+from tracking.core.trajectories import (
+    TrajectoryState,
+    correct_from_probs,
+    decision_keys,
+)
 from tracking.errors import TokcalError
 from tracking.jobs.settings import TrackingSettings
 
@@ -36,7 +42,9 @@ class DecisionTrackingCallback(TrainerCallback):
 
     Works with `Trainer`, `Seq2SeqTrainer`, TRL's `SFTTrainer` and LLaMA-Factory's trainer,
     on one process or many (DDP, DeepSpeed ZeRO-3, FSDP): every rank captures its share,
-    the world-process-zero logs.
+    the world-process-zero logs. The scalars also go into the evaluation's metrics dict on
+    every rank, so `metric_for_best_model="eval_decision_accuracy"` (any tokcal scalar),
+    `load_best_model_at_end` and an `EarlyStoppingCallback` placed after this one use them.
 
     Args:
         spec (`DecisionSpec`, *optional*):
@@ -91,6 +99,7 @@ class DecisionTrackingCallback(TrainerCallback):
         self._warned: set[str] = set()
         self._executor: Any = None
         self._pending: list[Any] = []
+        self._histories: dict[str, TrajectoryState] = {}  # per eval-set prefix: per-sample correctness so far
         if tokenizer is not None:
             self._resolve(tokenizer)
 
@@ -183,18 +192,27 @@ class DecisionTrackingCallback(TrainerCallback):
         self.capture.clear()
         self._no_logits = False
         self._evals += 1
-        if not state.is_world_process_zero:
-            return
-        if (self._evals - 1) % self.settings.every:
-            return
         if unlabeled and not len(scores):
-            self._warn_once("nolabels", "the eval batches carry no labels, so tokcal cannot find the answers; "
-                                        "keep 'labels' in the eval dataset")
+            if state.is_world_process_zero:
+                self._warn_once("nolabels", "the eval batches carry no labels, so tokcal cannot find the answers; "
+                                            "keep 'labels' in the eval dataset")
+            return
+        # Every rank holds the same gathered decisions and computes the same numbers: the
+        # Trainer picks the best checkpoint (metric_for_best_model) and EarlyStoppingCallback
+        # decides on every process, from this dict. The Trainer has logged it already, so
+        # nothing is logged twice; keys it has are left alone.
+        decision = self._evaluation_metrics(scores, prefix, state.global_step)
+        if decision is not None and metrics is not None:
+            for key, value in decision.scalars.items():
+                metrics.setdefault(key, value)
+        if not state.is_world_process_zero or (self._evals - 1) % self.settings.every:
             return
         if scores.missing and not len(scores):
             self._warn_missing(first_miss)
+        if decision is None:
+            return
         try:
-            self._log(args, state, scores, prefix)
+            self._log(args, state, scores, decision)
         except Exception as exc:  # a tracking error never stops training
             self._warn_once(f"log:{type(exc).__name__}", f"tokcal could not log evaluation at step "
                                                           f"{state.global_step}: {exc}")
@@ -263,9 +281,34 @@ class DecisionTrackingCallback(TrainerCallback):
         except OSError as exc:
             self._warn_once("state", f"tokcal could not write {STATE_FILE}: {exc}")
 
-    def _log(self, args: TrainingArguments, state: TrainerState, scores: DecisionScores, prefix: str) -> None:
+    def _evaluation_metrics(self, scores: DecisionScores, prefix: str, step: int) -> DecisionMetrics | None:
+        """This evaluation's metrics plus, from the second evaluation of an eval set on, the
+        flips since the previous one (``None``, with a warning, when they cannot be computed)."""
         s = self.settings
-        metrics = scores.metrics(n_bins=s.n_bins, hist_bins=s.hist_bins, prefix=prefix)
+        try:
+            metrics = scores.metrics(n_bins=s.n_bins, hist_bins=s.hist_bins, prefix=prefix)
+        except Exception as exc:  # a metrics error never stops training
+            self._warn_once(f"metrics:{type(exc).__name__}", f"tokcal could not compute the metrics at step {step}: {exc}")
+            return None
+        if not len(scores):
+            return metrics
+        try:
+            history = self._histories.get(prefix)
+            if history is None or (history.last_step is not None and step < history.last_step):
+                history = self._histories[prefix] = TrajectoryState()  # first evaluation, or training restarted
+            flips = history.update(decision_keys(scores.sample_index), correct_from_probs(scores.probs, scores.gt),
+                                   step=step)
+            if history.evaluations > 1:
+                metrics.scalars[f"{prefix}decision_flips_to_wrong"] = float(flips.flips_to_wrong)
+                metrics.scalars[f"{prefix}decision_flips_to_right"] = float(flips.flips_to_right)
+                metrics.scalars[f"{prefix}decision_forgotten"] = float(flips.forgotten)
+        except Exception as exc:  # the flips are extra; the evaluation is logged without them
+            self._warn_once(f"flips:{type(exc).__name__}", f"tokcal could not count the flips at step {step}: {exc}")
+        return metrics
+
+    def _log(self, args: TrainingArguments, state: TrainerState, scores: DecisionScores,
+             metrics: DecisionMetrics) -> None:
+        s = self.settings
         samples = self._sample_rows(scores) if s.log_samples else None
         state.log_history.append({**metrics.scalars, "epoch": state.epoch, "step": state.global_step})
         if not self.trackers:

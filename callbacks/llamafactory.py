@@ -34,6 +34,11 @@ evaluated during training it repeats numbers the run has, and is skipped. tokcal
 into the run it opened at train begin (its own run id), so with ``report_to: mlflow`` its
 numbers stay in the training run even though transformers' MLflow integration puts that
 final ``eval_loss`` into a second run.
+
+tokcal's metrics steer training like the Trainer's own: ``metric_for_best_model:
+eval_decision_accuracy`` (any tokcal scalar), ``load_best_model_at_end``, ``save_strategy:
+best`` and LLaMA-Factory's ``early_stopping_steps`` are LLaMA-Factory keys and pass through
+untouched; its EarlyStoppingCallback comes after tokcal's, so it sees the metric.
 """
 
 from __future__ import annotations
@@ -222,7 +227,7 @@ def train(config: str | os.PathLike[str] | Mapping[str, Any], overrides: Sequenc
     Args:
         config: a LLaMA-Factory YAML path, or the mapping already read.
         overrides: ``key=value`` items applied on top of the file.
-        callbacks: more Trainer callbacks.
+        callbacks: more Trainer callbacks, placed after tokcal's (so they see its metrics).
 
     Returns:
         The tracking callback (``None`` when ``track_decision_probs`` is off).
@@ -235,7 +240,9 @@ def train(config: str | os.PathLike[str] | Mapping[str, Any], overrides: Sequenc
 
     _hint_torchrun()
     try:
-        run_exp(args=lf_args, callbacks=[*callbacks, *([cb] if cb is not None else [])])
+        # tokcal's callback first: callbacks after it (an EarlyStoppingCallback) see its
+        # metrics in the evaluation's dict.
+        run_exp(args=lf_args, callbacks=[*([cb] if cb is not None else []), *callbacks])
     finally:
         if cb is not None:  # after LLaMA-Factory's own do_eval/do_predict: unhook, close our trackers
             cb.close()

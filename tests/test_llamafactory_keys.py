@@ -37,6 +37,15 @@ def test_split_takes_out_every_tokcal_key() -> None:
     assert (s.n_bins, s.backend, s.every, s.log_samples, s.hist_bins) == (10, "local", 2, True, 5)
 
 
+def test_best_model_and_early_stopping_keys_pass_through() -> None:
+    """Steering training by a tokcal metric needs nothing from tokcal's YAML handling:
+    these are LLaMA-Factory / TrainingArguments keys and reach run_exp unchanged."""
+    steering = {"metric_for_best_model": "eval_decision_accuracy", "greater_is_better": True,
+                "load_best_model_at_end": True, "save_strategy": "best", "early_stopping_steps": 2}
+    lf, opts = split_config({"stage": "sft", "track_decision_probs": True, **steering})
+    assert lf == {"stage": "sft", **steering} and opts is not None
+
+
 def test_off_or_absent_switch_passes_everything_else_through() -> None:
     assert split_config({"stage": "sft"}) == ({"stage": "sft"}, None)
     assert split_config({"stage": "sft", "track_decision_probs": "false"}) == ({"stage": "sft"}, None)

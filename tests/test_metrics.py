@@ -38,9 +38,15 @@ import torch.nn.functional as F
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
     average_precision_score,
+    balanced_accuracy_score,
     brier_score_loss,
+    f1_score,
     log_loss,
+    matthews_corrcoef,
+    precision_score,
+    recall_score,
     roc_auc_score,
+    roc_curve,
 )
 from torchmetrics.functional.classification import (
     binary_calibration_error,
@@ -159,7 +165,13 @@ def test_scalars_match_references_on_random_data(seed, k, n):
                                          "samples", "missing", "temperature", "ece_temp"]),
         *(f"eval_decision_pred_rate_{x}" for x in lk),
         *(f"eval_decision_true_rate_{x}" for x in lk),
+        *(f"eval_decision_{x}" for x in ["balanced_accuracy", "macro_f1", "mcc", "mass_p05", "mass_below_half",
+                                         "aurc", "accuracy_cov50", "accuracy_cov80", "accuracy_cov90"]),
+        *(f"eval_decision_precision_{x}" for x in lk),
+        *(f"eval_decision_recall_{x}" for x in lk),
     }
+    if k == 2:
+        expected_keys |= {"eval_decision_best_threshold", "eval_decision_best_threshold_accuracy"}
     both_classes = k == 2 and 0 < (gt == 0).sum() < n
     if both_classes:
         expected_keys |= {"eval_decision_auroc", "eval_decision_auprc"}
@@ -178,6 +190,42 @@ def test_scalars_match_references_on_random_data(seed, k, n):
         assert s[f"eval_decision_pred_rate_{x}"] == pc[j] / n
         assert s[f"eval_decision_true_rate_{x}"] == tc[j] / n
     assert s["eval_decision_samples"] == n and s["eval_decision_missing"] == 3
+
+    # Imbalance-aware metrics: sklearn on (gt, argmax of p).
+    assert s["eval_decision_balanced_accuracy"] == pytest.approx(balanced_accuracy_score(gt, pred), rel=1e-12)
+    assert s["eval_decision_macro_f1"] == pytest.approx(f1_score(gt, pred, average="macro"), rel=1e-12)
+    assert s["eval_decision_mcc"] == pytest.approx(matthews_corrcoef(gt, pred), rel=1e-12, abs=1e-15)
+    prec = precision_score(gt, pred, labels=list(range(k)), average=None, zero_division=np.nan)
+    rec = recall_score(gt, pred, labels=list(range(k)), average=None, zero_division=np.nan)
+    for j, x in enumerate(lk):
+        for name, ref in (("precision", prec[j]), ("recall", rec[j])):
+            got = s[f"eval_decision_{name}_{x}"]
+            assert (math.isnan(got) and math.isnan(ref)) or got == pytest.approx(ref, rel=1e-12), (name, x)
+    # Mass tail: the 5th percentile by linear interpolation between order statistics, written out.
+    masses = sorted(sum(r) for r in rows)
+    h = (n - 1) * 0.05
+    lo = math.floor(h)
+    p05 = masses[lo] + (h - lo) * (masses[min(lo + 1, n - 1)] - masses[lo])
+    assert s["eval_decision_mass_p05"] == pytest.approx(p05, rel=1e-12)
+    assert s["eval_decision_mass_below_half"] == sum(m < 0.5 for m in masses) / n
+    # Selective prediction on the raw confidence (no ties in these data): a plain loop.
+    ranked = sorted(zip((max(r) for r in rows), (a == b for a, b in zip(pred, gt))), key=lambda t: -t[0])
+    risks = [sum(not ok for _, ok in ranked[:i]) / i for i in range(1, n + 1)]
+    assert s["eval_decision_aurc"] == pytest.approx(sum(risks) / n, rel=1e-12)
+    for c in (50, 80, 90):
+        kept = math.ceil(c * n / 100)
+        assert s[f"eval_decision_accuracy_cov{c}"] == pytest.approx(1 - risks[kept - 1], rel=1e-12)
+    assert m.risk_coverage.n.tolist() == [math.ceil(i * n / 20) for i in range(1, 21)]
+    np.testing.assert_allclose(m.risk_coverage.risk, [risks[math.ceil(i * n / 20) - 1] for i in range(1, 21)])
+    if k == 2:
+        # The most accurate threshold on q(positive): every ROC point's accuracy (sklearn).
+        y_pos = (gt == 0).astype(int)
+        fpr, tpr, _ = roc_curve(y_pos, q[:, 0], drop_intermediate=False)
+        n_pos = y_pos.sum()
+        best = max((tp * n_pos + (1 - fp) * (n - n_pos)) / n for fp, tp in zip(fpr, tpr))
+        assert s["eval_decision_best_threshold_accuracy"] == pytest.approx(best, rel=1e-12)
+        t = s["eval_decision_best_threshold"]
+        assert np.mean((q[:, 0] >= t) == (y_pos == 1)) == pytest.approx(best, rel=1e-12)
 
     # Top-label ECE / MCE / bins: the spec loop (exact) and torchmetrics (float32 inside).
     conf = q.max(axis=1)

@@ -35,10 +35,12 @@ def train_tiny(
     report_to: str | list[str] = "none",
     eval_data: Path | None = None,
     seed: int = 0,
+    compute_metrics: Any = None,
     **args: Any,
 ) -> Any:
     """Fine-tune the tiny checkpoint for real; returns the Trainer. The eval records are
-    written to ``output_dir/eval.jsonl`` so the checkpoints can be rescored."""
+    written to ``output_dir/eval.jsonl`` so the checkpoints can be rescored. ``args`` go to
+    ``TrainingArguments``, ``compute_metrics`` to the ``Trainer``."""
     from transformers import (
         AutoModelForCausalLM,
         AutoTokenizer,
@@ -81,6 +83,7 @@ def train_tiny(
         data_collator=DataCollatorForSeq2Seq(tok, padding=True),
         processing_class=tok,
         callbacks=list(callbacks),
+        compute_metrics=compute_metrics,
     )
     trainer.train()
     return trainer

@@ -12,6 +12,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tracking.core.classification import (
+    balanced_accuracy,
+    best_threshold,
+    macro_f1,
+    matthews_corrcoef,
+    precision_recall,
+)
+from tracking.core.selective import COVERAGES, RiskCoverage, selective_summary
 from tracking.core.spec import label_key
 from tracking.errors import TokcalError
 
@@ -90,6 +98,7 @@ class DecisionMetrics:
             that truly is positive.
         histograms: ``p_<label>``, ``mass``, ``confidence`` over fixed edges.
         notes: why a metric was left out (e.g. one class absent for AUROC).
+        risk_coverage: the risk-coverage curve on ``confidence`` (selective prediction).
     """
 
     labels: list[str]
@@ -99,6 +108,7 @@ class DecisionMetrics:
     positive_reliability: ReliabilityBins | None = None
     histograms: dict[str, Histogram] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    risk_coverage: RiskCoverage | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -111,6 +121,7 @@ class DecisionMetrics:
             ),
             "histograms": {k: h.to_dict() for k, h in self.histograms.items()},
             "notes": list(self.notes),
+            "risk_coverage": self.risk_coverage.to_dict() if self.risk_coverage else None,
         }
 
     @classmethod
@@ -127,6 +138,7 @@ class DecisionMetrics:
             ),
             histograms={k: Histogram.from_dict(h) for k, h in d.get("histograms", {}).items()},
             notes=list(d.get("notes", [])),
+            risk_coverage=RiskCoverage.from_dict(d["risk_coverage"]) if d.get("risk_coverage") else None,
         )
 
 
@@ -286,6 +298,10 @@ def compute_metrics(
         n_bins: reliability bins; hist_bins: histogram bins on [0, 1].
         prefix: metric-name prefix (``eval_`` or ``eval_<name>_``).
 
+    The scalars are listed in the README ("What is measured"). One that is undefined on
+    these data is NaN (precision of a label never predicted, recall of a label never true;
+    see :mod:`tracking.core.classification`); AUROC/AUPRC are left out with a note.
+
     Example:
         >>> m = compute_metrics(np.array([[0.9, 0.05], [0.2, 0.7]]), np.array([0, 1]),
         ...                     ["Accept", "Reject"])
@@ -341,6 +357,27 @@ def compute_metrics(
     s[f"{prefix}decision_confidence"] = float(p_pred.mean())
     s[f"{prefix}decision_accuracy"] = float(correct.mean())
 
+    # Imbalance-aware: a model that leans to the majority label scores well on accuracy only.
+    cm = np.bincount(g * k + pred, minlength=k * k).reshape(k, k)
+    s[f"{prefix}decision_balanced_accuracy"] = balanced_accuracy(cm)
+    s[f"{prefix}decision_macro_f1"] = macro_f1(cm)
+    s[f"{prefix}decision_mcc"] = matthews_corrcoef(cm)
+    precision, recall = precision_recall(cm)
+    for j, key in enumerate(keys):
+        s[f"{prefix}decision_precision_{key}"] = float(precision[j])
+        s[f"{prefix}decision_recall_{key}"] = float(recall[j])
+    if k == 2:
+        threshold, acc = best_threshold(q[:, 0], g == 0)
+        s[f"{prefix}decision_best_threshold"] = threshold
+        s[f"{prefix}decision_best_threshold_accuracy"] = acc
+    s[f"{prefix}decision_mass_p05"] = float(np.percentile(mass, 5))
+    s[f"{prefix}decision_mass_below_half"] = float(np.mean(mass < 0.5))
+
+    selective = selective_summary(p_pred, correct > 0, coverages=COVERAGES)
+    s[f"{prefix}decision_aurc"] = selective.aurc
+    for c, acc in selective.accuracy.items():
+        s[f"{prefix}decision_accuracy_cov{round(100 * c)}"] = acc
+
     top = reliability_bins(q_conf, correct, n_bins)
     ece, mce = calibration_errors(top)
     s[f"{prefix}decision_ece"] = ece
@@ -377,4 +414,4 @@ def compute_metrics(
     hists = {f"p_{key}": Histogram(edges, np.histogram(pc[:, j], bins=edges)[0]) for j, key in enumerate(keys)}
     hists["mass"] = Histogram(edges, np.histogram(np.clip(mass, 0, 1), bins=edges)[0])
     hists["confidence"] = Histogram(edges, np.histogram(np.clip(p_pred, 0, 1), bins=edges)[0])
-    return DecisionMetrics(list(labels), prefix, s, top, positive, hists, notes)
+    return DecisionMetrics(list(labels), prefix, s, top, positive, hists, notes, selective.curve)
