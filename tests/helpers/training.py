@@ -35,10 +35,14 @@ def train_tiny(
     report_to: str | list[str] = "none",
     eval_data: Path | None = None,
     seed: int = 0,
+    trainer_cls: Any = None,
+    trainer_kwargs: dict[str, Any] | None = None,
     **args: Any,
 ) -> Any:
     """Fine-tune the tiny checkpoint for real; returns the Trainer. The eval records are
-    written to ``output_dir/eval.jsonl`` so the checkpoints can be rescored."""
+    written to ``output_dir/eval.jsonl`` so the checkpoints can be rescored. ``trainer_cls``
+    (default ``Trainer``) and ``trainer_kwargs`` (e.g. ``compute_loss_func``) change the
+    Trainer; ``args`` go to ``TrainingArguments``."""
     from transformers import (
         AutoModelForCausalLM,
         AutoTokenizer,
@@ -73,7 +77,7 @@ def train_tiny(
     )
     settings.update(args)  # any default above can be overridden
     targs = TrainingArguments(**settings)
-    trainer = Trainer(
+    trainer = (trainer_cls or Trainer)(
         model=model,
         args=targs,
         train_dataset=as_dataset(review_records(n_train, seed=seed), tok),
@@ -81,6 +85,7 @@ def train_tiny(
         data_collator=DataCollatorForSeq2Seq(tok, padding=True),
         processing_class=tok,
         callbacks=list(callbacks),
+        **(trainer_kwargs or {}),
     )
     trainer.train()
     return trainer
