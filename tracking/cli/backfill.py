@@ -75,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracking.core.distributed import Dist, init_distributed
+    from tracking.core.distributed import Dist, destroy_distributed, init_distributed
     from tracking.core.metrics import bin_edges
     from tracking.jobs.backfill import (
         backfill,
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     eval_set = eval_set_from_args(args)  # None with --data
-    init_distributed()
+    created = init_distributed()
     dist = Dist()
     state_file = Path(args.state) if args.state else find_state(args.paths)
     state = read_state(state_file) if state_file else None
@@ -134,10 +134,8 @@ def run(args: argparse.Namespace) -> int:
         print(report.summary())
         if len(report.logged) == 1:
             print(format_table(report.logged[0].scalars))
-    if dist.on:
-        import torch.distributed as td
-
-        td.destroy_process_group()
+    if created:
+        destroy_distributed()  # a rank exiting with the group alive can abort in gloo's threads
     if report.failed:
         print(f"tokcal backfill: {len(report.failed)} checkpoint(s) failed; fix them and run again "
               "(logged steps are skipped)", file=sys.stderr)
