@@ -55,3 +55,31 @@ setup-llamafactory: $(VENV_LF)/.installed
 
 test-llamafactory: setup-llamafactory
 	$(PY_LF) -m pytest tests/llamafactory $(PYTEST_ARGS)
+
+# DeepSpeed ZeRO-3 tests in their own venv: real torchrun runs on 2 CPU processes (gloo,
+# DS_ACCELERATOR=cpu; no CUDA, no oneCCL). torch is constrained to TORCH_SPEC so deepspeed
+# cannot pull another build. DeepSpeed compiles its CPU communication op (deepspeed_shm_comm)
+# on first use, about 60 s; TORCH_EXTENSIONS_DIR keeps the build in .cache/ between runs.
+# See docs/deepspeed.md.
+VENV_DS ?= .venv-ds
+PY_DS := $(VENV_DS)/bin/python
+PIP_DS := $(PY_DS) -m pip --disable-pip-version-check -q
+DS_SPEC ?= deepspeed==0.19.8
+DS_ACCELERATOR ?= cpu
+TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+DS_ENV := DS_ACCELERATOR=$(DS_ACCELERATOR) TORCH_EXTENSIONS_DIR=$(TORCH_EXTENSIONS_DIR)
+
+.PHONY: setup-deepspeed test-deepspeed
+
+$(VENV_DS)/.installed: pyproject.toml Makefile
+	test -x $(PY_DS) || $(PYTHON) -m venv $(VENV_DS)
+	echo "$(TORCH_SPEC)" > $(VENV_DS)/constraints.txt
+	$(PIP_DS) install "$(TORCH_SPEC)"
+	$(PIP_DS) install -c $(VENV_DS)/constraints.txt "$(DS_SPEC)" -e ".[deepspeed]" "pytest>=8" "pytest-timeout>=2.3"
+	$(DS_ENV) $(PY_DS) -c "import deepspeed, torch, transformers; print('deepspeed ok:', deepspeed.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
+	touch $@
+
+setup-deepspeed: $(VENV_DS)/.installed
+
+test-deepspeed: setup-deepspeed
+	$(DS_ENV) $(PY_DS) -m pytest tests/deepspeed $(PYTEST_ARGS)

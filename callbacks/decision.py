@@ -7,10 +7,12 @@ metrics and logging are the same code that ``tokcal extract`` and ``tokcal backf
 
 from __future__ import annotations
 
+import itertools
 import logging
+import sys
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from transformers import (
@@ -22,8 +24,9 @@ from transformers import (
 
 from tracking.core.capture import DecisionCapture
 from tracking.core.metrics import DecisionMetrics
+from tracking.core.distributed import all_gather
 from tracking.core.scores import DecisionScores
-from tracking.core.scoring import score_batches
+from tracking.core.scoring import in_own_forward, score_batches
 from tracking.core.spec import DecisionSpec, ResolvedSpec
 from tracking.core.trajectories import (
     TrajectoryState,
@@ -35,6 +38,10 @@ from tracking.jobs.settings import TrackingSettings
 
 log = logging.getLogger(__name__)
 
+#: How many callers up from the forward hook to look for the labels the Trainer popped
+#: (compute_loss, prediction_step and evaluation_loop sit within a dozen frames, DeepSpeed's
+#: and accelerate's wrappers included).
+CALLER_DEPTH = 40
 
 
 class DecisionTrackingCallback(TrainerCallback):
@@ -95,6 +102,7 @@ class DecisionTrackingCallback(TrainerCallback):
         self.trackers: list[Any] = []
         self._hook: Any = None
         self._model: Any = None
+        self._no_logits = False
         self._evals = 0
         self._warned: set[str] = set()
         self._executor: Any = None
@@ -131,11 +139,17 @@ class DecisionTrackingCallback(TrainerCallback):
             self._hook = None
 
     def _on_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        if module.training or self.capture is None:
-            return
+        if module.training or self.capture is None or in_own_forward():
+            return  # training steps and tokcal's own scoring forwards
+        if kwargs.get("past_key_values") is not None:
+            return  # a generation step (predict_with_generate), not an eval batch
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
         labels = kwargs.get("labels")
+        if labels is None and isinstance(input_ids, torch.Tensor):
+            labels = _popped_labels(tuple(input_ids.shape))
         if labels is None:
-            self.capture.unlabeled_batches += 1
+            if isinstance(input_ids, torch.Tensor):
+                self.capture.add_unlabeled(input_ids.shape[0])  # keeps its place in sampler order
             return
         logits = getattr(output, "logits", None)
         if logits is None and isinstance(output, (tuple, list)) and len(output) > 1:
@@ -179,11 +193,9 @@ class DecisionTrackingCallback(TrainerCallback):
         prefix = _metric_prefix(metrics or {})
         dataloader = kw.get("eval_dataloader")
         num_samples = _num_samples(dataloader)
-        if getattr(self, "_no_logits", False) or self.settings.scorer == "pass" or (
-            len(self.capture) == 0 and dataloader is not None and self.capture.unlabeled_batches == 0
-        ):
+        if self._needs_own_pass(dataloader):
             if self.settings.scorer == "hook":
-                self._warn_once("nologits", "the model returned no logits at eval; set scorer='auto' to use an own pass")
+                self._warn_hook_only()
             else:
                 self._own_pass(kw.get("model"), dataloader)
         scores = self.capture.gather(num_samples)  # every rank joins
@@ -194,8 +206,8 @@ class DecisionTrackingCallback(TrainerCallback):
         self._evals += 1
         if unlabeled and not len(scores):
             if state.is_world_process_zero:
-                self._warn_once("nolabels", "the eval batches carry no labels, so tokcal cannot find the answers; "
-                                            "keep 'labels' in the eval dataset")
+                self._warn_once("nolabels", "the eval batches carry no 'labels', so tokcal cannot find the answers; "
+                                            "keep 'labels' in the eval dataset and let the data collator pass them on")
             return
         # Every rank holds the same gathered decisions and computes the same numbers: the
         # Trainer picks the best checkpoint (metric_for_best_model) and EarlyStoppingCallback
@@ -232,23 +244,47 @@ class DecisionTrackingCallback(TrainerCallback):
         self.trackers.clear()
 
     # -- work --------------------------------------------------------------------------
+    def _needs_own_pass(self, dataloader: Any) -> bool:
+        """Whether the hook read nothing usable (no logits, or no batch with labels), or an own
+        pass is asked for. Every rank gets the same answer: under ZeRO-3 the own pass's
+        forwards are collectives that all ranks must join."""
+        assert self.capture is not None
+        local = self._no_logits or self.settings.scorer == "pass" or (
+            dataloader is not None and self.capture.labeled == 0
+        )
+        return any(all_gather(bool(local)))
+
+    def _warn_hook_only(self) -> None:
+        if self._no_logits:
+            self._warn_once("nologits", "the model returned no logits at eval; set scorer='auto' to use an own pass")
+        else:
+            self._warn_once("hooklabels", "the eval forward got no labels and tokcal found none in the Trainer's "
+                                          "batch; set scorer='auto' to score with an own pass over the eval dataloader")
+
     def _own_pass(self, model: Any, dataloader: Any) -> None:
-        """Score the eval dataloader with logits at answer positions only (fallback)."""
+        """Score the eval dataloader with logits at answer positions only (fallback).
+
+        Under a process group every rank runs the model on every batch (see
+        :func:`~tracking.core.scoring.score_batches`); when no rank's first batch has labels,
+        the eval set has none and the pass stops there.
+        """
         if model is None or dataloader is None:
             return
         assert self.capture is not None and self.resolved is not None
         capture = self.capture
         capture.clear()
-
-        def labeled(batches: Any) -> Any:
-            for batch in batches:
-                if batch.get("labels") is None:
-                    capture.unlabeled_batches += 1
-                else:
-                    yield batch
-
-        for batch, pos, probs in score_batches(model, labeled(dataloader), self.resolved):
-            capture.add_positions(pos, probs, batch["labels"], batch.get("input_ids"))
+        batches = iter(dataloader)
+        first = next(batches, None)
+        if first is None:
+            return
+        if not any(all_gather(first.get("labels") is not None)):
+            capture.add_unlabeled(_rows(first))
+            return
+        for batch, pos, probs in score_batches(model, itertools.chain([first], batches), self.resolved):
+            if pos is None:
+                capture.add_unlabeled(_rows(batch))
+            else:
+                capture.add_positions(pos, probs, batch["labels"], batch.get("input_ids"))
 
     def _warn_missing(self, first_miss: list[int] | None) -> None:
         assert self.resolved is not None
@@ -348,6 +384,36 @@ class DecisionTrackingCallback(TrainerCallback):
                 row["text"] = self._tokenizer.decode(ids)
         cap = self.settings.max_samples
         return rows[:cap] if cap else rows
+
+
+def _popped_labels(shape: tuple[int, ...]) -> torch.Tensor | None:
+    """The ``labels`` that the Trainer took off this eval batch before calling the model.
+
+    With ``label_smoothing_factor > 0`` or a ``compute_loss_func`` (and a ``compute_loss``
+    override that does the same), ``Trainer.compute_loss`` pops ``labels`` before the forward,
+    so the model never sees them. ``Trainer.prediction_step`` grabs them first (its local
+    ``labels``), ``compute_loss`` holds the popped tensor, and ``evaluation_loop`` still has
+    the batch. Walk up the callers of this forward for a local ``labels`` tensor of the
+    batch's (batch, seq) shape, or an ``inputs`` mapping that holds one.
+    """
+    frame = sys._getframe(2)  # the caller of _on_forward (the hook machinery) and up
+    for _ in range(CALLER_DEPTH):
+        if frame is None:
+            return None
+        names = frame.f_code.co_varnames
+        if "labels" in names or "inputs" in names:
+            found = frame.f_locals
+            inputs = found.get("inputs")
+            for cand in (found.get("labels"), inputs.get("labels") if isinstance(inputs, Mapping) else None):
+                if isinstance(cand, torch.Tensor) and tuple(cand.shape) == shape and not cand.is_floating_point():
+                    return cand
+        frame = frame.f_back
+    return None
+
+
+def _rows(batch: Mapping[str, Any]) -> int:
+    ids = batch.get("input_ids")
+    return int(ids.shape[0]) if ids is not None else 0
 
 
 def _metric_prefix(metrics: dict[str, Any]) -> str:

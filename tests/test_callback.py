@@ -245,5 +245,5 @@ def test_eval_set_without_labels_warns(base_ckpt, tmp_path):
                                              per_device_eval_batch_size=4, disable_tqdm=True),
                       eval_dataset=rows, processing_class=tok, data_collator=DataCollatorWithPadding(tok),
                       callbacks=[DecisionTrackingCallback(backend="local")])
-    with pytest.warns(UserWarning, match="carry no labels"):
+    with pytest.warns(UserWarning, match="carry no 'labels'"):
         trainer.evaluate()

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from tests.helpers.models import make_tiny_checkpoint
+from tests.helpers.oracle import independent_probs
 from tests.helpers.tokenizers import qwen25_tokenizer, small_bpe_tokenizer
 from tracking.cli.main import main
 
@@ -49,44 +49,6 @@ def make_records() -> list[dict]:
 def write_jsonl(path: Path, recs: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     return path
-
-
-def independent_probs(model, tok, recs) -> list[tuple[str, int, float, float]]:
-    """(id, turn, p_accept, p_reject) by a full forward of each conversation alone."""
-    from tracking.data.records import to_messages
-
-    # Decision ids, found in context: the token that starts at the label's character.
-    def token_at(text: str, label: str) -> int:
-        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        c = text.index(label)
-        return next(i for i, (s, e) in zip(enc["input_ids"], enc["offset_mapping"]) if s == c)
-
-    accept = {token_at("\\boxed{Accept}", "Accept"), token_at("\\boxed{accept}", "accept")}
-    reject = {token_at("\\boxed{Reject}", "Reject"), token_at("\\boxed{reject}", "reject")}
-    out = []
-    for r in recs:
-        msgs = to_messages(r)
-        text = tok.apply_chat_template(msgs, tokenize=False)
-        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = torch.tensor([enc["input_ids"]])
-        with torch.no_grad():
-            logits = model(input_ids=ids).logits[0].double()
-        probs = torch.softmax(logits, dim=-1)
-        starts = [s for s, _ in enc["offset_mapping"]]
-        turn = 0
-        cursor = 0
-        answers = [m["content"] for m in msgs if m["role"] == "assistant"]
-        for ans in answers:
-            at = text.index(ans, cursor)
-            cursor = at + len(ans)
-            if "\\boxed{" not in ans:
-                continue
-            c = at + ans.rindex("\\boxed{") + len("\\boxed{")
-            j = starts.index(c)
-            p = probs[j - 1]
-            out.append((r["id"], turn, float(p[list(accept)].sum()), float(p[list(reject)].sum())))
-            turn += 1
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -36,11 +36,14 @@ def train_tiny(
     eval_data: Path | None = None,
     seed: int = 0,
     compute_metrics: Any = None,
+    trainer_cls: Any = None,
+    trainer_kwargs: dict[str, Any] | None = None,
     **args: Any,
 ) -> Any:
     """Fine-tune the tiny checkpoint for real; returns the Trainer. The eval records are
-    written to ``output_dir/eval.jsonl`` so the checkpoints can be rescored. ``args`` go to
-    ``TrainingArguments``, ``compute_metrics`` to the ``Trainer``."""
+    written to ``output_dir/eval.jsonl`` so the checkpoints can be rescored. ``trainer_cls``
+    (default ``Trainer``) and ``trainer_kwargs`` (e.g. ``compute_loss_func``) change the
+    Trainer, ``compute_metrics`` goes to it; ``args`` go to ``TrainingArguments``."""
     from transformers import (
         AutoModelForCausalLM,
         AutoTokenizer,
@@ -75,7 +78,7 @@ def train_tiny(
     )
     settings.update(args)  # any default above can be overridden
     targs = TrainingArguments(**settings)
-    trainer = Trainer(
+    trainer = (trainer_cls or Trainer)(
         model=model,
         args=targs,
         train_dataset=as_dataset(review_records(n_train, seed=seed), tok),
@@ -84,6 +87,7 @@ def train_tiny(
         processing_class=tok,
         callbacks=list(callbacks),
         compute_metrics=compute_metrics,
+        **(trainer_kwargs or {}),
     )
     trainer.train()
     return trainer

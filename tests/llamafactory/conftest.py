@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 import pytest
+
+from tests.helpers.processes import run_group
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "llamafactory_tiny_cpu.yaml"
@@ -48,20 +49,6 @@ def lf_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.llamafactory.make_tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("lf-tiny"))
-
-
-def run_group(cmd: Sequence[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    """``subprocess.run`` in a new process group that is killed whole on timeout (torchrun's
-    workers would otherwise outlive it)."""
-    proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{' '.join(cmd[:3])} ... timed out after {timeout:.0f} s:\n{(out + err)[-4000:]}")
-    return subprocess.CompletedProcess(list(cmd), proc.returncode, out, err)
 
 
 def tiny_overrides(tiny: Path, out: Path) -> list[str]:

@@ -5,7 +5,9 @@ from pathlib import Path
 
 from callbacks import DecisionTrackingCallback
 from tests.helpers.training import train_tiny
+from tracking.core.distributed import destroy_distributed
 
 if __name__ == "__main__":
     base, out = Path(sys.argv[1]), Path(sys.argv[2])
     train_tiny(base, out, callbacks=[DecisionTrackingCallback(backend="local")], ddp_backend="gloo")
+    destroy_distributed()  # the Trainer leaves the group to us; exiting with it alive can abort in gloo

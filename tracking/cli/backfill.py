@@ -78,12 +78,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracking.core.distributed import Dist, init_distributed
+    from tracking.core.distributed import Dist, destroy_distributed, init_distributed
     from tracking.jobs.backfill import backfill
     from tracking.jobs.state import find_state, read_state
 
     source = source_from(args)
-    init_distributed()
+    created = init_distributed()
     dist = Dist()
     state_file = Path(args.state) if args.state else find_state(args.paths)
     state = read_state(state_file) if state_file else None
@@ -105,10 +105,8 @@ def run(args: argparse.Namespace) -> int:
         print(report.summary())
         if len(report.logged) == 1:
             print(format_table(report.logged[0].scalars))
-    if dist.on:
-        import torch.distributed as td
-
-        td.destroy_process_group()
+    if created:
+        destroy_distributed()  # a rank exiting with the group alive can abort in gloo's threads
     if report.failed:
         print(f"tokcal backfill: {len(report.failed)} checkpoint(s) failed; fix them and run again "
               "(logged steps are skipped)", file=sys.stderr)

@@ -53,6 +53,20 @@ class DecisionCapture:
     def __len__(self) -> int:
         return len(self.batches)
 
+    @property
+    def labeled(self) -> int:
+        """Batches that carried labels (the others are placeholders from :meth:`add_unlabeled`)."""
+        return len(self.batches) - self.unlabeled_batches
+
+    def add_unlabeled(self, n_rows: int) -> None:
+        """Record a batch without labels: no decisions, but it keeps its place in sampler order,
+        so the samples after it keep their indices and the padding duplicates stay past
+        ``num_samples`` in :meth:`gather`."""
+        empty = np.zeros(0, dtype=np.int64)
+        k = len(self.resolved.labels)
+        self.batches.append(_Batch(int(n_rows), empty, np.zeros((0, k)), empty, np.zeros(int(n_rows), dtype=np.int64)))
+        self.unlabeled_batches += 1
+
     @torch.no_grad()
     def add_logits(self, logits: torch.Tensor, labels: torch.Tensor, input_ids: torch.Tensor | None = None) -> None:
         """Record one batch from full (B, T, V) logits; reads only the answer positions."""

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 import warnings
+from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 
+from tracking.core.distributed import Dist
 from tracking.core.positions import AnswerPositions, find_answer_positions
 from tracking.core.scores import DecisionScores, decision_probs
 from tracking.core.spec import ResolvedSpec
@@ -23,6 +26,23 @@ log = logging.getLogger(__name__)
 
 # Batch keys that are bookkeeping, never model inputs.
 META_KEYS = ("labels", "sample_index")
+
+_state = threading.local()
+
+
+def in_own_forward() -> bool:
+    """Whether this thread is inside a forward that tokcal's scorer runs (a forward hook that
+    reads the Trainer's eval forwards ignores these)."""
+    return getattr(_state, "depth", 0) > 0
+
+
+@contextmanager
+def _own_forward() -> Iterator[None]:
+    _state.depth = getattr(_state, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _state.depth -= 1
 
 
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
@@ -57,6 +77,19 @@ class _LogitsAtPositions:
 
     def __call__(self, inputs: dict[str, Any], rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """(D, V) logits predicting the tokens at (rows, cols)."""
+        with _own_forward():
+            return self._logits_at(inputs, rows, cols)
+
+    def forward_only(self, inputs: dict[str, Any]) -> None:
+        """Run the model on a batch whose logits nobody needs, the same way as a batch with
+        decisions (so every rank takes the same number of forwards, probing included)."""
+        b, t = inputs["input_ids"].shape
+        dev = inputs["input_ids"].device
+        with _own_forward():
+            self._logits_at(inputs, torch.zeros(1, dtype=torch.long, device=dev),
+                            torch.full((1,), max(t - 1, 1), dtype=torch.long, device=dev))
+
+    def _logits_at(self, inputs: dict[str, Any], rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         b, t = inputs["input_ids"].shape
         prev = cols - 1
         if self.mode == "mask":
@@ -88,29 +121,46 @@ def score_batches(
     resolved: ResolvedSpec,
     *,
     device: torch.device | str | None = None,
-) -> Iterator[tuple[dict[str, Any], AnswerPositions, np.ndarray]]:
+    lockstep: bool | None = None,
+) -> Iterator[tuple[dict[str, Any], AnswerPositions | None, np.ndarray]]:
     """Per batch: the batch, its answer positions and their (D, K) label probabilities.
 
     The model runs in eval mode (restored afterwards) and is asked for logits at the answer
-    positions only. Batches carry ``labels``; ``sample_index`` and ``labels`` never reach
-    the model. Shared by :func:`score` and the callback's own-pass fallback.
+    positions only; ``sample_index`` and ``labels`` never reach the model. A batch without
+    ``labels`` yields ``None`` positions and no probabilities. Shared by :func:`score` and
+    the callback's own-pass fallback.
+
+    Args:
+        lockstep: run the model on every batch, also one without a decision or without
+            labels (its logits are thrown away). Under DeepSpeed ZeRO-3 or FSDP the forward
+            gathers the parameters from every rank, so a rank that skipped one would leave
+            the others waiting in a collective it never joins. Default: whenever a process
+            group of more than one process is active. Without it such batches cost nothing.
+
+    Example:
+        >>> for batch, pos, probs in score_batches(model, batches, spec.resolve(tok)):  # doctest: +SKIP
+        ...     print(pos.rows, probs[:, 0])
     """
+    lockstep = Dist().on if lockstep is None else lockstep
     was_training = model.training
     model.eval()
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     call = _LogitsAtPositions(model)
+    no_decision = np.zeros((0, len(resolved.labels)))
     try:
         for batch in batches:
-            labels = batch["labels"]
-            pos = find_answer_positions(labels, resolved, batch.get("input_ids"))
-            if len(pos):
+            labels = batch.get("labels")
+            pos = None if labels is None else find_answer_positions(labels, resolved, batch.get("input_ids"))
+            probs = no_decision
+            if (pos is not None and len(pos)) or lockstep:
                 inputs = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v)
                           for k, v in batch.items() if k not in META_KEYS}
-                rows = torch.as_tensor(pos.rows, device=dev)
-                cols = torch.as_tensor(pos.cols, device=dev)
-                probs = decision_probs(call(inputs, rows, cols), resolved)
-            else:
-                probs = np.zeros((0, len(resolved.labels)))
+                if pos is not None and len(pos):
+                    rows = torch.as_tensor(pos.rows, device=dev)
+                    cols = torch.as_tensor(pos.cols, device=dev)
+                    probs = decision_probs(call(inputs, rows, cols), resolved)
+                else:
+                    call.forward_only(inputs)
             yield batch, pos, probs
     finally:
         model.train(was_training)
@@ -143,9 +193,10 @@ def score(
     """
     parts: list[DecisionScores] = []
     for batch, pos, probs in score_batches(model, batches, resolved, device=device):
-        n_rows = batch["labels"].shape[0]
-        index = np.asarray(batch.get("sample_index", np.arange(n_rows)))
-        parts.append(DecisionScores(list(resolved.labels), probs, pos.gt, index[pos.rows], pos.missing))
+        n_rows = len(batch["input_ids"])
+        if pos is not None:
+            index = np.asarray(batch.get("sample_index", np.arange(n_rows)))
+            parts.append(DecisionScores(list(resolved.labels), probs, pos.gt, index[pos.rows], pos.missing))
         if progress is not None:
             progress.update(n_rows)
     return DecisionScores.concat(parts, resolved.labels).sorted()
