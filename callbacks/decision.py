@@ -235,6 +235,9 @@ class DecisionTrackingCallback(TrainerCallback):
     def close(self) -> None:
         """Wait for pending logging, remove the forward hook, close the trackers it opened."""
         self.flush()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         self._detach()
         for t in self.trackers:
             try:
