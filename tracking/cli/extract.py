@@ -20,6 +20,10 @@ EXAMPLE = r"""example:
   tokcal extract --checkpoint out/checkpoint-500 --data eval.jsonl \
       --output decisions.jsonl --metrics metrics.json --labels Accept Reject --prefix '\boxed{'
 
+  # page images (image parts or an 'images' column): scored with the checkpoint's processor
+  tokcal extract --checkpoint out/checkpoint-500 --data pages.jsonl --image-dir pages/ \
+      --max-pixels 401408 --output decisions.jsonl --metrics metrics.json
+
   # the eval set of a LLaMA-Factory run, tokenised by LLaMA-Factory as in training
   tokcal extract --checkpoint out/checkpoint-500 --llamafactory-config train.yaml --output decisions.jsonl
 
@@ -55,12 +59,13 @@ def run(args: argparse.Namespace) -> int:
     for out in (args.output, args.metrics):
         if out and Path(out).is_dir():
             raise TokcalError(f"expected an output file path, got a folder: {out}")
-    scores = score_checkpoint(args.checkpoint, source_from(args), spec, max_tokens=args.max_tokens,
-                              **load_kwargs(args))
+    source = source_from(args)
+    scores = score_checkpoint(args.checkpoint, source, spec, max_tokens=args.max_tokens, **load_kwargs(args))
     metrics = scores.metrics(n_bins=args.bins)
     write_jsonl(args.output, scores.records())
     if args.metrics:
-        write_json(args.metrics, {"scalars": metrics.scalars, **metrics.to_dict()})
+        write_json(args.metrics, {"scalars": metrics.scalars, **metrics.to_dict(),
+                                  "data": {"checkpoint": str(args.checkpoint), **source.metadata()}})
     print(format_table(metrics.scalars))
     for note in metrics.notes:
         print(f"note: {note}")
