@@ -170,12 +170,27 @@ def image_size(path: Path, where: str) -> tuple[int, int]:
             im.verify()  # checks the file's structure without decoding the pixels
         with Image.open(path) as im:
             w, h = im.size
-            orientation = im.getexif().get(_ORIENTATION_TAG, 1)
+            orientation = _orientation(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise TokcalError(f"{where}: cannot read image {path}: {first_line(exc, with_type=True)}") from exc
     if w < 1 or h < 1:
         raise TokcalError(f"{where}: image {path} is empty ({w}x{h})")
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def _orientation(im: Any) -> int:
+    """The EXIF orientation from the header. PIL's ``getexif()`` on a PNG decodes the whole
+    image to find a late eXIf chunk, so a PNG's is read only from the chunks before its pixels."""
+    from PIL import Image
+
+    if im.format == "PNG":
+        raw = im.info.get("exif")
+        if not raw:
+            return 1
+        exif = Image.Exif()
+        exif.load(raw)
+        return int(exif.get(_ORIENTATION_TAG, 1))
+    return int(im.getexif().get(_ORIENTATION_TAG, 1))
 
 
 def image_token_counts(processor: Any, sizes: Sequence[tuple[int, int]]) -> list[int]:
