@@ -283,8 +283,16 @@ def build_conversations(records: Sequence[dict[str, Any]], name: str, base: Path
                 for part in m["content"]:
                     if part["type"] == "image":
                         part["image"] = str(next(it))
-        out.append(ImageConversation(msgs, paths, [sizes[p] for p in paths], r.get("id", i), where))
+        out.append(ImageConversation(as_parts(msgs), paths, [sizes[p] for p in paths], r.get("id", i), where))
     return out
+
+
+def as_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every message's content as a list of parts (a string becomes one text part), the form
+    processors' ``apply_chat_template`` expect when they load images (transformers 5.6 needs
+    it for every message); the templates render both forms alike."""
+    return [{**m, "content": [{"type": "text", "text": m["content"]}] if isinstance(m["content"], str)
+             else m["content"]} for m in messages]
 
 
 def collate_conversations(processor: Any, convs: Sequence[ImageConversation], examples: Sequence[Example],

@@ -99,7 +99,6 @@ def load_processor(
     """
     from transformers import AutoProcessor
 
-    global _warned_no_video
     p = Path(path)
     if not any((p / f).is_file() for f in _PROCESSOR_FILES):
         raise TokcalError(f"{p} has no processor (no {' or '.join(_PROCESSOR_FILES)}); an image data set needs "
@@ -110,17 +109,29 @@ def load_processor(
         if "torchvision" not in str(exc).lower():
             raise TokcalError(f"could not load the processor in {p}: {first_line(exc)}") from exc
         processor = _processor_without_video(p, trust_remote_code)
-        if not _warned_no_video:
-            _warned_no_video = True
-            warnings.warn(f"torchvision is not installed, so {type(processor).__name__}'s video processor cannot "
-                          "load; scoring images without it (pip install torchvision for videos)", stacklevel=2)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+        _warn_no_video(f"torchvision is not installed, so {type(processor).__name__}'s video processor cannot "
+                       "load; scoring images without it (pip install torchvision for videos)")
+    except OSError as exc:
+        if "video processor" not in str(exc).lower():
+            raise TokcalError(f"could not load the processor in {p}: {first_line(exc)}; pass --tokenizer DIR") from exc
+        # Saved where torchvision was missing: the processor files have no video processor.
+        processor = _processor_without_video(p, trust_remote_code)
+        _warn_no_video(f"{p} holds no video processor (saved without torchvision); scoring images without it")
+    except (ValueError, TypeError, KeyError) as exc:
         raise TokcalError(f"could not load the processor in {p}: {first_line(exc)}; pass --tokenizer DIR") from exc
     if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
         raise TokcalError(f"the processor in {p} ({type(processor).__name__}) has no image processor and "
                           "tokenizer; expected a vision-language checkpoint")
     set_pixel_bounds(processor.image_processor, min_pixels=min_pixels, max_pixels=max_pixels)
     return processor
+
+
+def _warn_no_video(message: str) -> None:
+    """One warning per process, however many checkpoints are loaded."""
+    global _warned_no_video
+    if not _warned_no_video:
+        _warned_no_video = True
+        warnings.warn(message, stacklevel=3)
 
 
 def set_pixel_bounds(image_processor: Any, *, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
