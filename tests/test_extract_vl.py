@@ -61,15 +61,13 @@ def data(tmp_path_factory) -> Path:
 # ------------------------------------------------------------------ the reference
 
 
-def reference_inputs(ckpt: Path, record: dict, base: Path, min_pixels: int, max_pixels: int) -> dict:
+def reference_inputs(tok, record: dict, base: Path, min_pixels: int, max_pixels: int) -> dict:
     """Model inputs for one record, by hand: Qwen2-VL image processor (PIL backend) on the
     decoded pages, the chat template rendered with <|image_pad|> repeated grid/4 times, and
     mm_token_type_ids = 1 on image tokens."""
     from PIL import Image
-    from transformers import AutoTokenizer
     from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
-    tok = AutoTokenizer.from_pretrained(str(ckpt))
     msgs, paths = [], []
     if "messages" in record:
         for m in record["messages"]:
@@ -127,10 +125,11 @@ def reference_probs(ckpt: Path, records: list[dict], base: Path, *, min_pixels: 
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(ckpt)).eval()
-    accept, reject = decision_ids(AutoTokenizer.from_pretrained(str(ckpt)))
+    tok = AutoTokenizer.from_pretrained(str(ckpt))
+    accept, reject = decision_ids(tok)
     out = {}
     for r in records:
-        inputs = reference_inputs(ckpt, r, base, min_pixels, max_pixels)
+        inputs = reference_inputs(tok, r, base, min_pixels, max_pixels)
         ids = inputs["input_ids"][0].tolist()
         j = max(i for i, t in enumerate(ids) if t in accept | reject)
         with torch.no_grad():
