@@ -249,10 +249,9 @@ def _check_images(examples: Sequence[Example], name: str) -> None:
 def collate_batches(eval_set: EvalSet, examples: Sequence[Example], model: Any, *, max_tokens: int) -> LazyBatches:
     """Length-sorted batches within ``max_tokens`` (image tokens are in the ids already),
     each made when read by LLaMA-Factory's SFT collator with ``model``, as in training."""
-    from llamafactory.data import SFTDataCollatorWith4DAttentionMask
-
     import numpy as np
     import torch
+    from llamafactory.data import SFTDataCollatorWith4DAttentionMask
 
     if model is None:
         raise TokcalError("LLaMA-Factory's multimodal collator needs the model being scored; pass model=")

@@ -17,7 +17,12 @@ import pytest
 
 from callbacks import DecisionTrackingCallback
 from tests.helpers.tokenizers import qwen25_tokenizer
-from tests.helpers.vision import VLCollator, absolute, make_tiny_vl_checkpoint, page_records
+from tests.helpers.vision import (
+    VLCollator,
+    absolute,
+    make_tiny_vl_checkpoint,
+    page_records,
+)
 from tracking.core.spec import DecisionSpec
 from tracking.data.sources import ImageDataFile
 from tracking.jobs.extract import score_checkpoint
@@ -47,7 +52,11 @@ def pages(tmp_path_factory) -> Path:
 
 
 def train_vl(base: Path, pages: Path, out: Path, *, callbacks=(), report_to="none", max_steps: int = 4):
-    from transformers import Qwen2_5_VLForConditionalGeneration, Trainer, TrainingArguments
+    from transformers import (
+        Qwen2_5_VLForConditionalGeneration,
+        Trainer,
+        TrainingArguments,
+    )
 
     from tracking.jobs.checkpoints import load_processor
 
@@ -120,7 +129,11 @@ def test_eval_loss_is_untouched(runs):
 def test_own_pass_takes_every_batch_key_and_answer_logits_only(runs, pages, tmp_path):
     """scorer='pass' on the last checkpoint: the same numbers as the hook, the model asked for
     one logits row per decision, and the vision inputs reached it."""
-    from transformers import Qwen2_5_VLForConditionalGeneration, Trainer, TrainingArguments
+    from transformers import (
+        Qwen2_5_VLForConditionalGeneration,
+        Trainer,
+        TrainingArguments,
+    )
 
     t_with, _, out = runs
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(out / "checkpoint-4"))

@@ -67,7 +67,11 @@ def make_tiny_vl_checkpoint(
         init_std: weight init scale (larger: less uniform logits, so image inputs matter more).
     """
     import torch
-    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import (
+        GenerationConfig,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+    )
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.llamafactory.conftest import VL_CONFIG, needs_llamafactory, run_tokcal_train, tiny_overrides
+from tests.llamafactory.conftest import (
+    VL_CONFIG,
+    needs_llamafactory,
+    run_tokcal_train,
+    tiny_overrides,
+)
 
 pytestmark = [needs_llamafactory, pytest.mark.slow]
 

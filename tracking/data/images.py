@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tracking.core.positions import IGNORE_INDEX
-from tracking.data.batches import LazyBatches, group_by_length, pad_id_of, pad_rows
+from tracking.data.batches import pad_id_of, pad_rows
 from tracking.data.conversation import Example, tokenize_rendered
 from tracking.data.records import message_text, to_messages
 from tracking.errors import TokcalError, first_line
