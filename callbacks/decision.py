@@ -23,8 +23,8 @@ from transformers import (
 )
 
 from tracking.core.capture import DecisionCapture
-from tracking.core.metrics import DecisionMetrics
 from tracking.core.distributed import all_gather
+from tracking.core.metrics import DecisionMetrics
 from tracking.core.scores import DecisionScores
 from tracking.core.scoring import in_own_forward, score_batches
 from tracking.core.spec import DecisionSpec, ResolvedSpec

@@ -8,6 +8,13 @@ supervised preprocessor, with the tokenizer that ``model_name_or_path`` names, f
 LLaMA-Factory's template (its default system prompt included). The eval set is the one the
 Trainer evaluated on: the ``val_size`` split of ``dataset`` (same seed), or ``eval_dataset``.
 
+Vision-language templates (``qwen2_vl``, ...): the rows keep their ``images`` (resolved
+against ``media_dir`` by LLaMA-Factory's converter) and their image tokens expanded by
+LLaMA-Factory's multimodal plugin (``mm_plugin``), with its ``image_max_pixels`` and the
+checkpoint processor's resize rules; each batch is then made by LLaMA-Factory's own SFT
+collator with the model being scored (pixel values, ``image_grid_thw``, and Qwen2-VL's 3-D
+``position_ids`` computed as in training), one batch at a time.
+
 The training-only keys (``deepspeed``, ``bf16``/``fp16``, ``report_to``, ...) are set aside,
 so a ZeRO-3 GPU config works on a CPU machine without DeepSpeed; the train split is not
 tokenised. tokcal's own keys (``track_decision_probs``, ``decision_*``) are dropped.
@@ -31,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from tracking.core.positions import IGNORE_INDEX
+from tracking.data.batches import LazyBatches, group_by_length
 from tracking.data.conversation import Example
 from tracking.data.sources import EvalSource
 from tracking.errors import TokcalError
@@ -62,6 +71,11 @@ class EvalSet:
             score with this one, as the callback did in training.
         template: the template's name; ``name``: ``"validation"`` or ``"validation_<dataset>"``.
         config: the config file.
+        processor: LLaMA-Factory's processor (vision-language models), else ``None``.
+        collator_args: what LLaMA-Factory's SFT collator is built with besides the model.
+
+    An example of a multimodal row keeps its media in ``extra`` (``images``, ``videos``,
+    ``audios``: paths as LLaMA-Factory resolved them).
     """
 
     examples: list[Example]
@@ -70,9 +84,16 @@ class EvalSet:
     name: str
     config: str
     info: dict[str, Any] = field(default_factory=dict)
+    processor: Any = None
+    collator_args: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    @property
+    def multimodal(self) -> bool:
+        """Whether any row carries images, videos or audios."""
+        return any(e.extra for e in self.examples)
 
 
 def data_args_dict(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -133,8 +154,9 @@ def load_eval_set(
 
     Raises:
         TokcalError: no eval set in the config (``val_size`` or ``eval_dataset``), a
-            multimodal row (images/videos/audios), an unknown ``eval_name``, or
-            LLaMA-Factory refusing the config (its message).
+            multimodal row without a processor (or with videos/audios), an unknown
+            ``eval_name``, or LLaMA-Factory refusing the config or a row (its message,
+            e.g. a missing image or a placeholder count that differs from the images).
     """
     from callbacks.llamafactory import load_config
 
@@ -182,22 +204,77 @@ def load_eval_set(
                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
     examples = []
+    processor = tok_module.get("processor")
     for i, row in enumerate(rows):
         if max_samples is not None and i >= max_samples:
             break
-        media = [k for k in MULTIMODAL if row.get(k)]
-        if media:
-            raise TokcalError(
-                f"{name}: eval row {i} has {', '.join(media)}; --llamafactory-config scores text-only eval sets "
-                "(the training callback scores multimodal ones)"
-            )
-        examples.append(Example(list(row["input_ids"]), list(row["labels"]), i))
+        media = {k: list(row[k]) for k in MULTIMODAL if row.get(k)}
+        if set(media) - {"images"}:
+            raise TokcalError(f"{name}: eval row {i} has {', '.join(sorted(set(media) - {'images'}))}; "
+                              "--llamafactory-config scores text and image eval sets")
+        if media and processor is None:
+            raise TokcalError(f"{name}: eval row {i} has images but LLaMA-Factory loaded no processor for "
+                              f"{model_args.model_name_or_path}; expected a vision-language model with its "
+                              "processor files (and torchvision installed, which its video processor needs)")
+        examples.append(Example(list(row["input_ids"]), list(row["labels"]), i, extra=media))
     if not examples:
         raise TokcalError(f"{name}: the eval set is empty after LLaMA-Factory's preprocessing")
+    if any(e.extra for e in examples):
+        _check_images(examples, name)
     tmpl = getattr(data_args, "template", None)
-    return EvalSet(examples, tokenizer, tmpl, key, name,
-                   info={"cutoff_len": data_args.cutoff_len, "val_size": data_args.val_size,
-                         "seed": training_args.seed, "model_name_or_path": model_args.model_name_or_path})
+    info = {"cutoff_len": data_args.cutoff_len, "val_size": data_args.val_size, "seed": training_args.seed,
+            "model_name_or_path": model_args.model_name_or_path}
+    if processor is not None:
+        info.update(image_max_pixels=getattr(processor, "image_max_pixels", None),
+                    image_min_pixels=getattr(processor, "image_min_pixels", None))
+    collator_args = dict(template=template, tokenizer=tokenizer, processor=processor, label_pad_token_id=IGNORE_INDEX
+                         if data_args.ignore_pad_token_for_loss else tokenizer.pad_token_id,
+                         pad_to_multiple_of=8,  # as the training run's collator (do_train)
+                         block_diag_attn=model_args.block_diag_attn, neat_packing=data_args.neat_packing)
+    return EvalSet(examples, tokenizer, tmpl, key, name, info=info, processor=processor, collator_args=collator_args)
+
+
+def _check_images(examples: Sequence[Example], name: str) -> None:
+    """Every image of every row opens (header and structure only, no decoding)."""
+    from tracking.data.images import image_size
+
+    seen: set[str] = set()
+    for e in examples:
+        for path in e.extra.get("images", []):
+            if isinstance(path, str) and path not in seen:
+                seen.add(path)
+                image_size(Path(path), f"{name}: eval row {e.sample_id}")
+
+
+def collate_batches(eval_set: EvalSet, examples: Sequence[Example], model: Any, *, max_tokens: int) -> LazyBatches:
+    """Length-sorted batches within ``max_tokens`` (image tokens are in the ids already),
+    each made when read by LLaMA-Factory's SFT collator with ``model``, as in training."""
+    import numpy as np
+    import torch
+    from llamafactory.data import SFTDataCollatorWith4DAttentionMask
+
+    if model is None:
+        raise TokcalError("LLaMA-Factory's multimodal collator needs the model being scored; pass model=")
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    collator = SFTDataCollatorWith4DAttentionMask(
+        model=model, attn_implementation=getattr(model.config, "_attn_implementation", None),
+        compute_dtype=dtype, **eval_set.collator_args)
+    groups = group_by_length([len(e) for e in examples], max_tokens=max_tokens)
+
+    def build(group: list[int]) -> dict[str, Any]:
+        feats = []
+        for i in group:
+            e = examples[i]
+            feats.append({"input_ids": list(e.input_ids), "attention_mask": [1] * len(e), "labels": list(e.labels),
+                          "images": list(e.extra.get("images", [])), "videos": [], "audios": []})
+        try:
+            batch = dict(collator(feats))
+        except (ValueError, OSError) as exc:
+            raise TokcalError(f"LLaMA-Factory's collator refused eval rows {group}: {str(exc).splitlines()[0]}") from exc
+        batch["sample_index"] = np.asarray(group)
+        return batch
+
+    return LazyBatches(groups, build)
 
 
 def _pick(eval_dict: Mapping[str, Any], eval_name: str | None, name: str) -> str:
@@ -260,6 +337,14 @@ class LlamaFactorySource(EvalSource):
 
     def examples(self, tokenizer: Any, *, progress: bool = False) -> list[Example]:
         return self.eval_set.examples
+
+    def batches(self, examples: Sequence[Example], tokenizer: Any, *, max_tokens: int,
+                model: Any = None) -> Sequence[dict[str, Any]]:
+        """Text rows: right-padded token batches. Image rows: LLaMA-Factory's own SFT
+        collator with the model being scored (:func:`collate_batches`), as in training."""
+        if not self.eval_set.multimodal:
+            return super().batches(examples, tokenizer, max_tokens=max_tokens)
+        return collate_batches(self.eval_set, examples, model, max_tokens=max_tokens)
 
     def metadata(self) -> dict[str, Any]:
         return {"source": self.config, "llamafactory_eval": self.eval_set.name, **self.eval_set.info}

@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 
 from tests.deepspeed.conftest import needs_deepspeed, torchrun
-from tests.scripts.zero3_callback import N_EVAL, NO_DECISION, STEPS, UNLABELED, eval_records
+from tests.scripts.zero3_callback import (
+    N_EVAL,
+    NO_DECISION,
+    STEPS,
+    UNLABELED,
+    eval_records,
+)
 
 pytestmark = [needs_deepspeed, pytest.mark.slow]
 

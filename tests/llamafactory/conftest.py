@@ -22,6 +22,7 @@ from tests.helpers.processes import run_group
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "llamafactory_tiny_cpu.yaml"
+VL_CONFIG = REPO / "configs" / "llamafactory_tiny_vl_cpu.yaml"
 HAVE_LF = importlib.util.find_spec("llamafactory") is not None
 #: Every test module here starts with ``pytestmark = needs_llamafactory``.
 needs_llamafactory = pytest.mark.skipif(
@@ -55,11 +56,12 @@ def tiny_overrides(tiny: Path, out: Path) -> list[str]:
     return [f"model_name_or_path={tiny / 'model'}", f"dataset_dir={tiny / 'data'}", f"output_dir={out}"]
 
 
-def run_tokcal_train(tiny: Path, out: Path, overrides: Sequence[str] = (), **env: str) -> subprocess.CompletedProcess:
-    """``tokcal train configs/llamafactory_tiny_cpu.yaml <paths> <overrides>``; fails the test with
-    the log tail when it fails."""
+def run_tokcal_train(tiny: Path, out: Path, overrides: Sequence[str] = (), *, config: Path = CONFIG,
+                     **env: str) -> subprocess.CompletedProcess:
+    """``tokcal train <config> <paths> <overrides>`` (default configs/llamafactory_tiny_cpu.yaml);
+    fails the test with the log tail when it fails."""
     tokcal = Path(sys.executable).with_name("tokcal")
-    cmd = [str(tokcal), "train", str(CONFIG), *tiny_overrides(tiny, out), *overrides]
+    cmd = [str(tokcal), "train", str(config), *tiny_overrides(tiny, out), *overrides]
     out.parent.mkdir(parents=True, exist_ok=True)
     proc = run_group(cmd, out.parent, lf_env(**env), TRAIN_TIMEOUT_S)
     (out.parent / f"{out.name}.log").write_text(proc.stdout + proc.stderr)
@@ -78,3 +80,14 @@ def lf_train(lf_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Callabl
         return out
 
     return train
+
+
+@pytest.fixture(scope="session")
+def lf_tiny_vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``model/`` (tiny Qwen2.5-VL + processor) and ``data/`` (page images, sharegpt with an
+    ``images`` column), see ``tests/llamafactory/make_tiny.py``."""
+    if not HAVE_LF:
+        pytest.skip("llamafactory is not installed")
+    from tests.llamafactory.make_tiny import make_tiny_vl
+
+    return make_tiny_vl(tmp_path_factory.mktemp("lf-tiny-vl"))

@@ -65,7 +65,16 @@ def format_table(scalars: Mapping[str, float]) -> str:
 def add_data_args(p: argparse.ArgumentParser) -> None:
     """``--data`` or ``--llamafactory-config`` (and its friends): where the eval set comes from."""
     p.add_argument("--data", metavar="FILE",
-                   help="JSON/JSONL: messages, alpaca or sharegpt records (or --llamafactory-config)")
+                   help="JSON/JSONL: messages, alpaca or sharegpt records, with images or without "
+                        "(or --llamafactory-config)")
+    im = p.add_argument_group("image data sets (records with image parts or an 'images' column)")
+    im.add_argument("--image-dir", metavar="DIR",
+                    help="relative image paths resolve here (like LLaMA-Factory's media_dir; "
+                         "default: the data file's folder)")
+    im.add_argument("--max-pixels", type=int, metavar="N",
+                    help="the image processor resizes each image to at most N pixels (default: the checkpoint's)")
+    im.add_argument("--min-pixels", type=int, metavar="N",
+                    help="...and to at least N pixels (default: the checkpoint's)")
     g = p.add_argument_group("LLaMA-Factory data (instead of --data)")
     g.add_argument("--llamafactory-config", metavar="CONFIG.yaml",
                    help="the LLaMA-Factory training YAML: build the eval set with its template, dataset_info.json, "
@@ -88,6 +97,12 @@ def source_from(args: argparse.Namespace) -> Any:
     cfg, data = args.llamafactory_config, args.data
     if cfg and data:
         raise TokcalError("expected --data or --llamafactory-config, not both")
+    image_opts = [n for n, v in (("--image-dir", getattr(args, "image_dir", None)),
+                                 ("--max-pixels", getattr(args, "max_pixels", None)),
+                                 ("--min-pixels", getattr(args, "min_pixels", None))) if v is not None]
+    if cfg and image_opts:
+        raise TokcalError(f"{' and '.join(image_opts)} apply to --data; with --llamafactory-config set "
+                          "media_dir/image_max_pixels/image_min_pixels in the YAML (or --llamafactory-set)")
     if cfg:
         from callbacks.llamafactory_data import LlamaFactorySource
 
@@ -97,6 +112,8 @@ def source_from(args: argparse.Namespace) -> Any:
         raise TokcalError("--llamafactory-set and --llamafactory-eval need --llamafactory-config")
     if not data:
         raise TokcalError("expected --data FILE or --llamafactory-config CONFIG.yaml")
-    from tracking.data.sources import DataFile
+    from tracking.data.sources import open_data_file
 
-    return DataFile(data, chat_template=read_template(args), max_samples=args.max_samples)
+    return open_data_file(data, chat_template=read_template(args), max_samples=args.max_samples,
+                          image_dir=getattr(args, "image_dir", None), min_pixels=getattr(args, "min_pixels", None),
+                          max_pixels=getattr(args, "max_pixels", None))

@@ -18,6 +18,10 @@ EXAMPLE = r"""example:
   tokcal extract --checkpoint out/checkpoint-500 --data eval.jsonl \
       --output decisions.jsonl --metrics metrics.json --labels Accept Reject --prefix '\boxed{'
 
+  # page images (image parts or an 'images' column): scored with the checkpoint's processor
+  tokcal extract --checkpoint out/checkpoint-500 --data pages.jsonl --image-dir pages/ \
+      --max-pixels 401408 --output decisions.jsonl --metrics metrics.json
+
   # the eval set of a LLaMA-Factory run, tokenised by LLaMA-Factory as in training
   tokcal extract --checkpoint out/checkpoint-500 --llamafactory-config train.yaml --output decisions.jsonl
 
@@ -52,12 +56,13 @@ def run(args: argparse.Namespace) -> int:
     bin_edges(args.bins)
     check_outputs({"--output": args.output, "--metrics": args.metrics},
                   [args.data, args.llamafactory_config, args.chat_template, args.config])
-    scores = score_checkpoint(args.checkpoint, source_from(args), spec, max_tokens=args.max_tokens,
-                              **load_kwargs(args))
+    source = source_from(args)
+    scores = score_checkpoint(args.checkpoint, source, spec, max_tokens=args.max_tokens, **load_kwargs(args))
     metrics = scores.metrics(n_bins=args.bins)
     write_jsonl(args.output, scores.records())
     if args.metrics:
-        write_json(args.metrics, {"scalars": metrics.scalars, **metrics.to_dict()})
+        write_json(args.metrics, {"scalars": metrics.scalars, **metrics.to_dict(),
+                                  "data": {"checkpoint": str(args.checkpoint), **source.metadata()}})
     print(format_table(metrics.scalars))
     for note in metrics.notes:
         print(f"note: {note}")

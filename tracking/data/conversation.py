@@ -42,6 +42,16 @@ def tokenize_conversation(
             "or pass --chat-template FILE"
         )
     text = tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template)
+    return tokenize_rendered(tokenizer, text, messages)
+
+
+def tokenize_rendered(tokenizer: Any, text: str, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
+    """Tokenise a conversation already rendered with its chat template; label the
+    assistant turns only (their content plus the end-of-sequence token right after it).
+
+    Example:
+        >>> ids, labels = tokenize_rendered(tok, text, messages)  # doctest: +SKIP
+    """
     spans: list[tuple[int, int]] = []
     cursor = 0
     eos = getattr(tokenizer, "eos_token", None) or ""

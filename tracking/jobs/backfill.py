@@ -177,7 +177,7 @@ def score_one(res: CheckpointResult, cache: ExampleCache, spec: Any, dist: Dist,
 
     scores, error, examples, model = None, None, [], None
     try:
-        model, tokenizer = load_checkpoint(res.path, **load_kw)
+        model, tokenizer = load_checkpoint(res.path, **load_kw, processor_options=cache.source.processor_options())
         tokenizer = cache.source.tokenizer_for(tokenizer)
         examples = cache.get(tokenizer, res.path.name)
         desc = f"step {res.step}" + (f" (rank 0 of {dist.world})" if dist.on else "")

@@ -1,4 +1,9 @@
-"""Finding and loading checkpoints, safely (safetensors unless pickles are allowed)."""
+"""Finding and loading checkpoints, safely (safetensors unless pickles are allowed).
+
+Vision-language checkpoints (a ``vision_config`` in ``config.json``) load with
+``AutoModelForImageTextToText`` and, for image eval sets, their processor
+(:func:`load_processor`), which works without torchvision for images.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,10 @@ import json
 import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from tracking.errors import TokcalError, first_line
 
@@ -106,6 +112,137 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any:
         raise TokcalError(f"could not load a tokenizer from {path}: {first_line(exc)}; pass --tokenizer DIR") from exc
 
 
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+_warned_no_video = False
+
+
+def load_processor(
+    path: str | Path,
+    *,
+    trust_remote_code: bool = False,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+) -> Any:
+    """The processor of a vision-language checkpoint (tokenizer + image processor).
+
+    ``AutoProcessor`` first. Without torchvision, the video processor of Qwen2-VL-style
+    processors cannot load (an ImportError); then the same processor class is built without
+    its video slot, with one warning: images work, videos need torchvision.
+    ``min_pixels``/``max_pixels`` override the image processor's resize bounds.
+
+    Example:
+        >>> processor = load_processor("out/checkpoint-400", max_pixels=28 * 28 * 256)  # doctest: +SKIP
+        >>> processor.image_processor.size["longest_edge"]  # doctest: +SKIP
+        200704
+    """
+    from transformers import AutoProcessor
+
+    p = Path(path)
+    if not any((p / f).is_file() for f in _PROCESSOR_FILES):
+        raise TokcalError(f"{p} has no processor (no {' or '.join(_PROCESSOR_FILES)}); an image data set needs "
+                          "the checkpoint's processor: save it with the checkpoint or pass --tokenizer DIR")
+    try:
+        processor = AutoProcessor.from_pretrained(str(p), trust_remote_code=trust_remote_code)
+    except ImportError as exc:
+        if "torchvision" not in str(exc).lower():
+            raise TokcalError(f"could not load the processor in {p}: {first_line(exc)}") from exc
+        processor = _processor_without_video(p, trust_remote_code)
+        _warn_no_video(f"torchvision is not installed, so {type(processor).__name__}'s video processor cannot "
+                       "load; scoring images without it (pip install torchvision for videos)")
+    except OSError as exc:
+        if "video processor" not in str(exc).lower():
+            raise TokcalError(f"could not load the processor in {p}: {first_line(exc)}; pass --tokenizer DIR") from exc
+        # Saved where torchvision was missing: the processor files have no video processor.
+        processor = _processor_without_video(p, trust_remote_code)
+        _warn_no_video(f"{p} holds no video processor (saved without torchvision); scoring images without it")
+    except (ValueError, TypeError, KeyError) as exc:
+        raise TokcalError(f"could not load the processor in {p}: {first_line(exc)}; pass --tokenizer DIR") from exc
+    if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
+        raise TokcalError(f"the processor in {p} ({type(processor).__name__}) has no image processor and "
+                          "tokenizer; expected a vision-language checkpoint")
+    set_pixel_bounds(processor.image_processor, min_pixels=min_pixels, max_pixels=max_pixels)
+    return processor
+
+
+def _warn_no_video(message: str) -> None:
+    """One warning per process, however many checkpoints are loaded."""
+    global _warned_no_video
+    if not _warned_no_video:
+        _warned_no_video = True
+        warnings.warn(message, stacklevel=3)
+
+
+def set_pixel_bounds(image_processor: Any, *, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+    """Set the pixel range an image processor resizes into (``size.shortest_edge`` /
+    ``size.longest_edge``, and ``min_pixels``/``max_pixels`` where it keeps them)."""
+    if min_pixels is None and max_pixels is None:
+        return
+    size = getattr(image_processor, "size", None)
+    changes = {k: v for k, v in (("shortest_edge", min_pixels), ("longest_edge", max_pixels)) if v is not None}
+    if isinstance(size, dict):
+        image_processor.size = {**size, **changes}
+    elif size is not None and all(hasattr(size, k) for k in changes):
+        for k, v in changes.items():
+            setattr(size, k, v)
+    else:
+        raise TokcalError(f"{type(image_processor).__name__} has no pixel range to set; drop --min-pixels/--max-pixels")
+    for attr, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+        if v is not None and getattr(image_processor, attr, None) is not None:
+            setattr(image_processor, attr, v)
+
+
+def _processor_class_name(p: Path) -> str | None:
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        f = p / name
+        if f.is_file():
+            try:
+                cls = json.loads(f.read_text()).get("processor_class")
+            except (ValueError, AttributeError):
+                continue
+            if cls:
+                return str(cls)
+    return None
+
+
+def _processor_without_video(p: Path, trust_remote_code: bool) -> Any:
+    """The checkpoint's processor class, loaded with its image processor and tokenizer only."""
+    import inspect
+
+    import transformers
+
+    name = _processor_class_name(p)
+    cls = getattr(transformers, name, None) if name else None
+    if cls is None or "video_processor" not in inspect.signature(cls.__init__).parameters:
+        raise TokcalError(f"the processor in {p} needs torchvision to load ({name or 'unknown class'}); "
+                          "pip install torchvision")
+
+    def __init__(self: Any, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None,
+                 **kwargs: Any) -> None:
+        cls.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+    images_only = type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__})
+    try:
+        return images_only.from_pretrained(str(p), trust_remote_code=trust_remote_code)
+    except Exception as exc:  # transformers raises many types for a bad processor folder
+        raise TokcalError(f"could not load the processor in {p} without torchvision: {first_line(exc)}; "
+                          "pip install torchvision") from exc
+
+
+def is_vision_language(path: str | Path) -> bool:
+    """Whether ``path/config.json`` describes a vision-language model (a ``vision_config``)."""
+    cfg = Path(path) / "config.json"
+    try:
+        return "vision_config" in json.loads(cfg.read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _auto_class(path: str | Path) -> Any:
+    import transformers
+
+    return transformers.AutoModelForImageTextToText if is_vision_language(path) else transformers.AutoModelForCausalLM
+
+
 def load_checkpoint(
     path: str | Path,
     *,
@@ -114,18 +251,21 @@ def load_checkpoint(
     allow_pickle: bool = False,
     device: str | None = None,
     dtype: str | None = None,
+    processor_options: Mapping[str, Any] | None = None,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` from a checkpoint folder for scoring.
 
     Full fine-tunes load from safetensors (sharded too); PEFT adapters load their base model
-    (``base_model_name_or_path``) plus the adapter. bf16 on CUDA, float32 on CPU unless
-    ``dtype`` is given.
+    (``base_model_name_or_path``) plus the adapter. Vision-language checkpoints load with
+    ``AutoModelForImageTextToText``. bf16 on CUDA, float32 on CPU unless ``dtype`` is given.
+    With ``processor_options`` (``min_pixels``/``max_pixels``; ``{}`` for the defaults),
+    the second item is the checkpoint's processor (:func:`load_processor`) instead.
 
     Example:
         >>> model, tok = load_checkpoint("out/checkpoint-500")  # doctest: +SKIP
+        >>> model, processor = load_checkpoint("out/checkpoint-500", processor_options={})  # doctest: +SKIP
     """
     import torch
-    from transformers import AutoModelForCausalLM
 
     info = inspect_checkpoint(path, allow_pickle=allow_pickle)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -136,7 +276,7 @@ def load_checkpoint(
         if info.kind == "adapter":
             model = _load_adapter(info.path, kw)
         else:
-            model = AutoModelForCausalLM.from_pretrained(str(info.path), **kw)
+            model = _auto_class(info.path).from_pretrained(str(info.path), **kw)
     except TokcalError:
         raise
     except Exception as exc:  # transformers raises many types for a bad checkpoint
@@ -144,8 +284,11 @@ def load_checkpoint(
     model.to(dev)
     model.eval()
     tok_src = tokenizer or info.path
-    if tokenizer is None and info.kind == "adapter" and not (info.path / "tokenizer_config.json").is_file():
+    if tokenizer is None and info.kind == "adapter" and not any(
+            (info.path / f).is_file() for f in ("tokenizer_config.json", *_PROCESSOR_FILES)):
         tok_src = _adapter_base(info.path)
+    if processor_options is not None:
+        return model, load_processor(tok_src, trust_remote_code=trust_remote_code, **dict(processor_options))
     return model, load_tokenizer(tok_src, trust_remote_code=trust_remote_code)
 
 
@@ -158,15 +301,13 @@ def _adapter_base(path: Path) -> str:
 
 
 def _load_adapter(path: Path, kw: dict[str, Any]) -> Any:
-    from transformers import AutoModelForCausalLM
-
     from tracking.errors import require
 
     peft = require("peft", "peft")
     base_path = _adapter_base(path)
     if Path(base_path).is_dir():
         inspect_checkpoint(base_path, allow_pickle=not kw["use_safetensors"])
-    base = AutoModelForCausalLM.from_pretrained(base_path, **kw)
+    base = _auto_class(base_path).from_pretrained(base_path, **kw)
     model = peft.PeftModel.from_pretrained(base, str(path))
     return model.merge_and_unload()
 

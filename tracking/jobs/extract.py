@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from tracking.core.scores import DecisionScores
 from tracking.core.scoring import score
 from tracking.core.spec import DecisionSpec
-from tracking.data.batches import make_batches, pad_id_of
+from tracking.data.batches import count_rows, make_batches, pad_id_of
 from tracking.data.conversation import Example
 from tracking.data.sources import EvalSource, as_source
 from tracking.errors import TokcalError
@@ -36,14 +36,16 @@ def score_examples(
     """Score tokenised examples with a loaded model; results in sample order.
 
     Args:
+        tokenizer: the tokenizer, or the processor for image sources (its ``.tokenizer``
+            resolves the decision tokens).
         source: makes the batches (default: right-padded, length-sorted token batches).
         shard: ``(rank, world)`` scores every world-th batch from ``rank`` on (torchrun).
     """
     if not examples:
         raise TokcalError("the eval set is empty; expected at least one record")
-    resolved = spec.resolve(tokenizer)
+    resolved = spec.resolve(getattr(tokenizer, "tokenizer", tokenizer))
     if source is not None:
-        batches = source.batches(examples, tokenizer, max_tokens=max_tokens)
+        batches = source.batches(examples, tokenizer, max_tokens=max_tokens, model=model)
     else:
         batches = make_batches(examples, pad_id_of(tokenizer), max_tokens=max_tokens)
     if shard is not None:
@@ -52,7 +54,7 @@ def score_examples(
     if progress:
         from tqdm.auto import tqdm
 
-        total = sum(len(b["sample_index"]) for b in batches)
+        total = count_rows(batches)
         bar = tqdm(total=total, desc=desc, unit="sample", file=sys.stderr, leave=False)
     try:
         scores = score(model, batches, resolved, progress=bar)
@@ -90,7 +92,7 @@ def score_checkpoint(
     check_load_options(load_kw.get("device"), load_kw.get("dtype"), max_tokens=max_tokens)
     source = as_source(data, chat_template=chat_template, max_samples=max_samples)
     source.check()  # a bad eval set fails before the model loads
-    model, tokenizer = load_checkpoint(Path(checkpoint), **load_kw)
+    model, tokenizer = load_checkpoint(Path(checkpoint), **load_kw, processor_options=source.processor_options())
     tokenizer = source.tokenizer_for(tokenizer)
     examples = source.examples(tokenizer, progress=progress)
     return score_examples(model, tokenizer, examples, spec, source=source, max_tokens=max_tokens,
