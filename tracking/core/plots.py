@@ -1,19 +1,120 @@
-"""Figures from computed metrics (matplotlib, Agg, no pyplot state)."""
+"""Figures from computed metrics (matplotlib, Agg, no pyplot state).
+
+Each kind of figure is a small painter that builds its axes, bars and labels once and then
+only sets bar heights and texts. :func:`reliability_diagram` and :func:`histogram_figure`
+return a fresh figure each call; :func:`metric_figures`, which the trackers call at every
+evaluation, reuses one figure per kind and layout *in each thread* (the callback draws in
+its background thread, W&B in the training thread), so an evaluation costs the drawing
+only, not the building of axes and ticks again.
+"""
 
 from __future__ import annotations
 
 import io
+import threading
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from tracking.core.metrics import DecisionMetrics, Histogram, ReliabilityBins
 
+_BLUE, _RED, _GREEN = "#4C72B0", "#C44E52", "#55A868"
+# matplotlib's default y margin above the tallest bar (axes.ymargin).
+_YMARGIN = 1.05
+
+
+def _count_limit(counts: np.ndarray) -> float:
+    """Top of a count axis: the tallest bar plus matplotlib's usual margin."""
+    top = float(np.max(counts)) if len(counts) else 0.0
+    return top * _YMARGIN if top > 0 else 1.0
+
+
+class _ReliabilityPainter:
+    """Accuracy bars, the gap to confidence (hatched outline), the diagonal, counts below."""
+
+    def __init__(self, edges: np.ndarray) -> None:
+        n = len(edges) - 1
+        left, width, zeros = edges[:-1], np.diff(edges), np.zeros(n)
+        self.fig = Figure(figsize=(5.0, 6.0), dpi=100)
+        top, bottom = self.fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+        self.top, self.bottom = top, bottom
+        self.acc = list(top.bar(left, zeros, width=width, align="edge", color=_BLUE, edgecolor="white",
+                                label="accuracy"))
+        self.gap = list(top.bar(left, zeros, bottom=zeros, width=width, align="edge", facecolor="none",
+                                edgecolor=_RED, hatch="//", linewidth=1.0, label="gap to confidence"))
+        top.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="perfect")
+        top.set_xlim(0, 1)
+        top.set_ylim(0, 1)
+        top.set_ylabel("accuracy")
+        top.legend(loc="upper left", fontsize=8)
+        # An explicit y turns off matplotlib's title placement, which measures the axes'
+        # tick labels at every draw; nothing sits above these axes, so the place is the same.
+        self.title = top.set_title("", y=1.0)
+        self.counts = list(bottom.bar(left, zeros, width=width, align="edge", color=_GREEN, edgecolor="white"))
+        bottom.set_ylabel("count")
+        # Fixed margins: tight_layout would draw the whole figure once more to measure it.
+        self.fig.subplots_adjust(left=0.13, right=0.97, top=0.94, bottom=0.08, hspace=0.08)
+
+    def paint(self, bins: ReliabilityBins, *, ece: float | None, title: str, xlabel: str) -> Figure:
+        full = bins.counts > 0
+        acc = np.where(full, bins.accuracy, 0.0)
+        conf = np.where(full, bins.confidence, 0.0)
+        for bar, a in zip(self.acc, acc):
+            bar.set_height(a)
+        for bar, a, c, f in zip(self.gap, acc, conf, full):
+            bar.set_y(a)
+            bar.set_height(c - a)
+            bar.set_visible(bool(f))  # an empty bin has no gap to show
+        for bar, c in zip(self.counts, bins.counts):
+            bar.set_height(c)
+        self.bottom.set_ylim(0, _count_limit(bins.counts))
+        self.title.set_text(title if ece is None or np.isnan(ece) else f"{title} (ECE = {ece:.4f})")
+        self.bottom.set_xlabel(xlabel)
+        return self.fig
+
+
+class _HistogramPainter:
+    """One panel per histogram on shared [0, 1] edges."""
+
+    def __init__(self, names: tuple[str, ...], edges: tuple[np.ndarray, ...]) -> None:
+        n = max(len(names), 1)
+        self.fig = Figure(figsize=(3.2 * n, 3.0), dpi=100)
+        self.axes = list(self.fig.subplots(1, n, squeeze=False)[0])
+        self.bars = []
+        for ax, name, e in zip(self.axes, names, edges):
+            self.bars.append(list(ax.bar(e[:-1], np.zeros(len(e) - 1), width=np.diff(e), align="edge",
+                                         color=_BLUE, edgecolor="white")))
+            ax.set_xlim(0, 1)
+            ax.set_title(name, y=1.0)  # explicit y: no title placement at every draw
+            ax.set_xlabel("probability")
+        self.axes[0].set_ylabel("count")
+        self.title = self.fig.suptitle("")
+        self.fig.subplots_adjust(left=0.8 / (3.2 * n), right=1 - 0.3 / (3.2 * n), top=0.80, bottom=0.17,
+                                 wspace=0.3)
+
+    def paint(self, histograms: dict[str, Histogram], *, title: str) -> Figure:
+        for ax, bars, h in zip(self.axes, self.bars, histograms.values()):
+            for bar, c in zip(bars, h.counts):
+                bar.set_height(c)
+            ax.set_ylim(0, _count_limit(h.counts))
+        self.title.set_text(title)
+        return self.fig
+
+
+def _reliability_painter(bins: ReliabilityBins) -> _ReliabilityPainter:
+    return _ReliabilityPainter(np.asarray(bins.edges, dtype=float))
+
+
+def _histogram_painter(histograms: dict[str, Histogram]) -> _HistogramPainter:
+    return _HistogramPainter(tuple(histograms), tuple(np.asarray(h.edges, dtype=float) for h in histograms.values()))
+
 
 def reliability_diagram(
     bins: ReliabilityBins, *, ece: float | None = None, title: str = "Reliability", xlabel: str = "confidence"
 ) -> Figure:
-    """Accuracy per bin against the diagonal, the gap shaded, counts underneath.
+    """Accuracy per bin against the diagonal, the gap shaded, counts underneath (a new figure).
 
     Example:
         >>> from tracking.core.metrics import reliability_bins
@@ -21,83 +122,90 @@ def reliability_diagram(
         >>> len(fig.axes)
         2
     """
-    fig = Figure(figsize=(5.0, 6.0), dpi=100)
-    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    edges = bins.edges
-    width = np.diff(edges)
-    left = edges[:-1]
-    full = bins.counts > 0
-    acc = np.where(full, bins.accuracy, 0.0)
-    conf = np.where(full, bins.confidence, 0.0)
-    top.bar(left, acc, width=width, align="edge", color="#4C72B0", edgecolor="white", label="accuracy")
-    top.bar(left[full], (conf - acc)[full], bottom=acc[full], width=width[full], align="edge",
-            facecolor="none", edgecolor="#C44E52", hatch="//", linewidth=1.0, label="gap to confidence")
-    top.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="perfect")
-    top.set_xlim(0, 1)
-    top.set_ylim(0, 1)
-    top.set_ylabel("accuracy")
-    top.legend(loc="upper left", fontsize=8)
-    full_title = title if ece is None or np.isnan(ece) else f"{title} (ECE = {ece:.4f})"
-    top.set_title(full_title)
-    bottom.bar(left, bins.counts, width=width, align="edge", color="#55A868", edgecolor="white")
-    bottom.set_ylabel("count")
-    bottom.set_xlabel(xlabel)
-    # Fixed margins: tight_layout would draw the whole figure once more to measure it.
-    fig.subplots_adjust(left=0.13, right=0.97, top=0.94, bottom=0.08, hspace=0.08)
-    return fig
+    return _reliability_painter(bins).paint(bins, ece=ece, title=title, xlabel=xlabel)
 
 
 def histogram_figure(histograms: dict[str, Histogram], *, title: str = "Decision histograms") -> Figure:
-    """One panel per histogram (p of each label, mass, confidence) on shared [0, 1] edges."""
-    names = list(histograms)
-    n = max(len(names), 1)
-    fig = Figure(figsize=(3.2 * n, 3.0), dpi=100)
-    axes = fig.subplots(1, n, squeeze=False)[0]
-    for ax, name in zip(axes, names):
-        h = histograms[name]
-        ax.bar(h.edges[:-1], h.counts, width=np.diff(h.edges), align="edge", color="#4C72B0", edgecolor="white")
-        ax.set_xlim(0, 1)
-        ax.set_title(name)
-        ax.set_xlabel("probability")
-    axes[0].set_ylabel("count")
-    fig.suptitle(title)
-    fig.subplots_adjust(left=0.8 / (3.2 * n), right=1 - 0.3 / (3.2 * n), top=0.80, bottom=0.17,
-                        wspace=0.3)
-    return fig
+    """One panel per histogram (p of each label, mass, confidence) on shared [0, 1] edges
+    (a new figure)."""
+    return _histogram_painter(histograms).paint(histograms, title=title)
+
+
+# Painters reused by metric_figures, per thread: {(kind, layout): painter}.
+_reused = threading.local()
+_MAX_REUSED = 16  # layouts kept per thread (n_bins and label sets rarely change in a run)
+
+
+def _reused_painter(kind: str, layout: tuple, build: Callable[[], Any]) -> Any:
+    cache: dict[tuple, Any] = _reused.__dict__.setdefault("painters", {})
+    key = (kind, layout)
+    painter = cache.get(key)
+    if painter is None:
+        if len(cache) >= _MAX_REUSED:
+            cache.clear()
+        painter = cache[key] = build()
+    return painter
+
+
+def _edges_key(edges: np.ndarray) -> tuple[int, bytes]:
+    e = np.asarray(edges, dtype=float)
+    return len(e), e.tobytes()
 
 
 def metric_figures(metrics: DecisionMetrics, *, step: int | None = None) -> dict[str, Figure]:
-    """The standard figures of one evaluation, keyed by a short name."""
+    """The standard figures of one evaluation, keyed by a short name.
+
+    The figures are reused: the next call in the same thread redraws them with its own
+    numbers. Render them (:func:`figure_to_png`, :func:`figure_to_array`) before calling
+    again, as every tracker does; for figures to keep, use :func:`reliability_diagram` and
+    :func:`histogram_figure`.
+
+    Example:
+        >>> from tracking.core.metrics import compute_metrics
+        >>> m = compute_metrics(np.array([[0.8, 0.1], [0.3, 0.6]]), np.array([0, 1]), ["Accept", "Reject"])
+        >>> sorted(metric_figures(m, step=10))
+        ['histograms', 'reliability', 'reliability_positive']
+    """
     where = "" if step is None else f" @ step {step}"
     figs: dict[str, Figure] = {}
     if metrics.reliability is not None:
-        ece = metrics.scalars.get(f"{metrics.prefix}decision_ece")
-        figs["reliability"] = reliability_diagram(metrics.reliability, ece=ece, title=f"Reliability{where}")
+        bins = metrics.reliability
+        painter = _reused_painter("reliability", _edges_key(bins.edges), lambda: _reliability_painter(bins))
+        figs["reliability"] = painter.paint(bins, ece=metrics.scalars.get(f"{metrics.prefix}decision_ece"),
+                                            title=f"Reliability{where}", xlabel="confidence")
     if metrics.positive_reliability is not None:
-        figs["reliability_positive"] = reliability_diagram(
-            metrics.positive_reliability,
-            title=f"P({metrics.labels[0]}) calibration{where}",
-            xlabel=f"mean q({metrics.labels[0]})",
-        )
+        bins = metrics.positive_reliability
+        painter = _reused_painter("reliability_positive", _edges_key(bins.edges),
+                                  lambda: _reliability_painter(bins))
+        figs["reliability_positive"] = painter.paint(bins, ece=None, title=f"P({metrics.labels[0]}) calibration{where}",
+                                                     xlabel=f"mean q({metrics.labels[0]})")
     if metrics.histograms:
-        figs["histograms"] = histogram_figure(metrics.histograms, title=f"Decision histograms{where}")
+        hists = metrics.histograms
+        layout = tuple((name, *_edges_key(h.edges)) for name, h in hists.items())
+        painter = _reused_painter("histograms", layout, lambda: _histogram_painter(hists))
+        figs["histograms"] = painter.paint(hists, title=f"Decision histograms{where}")
     return figs
 
 
-def figure_to_png(fig: Figure) -> bytes:
-    """Render to PNG bytes (Agg)."""
+def _agg_canvas(fig: Figure) -> Any:
+    """The figure's Agg canvas, made once (it keeps its renderer between draws)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    FigureCanvasAgg(fig)
+    canvas = fig.canvas
+    return canvas if isinstance(canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+
+
+def figure_to_png(fig: Figure) -> bytes:
+    """Render to PNG bytes (Agg), compressed fast: the same pixels, files about 10 % larger,
+    an eighth less time than zlib's default level."""
+    _agg_canvas(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
     return buf.getvalue()
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:
     """Render to an (H, W, 3) uint8 array, what ``mlflow.log_image`` accepts."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
+    canvas = _agg_canvas(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()

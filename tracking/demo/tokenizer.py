@@ -6,6 +6,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+# Qwen2's split regex: transformers 5 loads a qwen2 checkpoint's tokenizer as Qwen2Tokenizer,
+# which rebuilds this pre-tokenizer, so the saved one must be the same.
+from tracking.demo.qwen import QWEN2_PATTERN
+
 #: ChatML without a default system prompt; ``<|im_end|>`` closes each turn (and is EOS).
 CHATML_TEMPLATE = (
     "{%- for message in messages %}"
@@ -14,12 +18,6 @@ CHATML_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-# Qwen2's split regex: transformers 5 loads a qwen2 checkpoint's tokenizer as Qwen2Tokenizer,
-# which rebuilds this pre-tokenizer, so the saved one must be the same.
-_QWEN2_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
-    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
 
 
 def corpus(records: Iterable[dict[str, Any]]) -> list[str]:
@@ -55,7 +53,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = 512) -> Any:
     backend.train_from_iterator(texts, trainer=trainer)
     backend.normalizer = normalizers.NFC()
     backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_QWEN2_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     backend.decoder = decoders.ByteLevel()

@@ -1,0 +1,130 @@
+"""The logging side of one evaluation of ``--decisions`` decisions, per backend.
+
+For a binary spec (Accept/Reject), each step the median of ``--repeats``, wall and CPU:
+
+- ``metrics``: ``DecisionScores.metrics()`` (compute_metrics: scalars, bins, histograms,
+  the temperature fit);
+- ``figures``: every figure of one evaluation (``metric_figures``), rendered as the local
+  store does (PNG) and as MLflow and W&B do (arrays);
+- ``log_evaluation`` for each backend: ``local`` (files), ``mlflow`` (a sqlite store) and
+  ``wandb`` (offline), everything the tracker does for one evaluation, figures included;
+- ``total``: metrics plus the tracker call, what one evaluation costs the logging thread.
+
+Targets: all figures of one evaluation together under 0.5 s; the whole evaluation under 1 s
+for each backend. ``--profile`` prints where the local backend's time goes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+
+EXAMPLE = "python benchmarks/bench_logging.py --decisions 10000 --repeats 5 --backends local,mlflow,wandb"
+
+
+def scores(n: int, seed: int = 0) -> Any:
+    """``n`` binary decisions with some miscalibration and decision mass below 1."""
+    import numpy as np
+
+    from tracking.core.scores import DecisionScores
+
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.ones(2) * 0.7, size=n) * rng.uniform(0.6, 1.0, size=(n, 1))
+    gt = (rng.random(n) < 0.3 + 0.4 * p[:, 0]).astype(np.int64) ^ 1
+    return DecisionScores(["Accept", "Reject"], p, gt, np.arange(n))
+
+
+def repeat(fn: Callable[[int], Any], repeats: int) -> tuple[float, float]:
+    """Median wall and CPU seconds of ``fn(step)`` over ``repeats`` calls after one warm-up."""
+    fn(0)
+    walls, cpus = [], []
+    for i in range(repeats):
+        with common.clock() as c:
+            fn(i + 1)
+        walls.append(c.wall)
+        cpus.append(c.cpu)
+    return common.median(walls), common.median(cpus)
+
+
+def open_backend(name: str, root: Path) -> Any:
+    from tracking.trackers import open_tracker
+
+    if name == "local":
+        return open_tracker("local", local_dir=str(root / "local"))
+    if name == "mlflow":
+        return open_tracker("mlflow", tracking_uri=f"sqlite:///{root / 'mlflow.db'}", experiment="bench",
+                            spool=False)
+    if name == "wandb":
+        os.environ.setdefault("WANDB_DIR", str(root))
+        os.environ.setdefault("WANDB_SILENT", "true")
+        return open_tracker("wandb", project="tokcal-bench", wandb_mode="offline", spool=False)
+    raise SystemExit(f"expected a backend in local, mlflow, wandb, got {name!r}")
+
+
+def main() -> None:
+    ap = common.parser(__doc__, EXAMPLE)
+    ap.add_argument("--decisions", type=int, default=10_000, help="decisions in the evaluation (default: 10000)")
+    ap.add_argument("--repeats", type=int, default=5, help="median of this many (default: 5)")
+    ap.add_argument("--backends", default="local,mlflow,wandb", help="comma-separated (default: local,mlflow,wandb)")
+    ap.add_argument("--profile", action="store_true", help="print the top functions of the local backend's call")
+    common.add_output_args(ap)
+    a = ap.parse_args()
+    from tracking.core.plots import figure_to_array, figure_to_png, metric_figures
+
+    s = scores(a.decisions)
+    metrics = s.metrics()
+    report = common.Report("bench_logging", f"Logging one evaluation of {a.decisions:,} decisions", {
+        "labels": "Accept, Reject", "repeats": a.repeats, "figures": ", ".join(metric_figures(metrics))})
+    report.start()
+    steps: dict[str, tuple[float, float]] = {}
+    steps["metrics"] = repeat(lambda i: s.metrics(), a.repeats)
+    steps["figures (PNG, local)"] = repeat(
+        lambda i: [figure_to_png(f) for f in metric_figures(metrics, step=i).values()], a.repeats)
+    steps["figures (arrays, MLflow/W&B)"] = repeat(
+        lambda i: [figure_to_array(f) for f in metric_figures(metrics, step=i).values()], a.repeats)
+    root = Path(tempfile.mkdtemp(dir=a.workdir if a.workdir.exists() else None, prefix="logging-"))
+    calls: dict[str, tuple[float, float]] = {}
+    failed: dict[str, str] = {}
+    for name in [b.strip() for b in a.backends.split(",") if b.strip()]:
+        try:
+            tracker = open_backend(name, root)
+        except (ImportError, OSError, RuntimeError, ValueError) as exc:  # e.g. not installed: reported, the others run
+            failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+            continue
+        calls[name] = repeat(lambda i, t=tracker: t.log_evaluation(metrics, 10 * (i + 1)), a.repeats)
+        if a.profile and name == "local":
+            import cProfile
+            import pstats
+
+            prof = cProfile.Profile()
+            prof.runcall(tracker.log_evaluation, metrics, 9_999_990)
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+        tracker.close()
+    rows = [[k, w, c] for k, (w, c) in steps.items()]
+    rows += [[f"log_evaluation: {k}", w, c] for k, (w, c) in calls.items()]
+    rows += [[f"total: {k} (metrics + log_evaluation)", steps["metrics"][0] + w, steps["metrics"][1] + c]
+             for k, (w, c) in calls.items()]
+    rows += [[f"log_evaluation: {k}", "failed", v] for k, v in failed.items()]
+    report.table("One evaluation (median)", ["step", "wall s", "CPU s"], rows,
+                 note="log_evaluation draws the figures itself; W&B's CPU time leaves out its service process.")
+    figs = max(steps["figures (PNG, local)"][0], steps["figures (arrays, MLflow/W&B)"][0])
+    report.check("all figures of one evaluation", f"{figs:.3f} s", "< 0.5 s", figs < 0.5)
+    for k, (w, _) in calls.items():
+        total = steps["metrics"][0] + w
+        report.check(f"whole evaluation, {k}", f"{total:.3f} s", "< 1 s", total < 1.0,
+                     note="see the table for the step that dominates")
+    for k, v in failed.items():
+        report.check(f"whole evaluation, {k}", "not measured", "< 1 s", None, note=v)
+    report.extra = {"steps": steps, "calls": calls, "failed": failed}
+    report.write(a.json)
+
+
+if __name__ == "__main__":
+    main()
