@@ -8,9 +8,12 @@ metrics and logging are the same code that ``tokcal extract`` and ``tokcal backf
 from __future__ import annotations
 
 import itertools
+import atexit
 import logging
 import sys
 import warnings
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -42,6 +45,24 @@ log = logging.getLogger(__name__)
 #: (compute_loss, prediction_step and evaluation_loop sit within a dozen frames, DeepSpeed's
 #: and accelerate's wrappers included).
 CALLER_DEPTH = 40
+
+@dataclass
+class _Slot:
+    """One backend the callback logs to: its tracker once opened (``None`` before, or when
+    opening failed), and the (prefix) -> steps that its run already has."""
+
+    name: str
+    background: bool  # opened and logged in the background thread
+    tracker: Any = None
+    steps: dict[str, set[int]] = field(default_factory=dict)
+
+
+def _close_at_exit(ref: "weakref.ReferenceType[DecisionTrackingCallback]") -> None:
+    """At interpreter exit: end the runs tokcal opened (FAILED when training did not end)."""
+    callback = ref()
+    if callback is not None:
+        callback.close()
+
 
 
 class DecisionTrackingCallback(TrainerCallback):
@@ -108,6 +129,9 @@ class DecisionTrackingCallback(TrainerCallback):
         self._executor: Any = None
         self._pending: list[Any] = []
         self._histories: dict[str, TrajectoryState] = {}  # per eval-set prefix: per-sample correctness so far
+        self._slots: list[_Slot] = []
+        self._training = False  # between train begin and train end: an exit now means training failed
+        self._exit_hook: Any = None
         if tokenizer is not None:
             self._resolve(tokenizer)
 
@@ -175,7 +199,7 @@ class DecisionTrackingCallback(TrainerCallback):
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         self._attach(kw.get("model"), kw.get("processing_class"))
         if state.is_world_process_zero:
-            self._open_trackers(args)
+            self._open_trackers(args, training=True)
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         if self.capture is not None and len(self.capture):
@@ -231,20 +255,35 @@ class DecisionTrackingCallback(TrainerCallback):
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         self.flush()
+        self._training = False  # the runs stay open for a later evaluate(); close() or exit ends them
 
-    def close(self) -> None:
-        """Wait for pending logging, remove the forward hook, close the trackers it opened."""
+    def close(self, failed: bool | None = None) -> None:
+        """Wait for pending logging, remove the forward hook, end the runs tokcal opened.
+
+        Args:
+            failed: end them as FAILED (MLflow status, W&B exit code 1). By default they
+                are FAILED when training began and did not reach its end (an exception),
+                else FINISHED. A run tokcal only attached to (the Trainer's) stays as it is.
+
+        The callback also calls this at interpreter exit when nobody did.
+        """
         self.flush()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
         self._detach()
+        failed = self._training if failed is None else failed
         for t in self.trackers:
             try:
-                t.close()
+                t.close_failed() if failed else t.close()
             except Exception as exc:  # closing is best effort; say what failed
                 self._warn_once(f"close:{t.name}", f"tokcal could not close the {t.name} tracker: {exc}")
         self.trackers.clear()
+        self._slots.clear()
+        self._training = False
+        if self._exit_hook is not None:
+            atexit.unregister(self._exit_hook)
+            self._exit_hook = None
 
     # -- work --------------------------------------------------------------------------
     def _needs_own_pass(self, dataloader: Any) -> bool:
@@ -299,24 +338,50 @@ class DecisionTrackingCallback(TrainerCallback):
             f"{self.resolved.spec.prefix!r}; an answer reads {seen!r}. Check labels/prefix in the spec.",
         )
 
-    def _open_trackers(self, args: TrainingArguments) -> None:
-        if self.trackers:
+    def _open_trackers(self, args: TrainingArguments, training: bool = False) -> None:
+        """Open every backend's run and write ``tokcal.json``, off the training thread where
+        the backend allows it (W&B is opened here: it is not thread-safe, and works offline).
+
+        A remote server that does not answer gives a tracker that spools the run's creation
+        and every evaluation for ``tokcal sync`` (one warning); MLflow calls are bounded.
+        """
+        self._training = self._training or training
+        if self._slots:
             return
-        from tracking.jobs.state import STATE_FILE, write_state
-        from tracking.trackers import open_tracker
+        from tracking.trackers.base import backend_class
 
         names = self.settings.backends_for(getattr(args, "report_to", None))
         local_dir = self.settings.local_dir or str(Path(args.output_dir) / "tokcal")
-        for name in names:
-            try:
-                t = open_tracker(name, **self.settings.tracker_kwargs(name, local_dir=local_dir,
-                                                                     run_name=getattr(args, "run_name", None)))
-                t.log_config({"tokcal": self.settings.to_dict()})
-                self.trackers.append(t)
-            except Exception as exc:  # a tracking error never stops training
-                self._warn_once(f"open:{name}", f"tokcal could not open the {name} tracker: {exc}")
+        run_name = getattr(args, "run_name", None)
+        background = self.settings.background_logging
+        self._slots = [_Slot(name, background and backend_class(name).thread_safe) for name in names]
+        for slot in self._slots:
+            kwargs = self.settings.tracker_kwargs(slot.name, local_dir=local_dir, run_name=run_name)
+            kwargs.update(backend_class(slot.name).caller_context(kwargs))  # e.g. the Trainer's active MLflow run
+            self._run(slot.background, lambda slot=slot, kwargs=kwargs: self._open_slot(slot, kwargs))
+        # After every open (the background thread runs its work in order).
+        self._run(any(s.background for s in self._slots), lambda: self._write_state(args.output_dir))
+        if self._exit_hook is None:
+            self._exit_hook = lambda ref=weakref.ref(self): _close_at_exit(ref)
+            atexit.register(self._exit_hook)
+
+    def _open_slot(self, slot: _Slot, kwargs: dict[str, Any]) -> None:
+        from tracking.trackers import open_tracker
+
         try:
-            write_state(args.output_dir, [t.describe() for t in self.trackers], self.settings)
+            t = open_tracker(slot.name, **kwargs)
+            t.log_config({"tokcal": self.settings.to_dict()})
+        except Exception as exc:  # a tracking error never stops training
+            self._warn_once(f"open:{slot.name}", f"tokcal could not open the {slot.name} tracker: {exc}")
+            return
+        slot.tracker = t
+        self.trackers.append(t)
+
+    def _write_state(self, output_dir: str) -> None:
+        from tracking.jobs.state import STATE_FILE, write_state
+
+        try:
+            write_state(output_dir, [t.describe() for t in self.trackers], self.settings)
         except OSError as exc:
             self._warn_once("state", f"tokcal could not write {STATE_FILE}: {exc}")
 
@@ -345,28 +410,52 @@ class DecisionTrackingCallback(TrainerCallback):
             self._warn_once(f"flips:{type(exc).__name__}", f"tokcal could not count the flips at step {step}: {exc}")
         return metrics
 
+    def _run(self, background: bool, fn: Any) -> None:
+        """``fn`` in the background thread, or here."""
+        if background:
+            self._submit(fn)
+        else:
+            fn()
+
     def _log(self, args: TrainingArguments, state: TrainerState, scores: DecisionScores,
              metrics: DecisionMetrics) -> None:
         s = self.settings
         samples = self._sample_rows(scores) if s.log_samples else None
         state.log_history.append({**metrics.scalars, "epoch": state.epoch, "step": state.global_step})
-        if not self.trackers:
+        if not self._slots:
             self._open_trackers(args)
         step = state.global_step
-        for t in self.trackers:
-            def push(t: Any = t) -> None:
-                try:
-                    t.log_evaluation(metrics, step, samples=samples)
-                except Exception as exc:  # a tracking error never stops training
-                    self._warn_once(f"log:{t.name}", f"tokcal could not log evaluation at step {step} "
-                                                     f"to {t.name}: {exc}")
-
+        for slot in self._slots:
             # Figures and writes run in the background thread, beside training; a backend
             # that must be called from the training thread (thread_safe False: W&B) logs here.
-            if s.background_logging and t.thread_safe:
-                self._submit(push)
-            else:
-                push()
+            self._run(slot.background, lambda slot=slot: self._push(slot, metrics, step, samples))
+
+    def _push(self, slot: _Slot, metrics: Any, step: int, samples: list[dict[str, Any]] | None) -> None:
+        """One evaluation into one run, unless the run has this (prefix, step) already."""
+        t = slot.tracker
+        if t is None:  # it could not be opened (warned then)
+            return
+        key = f"{metrics.prefix}decision_samples"
+        if key not in slot.steps:
+            slot.steps[key] = self._logged_steps(t, key) if slot.background else set()
+        if step in slot.steps[key]:
+            self._warn_once(f"again:{t.name}", f"tokcal: the {t.name} run already has the {metrics.prefix!r} "
+                                               f"evaluation at step {step}; not logged again (one point per step)")
+            return
+        try:
+            t.log_evaluation(metrics, step, samples=samples)
+            slot.steps[key].add(step)
+        except Exception as exc:  # a tracking error never stops training
+            self._warn_once(f"log:{t.name}", f"tokcal could not log evaluation at step {step} to {t.name}: {exc}")
+
+    @staticmethod
+    def _logged_steps(tracker: Any, key: str) -> set[int]:
+        """The steps a run has for ``key`` (a resumed or re-attached run); none when the
+        backend cannot say now (its server is down)."""
+        try:
+            return set(tracker.logged_steps(key))
+        except Exception:  # deliberate: unknown means nothing to skip; the write itself is spooled if it fails
+            return set()
 
     def _submit(self, fn: Any) -> None:
         if self._executor is None:

@@ -14,6 +14,7 @@ from tests.helpers.training import train_tiny
 from tracking.core.spec import DecisionSpec
 from tracking.errors import TokcalError
 from tracking.jobs.extract import score_checkpoint
+from tracking.jobs.state import read_state
 from tracking.trackers.local import read_local_store
 
 KEYS = ["eval_avg_p_accept", "eval_avg_p_reject", "eval_decision_prob_mass", "eval_decision_confidence",
@@ -38,7 +39,7 @@ def runs(base_ckpt, tmp_path_factory):
 
 def store(out: Path) -> list[dict]:
     """The local run that tokcal.json names."""
-    state = json.loads((out / "tokcal.json").read_text())
+    state = read_state(out / "tokcal.json")  # the one reader: relative folders resolved
     return read_local_store(state["trackers"][0]["local_dir"])
 
 
@@ -161,7 +162,7 @@ def test_per_sample_table_text_only_when_asked(base_ckpt, tmp_path):
         cb = DecisionTrackingCallback(log_samples=True, sample_text=text, max_samples=5)
         train_tiny(base_ckpt, out, callbacks=[cb], max_steps=4)
         rec = store(out)[0]
-        run_dir = Path(json.loads((out / "tokcal.json").read_text())["trackers"][0]["local_dir"])
+        run_dir = Path(read_state(out / "tokcal.json")["trackers"][0]["local_dir"])
         rows = [json.loads(x) for x in (run_dir / rec["samples_file"]).read_text().splitlines()]
         assert len(rows) == 5
         assert {"sample_id", "p_accept", "p_reject", "gt", "pred", "correct"} <= set(rows[0])

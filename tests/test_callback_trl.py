@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from tests.helpers.models import make_tiny_checkpoint  # noqa: E402
 from tests.helpers.tokenizers import small_bpe_tokenizer  # noqa: E402
 from tracking.core.scoring import score  # noqa: E402
 from tracking.data.synthetic import review_records  # noqa: E402
+from tracking.jobs.state import read_state  # noqa: E402
 from tracking.trackers.local import read_local_store  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def test_sft_trainer(tmp_path: Path) -> None:
                              eval_dataset=prompt_completion(review_records(11, seed=5)), processing_class=tok,
                              callbacks=[cb := DecisionTrackingCallback()])
     trainer.train()
-    state = json.loads((tmp_path / "out" / "tokcal.json").read_text())
+    state = read_state(tmp_path / "out" / "tokcal.json")
     logged = read_local_store(state["trackers"][0]["local_dir"])
     assert [r["step"] for r in logged] == [4, 8]
     last = logged[-1]["scalars"]

@@ -1,23 +1,114 @@
-"""Writing results so that a crash never leaves a half-written file."""
+"""Files and the process environment: atomic writes, JSON, one-writer locks, and
+environment variables set for one block.
+
+Example:
+    >>> import os, tempfile
+    >>> from pathlib import Path
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = write_atomic(folder / "a.json", b"{}")
+    >>> oct((folder / "a.json").stat().st_mode & 0o777) == oct(0o666 & ~current_umask())
+    True
+    >>> with env_vars({"TOKCAL_EXAMPLE": "1"}):
+    ...     os.environ["TOKCAL_EXAMPLE"]
+    '1'
+    >>> "TOKCAL_EXAMPLE" in os.environ
+    False
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import sys
 import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
+_ENV_LOCK = threading.Lock()
+_UMASK_LOCK = threading.Lock()
+
+
+@contextmanager
+def env_vars(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set environment variables for the block (``None`` unsets one), then put back what
+    was there. The only place tokcal changes ``os.environ``.
+
+    Blocks may overlap in several threads: each variable keeps a stack of the values the
+    open blocks set, the latest open block's value is in force, and when the last block
+    for a variable ends the value from before the first one is back, whatever the order
+    in which they end.
+
+    Example:
+        >>> with env_vars({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}):
+        ...     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+        '1'
+    """
+    token = object()
+    with _ENV_LOCK:
+        for k, v in values.items():
+            stack = _ENV_STACKS.setdefault(k, [])
+            if not stack:
+                _ENV_BEFORE[k] = os.environ.get(k)
+            stack.append((token, None if v is None else str(v)))
+            _set_env(k, stack[-1][1])
+    try:
+        yield
+    finally:
+        with _ENV_LOCK:
+            for k in values:
+                stack = [entry for entry in _ENV_STACKS[k] if entry[0] is not token]
+                _ENV_STACKS[k] = stack
+                _set_env(k, stack[-1][1] if stack else _ENV_BEFORE.pop(k))
+
+
+_ENV_STACKS: dict[str, list[tuple[object, str | None]]] = {}
+_ENV_BEFORE: dict[str, str | None] = {}
+
+
+def _set_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+def current_umask() -> int:
+    """The process's umask (read from ``/proc/self/status`` where there is one, so that
+    nothing is changed, else by setting it and putting it back)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
 
 def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write a whole file or nothing: a temporary file beside ``path``, fsync, then rename."""
+    """Write a whole file or nothing: a temporary file beside ``path``, fsync, then rename.
+
+    The file gets the mode a plain ``open(path, "w")`` would give it (``0o666`` less the
+    umask), or keeps the mode of the file it replaces.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = p.stat().st_mode & 0o7777
+    except OSError:
+        mode = 0o666 & ~current_umask()
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, mode)  # mkstemp makes 0600 whatever the umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -134,3 +225,80 @@ def check_writable_dir(folder: str | Path, option: str = "output folder") -> Non
         raise TokcalError(f"{option}: {existing} is a file, so {p} cannot be a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise TokcalError(f"{option}: cannot write into {existing} (permission denied); choose a writable place")
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """Create and remove a file in ``folder`` (made if missing): the one check that also
+    catches a read-only mount, an immutable folder or a full quota, for root too.
+
+    Raises:
+        TokcalError: naming ``what``, the folder and the reason.
+    """
+    from tracking.errors import TokcalError
+
+    p = Path(folder)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=p, prefix=".tokcal-write-check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise TokcalError(f"cannot write {what} into {p} ({exc.strerror or exc}); expected a writable folder: "
+                          "fix its permissions or choose another") from exc
+
+
+@contextmanager
+def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
+    """Hold a lock file for the block, so that one process at a time writes ``what`` on
+    this machine; another process that holds it makes this fail at once (no waiting).
+
+    The file records the holder's PID and command line for the message; it is left in
+    place (removing it would let a third process lock a different file). Where there is
+    no ``fcntl`` (Windows) the block runs unlocked.
+
+    Raises:
+        TokcalError: another process holds the lock (its PID in the message).
+
+    Example:
+        >>> import tempfile
+        >>> lock = Path(tempfile.mkdtemp()) / "run.lock"
+        >>> with exclusive_lock(lock, "local run r1"):
+        ...     with exclusive_lock(lock, "local run r1"):
+        ...         pass
+        Traceback (most recent call last):
+        ...
+        tracking.errors.TokcalError: local run r1 is being written by another tokcal process ...
+    """
+    from tracking.errors import TokcalError
+
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: nothing to serialise with
+        yield
+        return
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
+            raise TokcalError(
+                f"{what} is being written by another tokcal process ({_holder_text(holder)}); expected one "
+                f"writer at a time: wait for it to finish (or stop it), then run this again. Lock: {p}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {' '.join(sys.argv)[:300]}\n".encode("utf-8", "replace"), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _holder_text(recorded: str) -> str:
+    pid, _, command = recorded.partition(" ")
+    return f"PID {pid}: {command}" if command else f"PID {pid}"

@@ -32,7 +32,9 @@ def run(lf_train) -> Path:
 def store(run: Path) -> tuple[Path, list[dict]]:
     from tracking.trackers.local import read_local_store
 
-    state = json.loads((run / "tokcal.json").read_text())
+    from tracking.jobs.state import read_state
+
+    state = read_state(run / "tokcal.json")
     (tracker,) = state["trackers"]
     assert tracker["backend"] == "local"
     return Path(tracker["local_dir"]), read_local_store(tracker["local_dir"])

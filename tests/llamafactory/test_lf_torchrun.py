@@ -39,7 +39,9 @@ def test_two_ranks_log_every_sample_once_and_extract_agrees(run: Path, lf_tiny: 
     from tracking.cli.main import main
     from tracking.trackers.local import read_local_store
 
-    (tracker,) = json.loads((run / "tokcal.json").read_text())["trackers"]
+    from tracking.jobs.state import read_state
+
+    (tracker,) = read_state(run / "tokcal.json")["trackers"]
     evals = read_local_store(tracker["local_dir"])
     assert [e["step"] for e in evals] == STEPS
     assert all(e["scalars"]["eval_decision_samples"] == 12 for e in evals)  # 6 per rank, gathered on rank 0

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from tracking.errors import TokcalError
 from tracking.trackers.base import backend_class, backend_names
-from tracking.trackers.spool import find_spool_dir, read_spool, sync_spool
 
 EPILOG = """\
 example:
   # the MLflow server was down during training; it is back:
-  tokcal sync tokcal-runs/spool
-  # an output folder works too, and the target run can be given explicitly:
+  tokcal sync out/                  # the training output folder (its tokcal/spool)
+  tokcal sync tokcal-runs/spool     # or a spool folder
+  # the target run can be given explicitly:
   tokcal sync out/ --backend mlflow --run-id 0f3c... --tracking-uri http://127.0.0.1:5000
 
-Points the run already has at a step are not logged again, and each spooled file is
-deleted only after it was replayed, so running sync twice is safe.
+A run whose server was down when training began is created first (its id goes into
+out/tokcal.json). Points the run already has at a step are not logged again, and each
+spooled file is deleted only after it was replayed, so running sync twice is safe. An
+unreadable entry is moved aside (*.spool.json.bad) and the others are replayed; the exit
+status is then 1.
 """
 
 
@@ -31,7 +35,8 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("path", metavar="SPOOL_DIR_OR_OUTPUT_DIR",
-                        help="the spool folder, or an output folder that holds one (tokcal-spool/, spool/)")
+                        help="the spool folder, or a training output folder (its tokcal/spool and the spool "
+                        "folders its tokcal.json records)")
     parser.add_argument("--backend", choices=backend_names(),
                         help="replay into this backend instead of the recorded one")
     parser.add_argument("--run-id", help="replay into this run instead of the recorded one")
@@ -43,25 +48,36 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    spool_dir = find_spool_dir(args.path)
-    entries = read_spool(spool_dir)
-    if not entries:
-        print(f"nothing to sync in {spool_dir}")
-        return 0
+    from tracking.jobs.sync import output_spool_dirs, pending_entries, sync_output
+
+    where = ", ".join(str(d) for d in output_spool_dirs(args.path))
+    entries = pending_entries(args.path)
     if args.dry_run:
         for file, entry in entries:
             target = entry["target"]
+            run = target.get("run_id") or "(to be created)"
             print(f"{file.name}: {entry['kind']} at step {entry['step']} -> {target.get('backend')} run "
-                  f"{target.get('run_id')} ({_location(target)})")
+                  f"{run} ({_location(target)})")
+        if not entries:
+            print(f"nothing to sync in {where}")
         return 0
-    result = sync_spool(
-        spool_dir, backend=args.backend, run_id=args.run_id, tracking_uri=args.tracking_uri,
+    result = sync_output(
+        args.path, backend=args.backend, run_id=args.run_id, tracking_uri=args.tracking_uri,
         project=args.project, entity=args.entity,
     )
-    runs = ", ".join(f"{t['backend']} run {t['run_id']}" for t in result.targets)
+    for bad in result.set_aside:
+        print(f"tokcal sync: {bad} is unreadable (cut off or not a spool entry); moved aside, not replayed",
+              file=sys.stderr)
+    if not entries and not result.set_aside:
+        print(f"nothing to sync in {where}")
+        return 0
+    for pending, described in result.created.items():
+        print(f"created {described.get('backend')} run {described.get('run_id')} (the server was down when "
+              "training began)")
+    runs = ", ".join(f"{t['backend']} run {t['run_id']}" for t in result.targets) or "no run"
     print(f"replayed {result.replayed} entries ({result.points} points) into {runs}; "
-          f"{result.skipped} were already there; {result.remaining} left in {spool_dir}")
-    return 0 if result.remaining == 0 else 1
+          f"{result.skipped} were already there; {result.remaining} left in {where}")
+    return 0 if result.remaining == 0 and not result.set_aside else 1
 
 
 def _location(target: dict[str, Any]) -> str:

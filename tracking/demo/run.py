@@ -107,22 +107,17 @@ def write_data(folder: Path, cfg: DemoConfig) -> dict[str, Path]:
 def mlflow_env(uri: str, experiment: str) -> Iterator[None]:
     """Point the Trainer's MLflow integration at ``uri``/``experiment``, then restore the
     environment and MLflow's process-wide tracking URI (which the integration sets)."""
-    keys = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": experiment}
-    old = {k: os.environ.get(k) for k in keys}
+    from tracking.io import env_vars
+
     try:
         from mlflow.tracking._tracking_service import utils as fluent
     except ImportError:  # a private module: if it moves, only the restore is skipped
         fluent = None
     old_fluent = getattr(fluent, "_tracking_uri", None)
-    os.environ.update(keys)
     try:
-        yield
+        with env_vars({"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": experiment}):
+            yield
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         if fluent is not None and hasattr(fluent, "_tracking_uri"):
             fluent._tracking_uri = old_fluent
 

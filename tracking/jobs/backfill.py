@@ -8,6 +8,12 @@ the same core as ``tokcal extract``. Steps the run already has for these metrics
 adds nothing and an interrupted backfill goes on where it stopped. A bad checkpoint is
 reported and the others still run.
 
+Never two points for one (metric, step) unless ``force``: backfill holds each run's
+writer lock (:meth:`~tracking.trackers.base.Tracker.writer_lock`; a second backfill or
+sync into the same run on this machine stops at once, naming the holder's PID) and checks
+the run again right before each write. A store it cannot write is an error before
+anything is scored.
+
 Under ``torchrun`` (a ``torch.distributed`` process group), every rank scores a shard of
 the batches; rank 0 gathers the probabilities, writes the files and logs. The batches are
 the same as in one process, so the numbers are too.
@@ -26,7 +32,7 @@ import logging
 import os
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -35,7 +41,7 @@ from tracking.core.distributed import Dist
 from tracking.core.scores import DecisionScores
 from tracking.data.sources import EvalSource, as_source
 from tracking.errors import TokcalError, first_line
-from tracking.io import check_writable_dir
+from tracking.io import check_writable, check_writable_dir, exclusive_lock
 from tracking.jobs.checkpoints import (
     check_load_options,
     inspect_checkpoint,
@@ -203,8 +209,9 @@ def score_one(res: CheckpointResult, cache: ExampleCache, spec: Any, dist: Dist,
 
 
 def log_one(res: CheckpointResult, scores: DecisionScores, trackers: Sequence[Any], settings: TrackingSettings,
-            *, prefix: str, tags: Mapping[str, str]) -> None:
-    """Write the per-decision JSONL and log the evaluation into each tracker at its step."""
+            *, prefix: str, tags: Mapping[str, str], force: bool = False) -> int:
+    """Write the per-decision JSONL and log the evaluation into each tracker at its step,
+    unless (without ``force``) the run has that step by now; returns how many logged it."""
     from tracking.io import write_jsonl
 
     metrics = scores.metrics(n_bins=settings.n_bins, hist_bins=settings.hist_bins, prefix=prefix)
@@ -213,9 +220,15 @@ def log_one(res: CheckpointResult, scores: DecisionScores, trackers: Sequence[An
     samples = None
     if settings.log_samples:
         samples = rows[: settings.max_samples] if settings.max_samples else rows
+    logged = 0
     for tracker in trackers:
+        if not force and res.step in tracker.logged_steps(f"{prefix}decision_samples"):
+            log.info("step %d is in %s run %s by now; not logged again", res.step, tracker.name, tracker.run_id)
+            continue
         tracker.log_evaluation(metrics, res.step, samples=samples, tags=dict(tags))
+        logged += 1
     res.scalars = dict(metrics.scalars)
+    return logged
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -272,41 +285,60 @@ def backfill(
     if output_dir is not None:
         check_writable_dir(output_dir, "--output-dir")
     source.check()
-    if output_dir is not None:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-    results, need = plan(checkpoints, trackers, key=f"{metric_prefix}decision_samples", force=force,
-                         output_dir=output_dir, allow_pickle=bool(load_kw.get("allow_pickle", False)))
-    need, n_trackers = dist.broadcast((need, len(trackers)))
-    report = BackfillReport(results, [t.describe() for t in trackers])
-    cache = ExampleCache(source, progress=progress and dist.main)
-    marker = {**MARKER, **dict(tags or {})}
-    with _bar(len(results), enabled=progress and dist.main) as bar:
-        for res in results:
-            if res.status == "pending" and n_trackers and not need[res.step]:
-                res.status = "skipped"
-            if res.status == "pending":
-                bar.set_postfix_str(res.path.name)
-                _run_one(res, cache, settings, dist, [trackers[i] for i in need[res.step] if i < len(trackers)],
-                         marker=marker, prefix=metric_prefix, max_tokens=max_tokens, progress=progress,
-                         load_kw=load_kw)
-            bar.update(1)
+    with ExitStack() as locks:
+        _claim(trackers, locks, dist)
+        if output_dir is not None:  # made here, and a file written and removed: read-only mounts too
+            check_writable(output_dir, "the per-decision files (--output-dir)")
+        results, need = plan(checkpoints, trackers, key=f"{metric_prefix}decision_samples", force=force,
+                             output_dir=output_dir, allow_pickle=bool(load_kw.get("allow_pickle", False)))
+        need, n_trackers = dist.broadcast((need, len(trackers)))
+        report = BackfillReport(results, [t.describe() for t in trackers])
+        cache = ExampleCache(source, progress=progress and dist.main)
+        marker = {**MARKER, **dict(tags or {})}
+        with _bar(len(results), enabled=progress and dist.main) as bar:
+            for res in results:
+                if res.status == "pending" and n_trackers and not need[res.step]:
+                    res.status = "skipped"
+                if res.status == "pending":
+                    bar.set_postfix_str(res.path.name)
+                    _run_one(res, cache, settings, dist, [trackers[i] for i in need[res.step] if i < len(trackers)],
+                             marker=marker, prefix=metric_prefix, max_tokens=max_tokens, progress=progress,
+                             load_kw=load_kw, force=force)
+                bar.update(1)
     report.tokenizations = cache.builds
     return report
 
 
+def _claim(trackers: Sequence[Tracker], locks: ExitStack, dist: Dist) -> None:
+    """On the logging rank: every store writable and every run's writer lock held, before
+    anything is scored; every rank stops with the same one-line error otherwise."""
+    error = None
+    try:
+        for t in trackers:
+            t.check_writable()
+            locks.enter_context(exclusive_lock(t.writer_lock(), f"{t.name} run {t.run_id}"))
+    except TokcalError as exc:
+        error = str(exc)
+    error = dist.broadcast(error)
+    if error:
+        raise TokcalError(error)
+
+
 def _run_one(res: CheckpointResult, cache: ExampleCache, settings: TrackingSettings, dist: Dist,
              trackers: Sequence[Any], *, marker: Mapping[str, str], prefix: str, max_tokens: int,
-             progress: bool, load_kw: Mapping[str, Any]) -> None:
+             progress: bool, load_kw: Mapping[str, Any], force: bool = False) -> None:
     """Score one checkpoint, log it on rank 0, and agree on its outcome on every rank."""
     t0 = time.perf_counter()
     scores, error = score_one(res, cache, settings.spec, dist, max_tokens=max_tokens, progress=progress,
                               load_kw=load_kw)
+    status = "logged"
     if error is None and dist.main:
         try:
-            log_one(res, scores, trackers, settings, prefix=prefix, tags=marker)
+            if trackers and not log_one(res, scores, trackers, settings, prefix=prefix, tags=marker, force=force):
+                status = "skipped"  # another writer logged the step meanwhile
         except Exception as exc:  # a failed write or tracker call fails this checkpoint only
             error = first_line(exc, with_type=not isinstance(exc, TokcalError))
-    res.status, res.error = dist.broadcast(("failed", error) if error else ("logged", None))
+    res.status, res.error = dist.broadcast(("failed", error) if error else (status, None))
     res.seconds = time.perf_counter() - t0
 
 

@@ -4,13 +4,23 @@ Written by the callback at train begin into ``output_dir``: the trackers it open
 tracker's ``describe()``, credentials redacted) and the tracking settings (spec, options).
 This module is its only reader and writer.
 
+Folders inside the output folder (a local run's ``local_dir``, a ``spool_dir``) are
+recorded relative to it, so a copied or moved output folder backfills into its own copy
+of the store; :func:`read_state` gives them back as absolute paths (absolute ones from
+older files are read as they are). A run whose server was down at train begin is recorded
+with ``run_id: null`` and a ``pending`` id until ``tokcal sync`` creates it
+(:func:`record_created_run`).
+
 Example:
     >>> import tempfile
     >>> from pathlib import Path
     >>> folder = Path(tempfile.mkdtemp())
-    >>> _ = write_state(folder, [{"backend": "local", "run_id": "r1"}], TrackingSettings())
-    >>> read_state(find_state([folder]))["trackers"][0]["run_id"]
-    'r1'
+    >>> _ = write_state(folder, [{"backend": "local", "run_id": "r1", "local_dir": str(folder / "tokcal" / "r1")}],
+    ...                 TrackingSettings())
+    >>> import json; json.loads((folder / STATE_FILE).read_text())["trackers"][0]["local_dir"]
+    'tokcal/r1'
+    >>> read_state(find_state([folder]))["trackers"][0]["local_dir"] == str(folder.resolve() / "tokcal" / "r1")
+    True
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from tracking.jobs.settings import TrackingSettings
 
 STATE_FILE = "tokcal.json"
 _GLOB_CHARS = "*?["
+PATH_KEYS = ("local_dir", "spool_dir")  # tracker fields that are folders
 
 
 def find_state(paths: Iterable[str | os.PathLike[str]]) -> Path | None:
@@ -43,10 +54,16 @@ def find_state(paths: Iterable[str | os.PathLike[str]]) -> Path | None:
 
 
 def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a ``tokcal.json`` (``{"trackers": [...], <settings>}``)."""
+    """Read a ``tokcal.json`` (``{"trackers": [...], <settings>}``), with the trackers'
+    relative folders resolved against the file's folder."""
     from tracking.config import load_json_object
 
-    return load_json_object(path)
+    state = load_json_object(path)
+    base = Path(path).resolve().parent
+    trackers = state.get("trackers")
+    if isinstance(trackers, list):
+        state["trackers"] = [_resolved(t, base) if isinstance(t, dict) else t for t in trackers]
+    return state
 
 
 def settings_from_state(state: Mapping[str, Any] | None) -> TrackingSettings:
@@ -59,12 +76,67 @@ def settings_from_state(state: Mapping[str, Any] | None) -> TrackingSettings:
 def write_state(output_dir: str | os.PathLike[str], trackers: Sequence[Mapping[str, Any]],
                 settings: TrackingSettings) -> Path:
     """Write ``<output_dir>/tokcal.json`` atomically: the trackers' descriptions and the
-    settings, every credential (a password in a URI, a token) shown as ``***``."""
+    settings, every credential (a password in a URI, a token) shown as ``***``, folders
+    inside ``output_dir`` relative to it."""
     from tracking.io import write_json
     from tracking.trackers.base import redact
 
     recorded = settings.to_dict()
     if recorded.get("tracking_uri"):
         recorded["tracking_uri"] = redact(recorded["tracking_uri"])
-    described = [{k: redact(v) if isinstance(v, str) else v for k, v in t.items()} for t in trackers]
+    base = Path(output_dir).resolve()
+    described = [_relative({k: redact(v) if isinstance(v, str) else v for k, v in t.items()}, base)
+                 for t in trackers]
     return write_json(Path(output_dir) / STATE_FILE, {"trackers": described, **recorded})
+
+
+def spool_dirs(state: Mapping[str, Any] | None) -> list[Path]:
+    """The spool folders that the recorded trackers use (from :func:`read_state`)."""
+    out: list[Path] = []
+    for t in (state or {}).get("trackers") or []:
+        if isinstance(t, dict) and t.get("spool_dir") and Path(t["spool_dir"]) not in out:
+            out.append(Path(t["spool_dir"]))
+    return out
+
+
+def record_created_run(path: str | os.PathLike[str], pending: str, described: Mapping[str, Any]) -> bool:
+    """Put the id of a run that ``tokcal sync`` created into the ``tokcal.json`` entry
+    that waited for it (``pending``); ``False`` when no entry has that pending id."""
+    from tracking.config import load_json_object
+    from tracking.io import write_json
+    from tracking.trackers.base import redact
+
+    state = load_json_object(path)
+    base = Path(path).resolve().parent
+    changed = False
+    for t in state.get("trackers") or []:
+        if isinstance(t, dict) and t.get("pending") == pending:
+            keep = {k: t[k] for k in ("spool_dir",) if k in t}
+            t.clear()
+            t.update(_relative({k: redact(v) if isinstance(v, str) else v for k, v in described.items()}, base))
+            t.update(keep)
+            changed = True
+    if changed:
+        write_json(path, state)
+    return changed
+
+
+def _relative(tracker: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    out = dict(tracker)
+    for key in PATH_KEYS:
+        value = out.get(key)
+        if isinstance(value, str) and value and Path(value).is_absolute():
+            try:
+                out[key] = Path(value).resolve().relative_to(base).as_posix()
+            except ValueError:  # outside the output folder: kept absolute
+                pass
+    return out
+
+
+def _resolved(tracker: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    out = dict(tracker)
+    for key in PATH_KEYS:
+        value = out.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            out[key] = str(base / value)
+    return out

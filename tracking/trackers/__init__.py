@@ -26,6 +26,7 @@ from tracking.trackers.base import (
     DEFAULT_BACKEND,
     DEFAULT_LOCAL_DIR,
     Tracker,
+    TrackerUnreachable,
     backend_class,
     backend_names,
     check_backend,
@@ -44,6 +45,7 @@ __all__ = [
     "SpoolingTracker",
     "SyncResult",
     "Tracker",
+    "TrackerUnreachable",
     "backend_class",
     "backend_names",
     "check_backend",
@@ -76,7 +78,9 @@ def open_tracker(
         run_name: display name of a new run.
         spool_dir: where failed remote calls are kept (default ``<local_dir>/spool``).
         spool: wrap remote backends in :class:`SpoolingTracker` (a failed call is spooled
-            with one warning instead of raising). ``tokcal sync`` opens with ``False``.
+            with one warning instead of raising; a server that does not answer when the
+            run is opened gives a tracker that spools the run's creation and every call,
+            for ``tokcal sync``). ``tokcal sync`` and ``tokcal backfill`` open with ``False``.
         **options: the backend's own options (``None`` means unset): MLflow
             ``tracking_uri``, ``experiment`` (MLflow's defaults when unset); W&B
             ``project``, ``entity``, ``wandb_mode`` (``"online"``/``"offline"``; unset
@@ -103,7 +107,13 @@ def open_tracker(
                 f"got {redact(str(value))!r}"
             )
     given = {o: v for o, v in options.items() if v is not None}
-    tracker = cls.open(run_id=run_id, run_name=run_name, local_dir=local_dir, **given)
+    spool_to = spool_dir if spool_dir is not None else Path(local_dir) / "spool"
+    try:
+        tracker = cls.open(run_id=run_id, run_name=run_name, local_dir=local_dir, **given)
+    except TrackerUnreachable as exc:
+        if not (spool and cls.remote):
+            raise
+        return SpoolingTracker.unopened(cls, exc, spool_to, run_id=run_id, run_name=run_name, options=given)
     if not (spool and cls.remote):
         return tracker
-    return SpoolingTracker(tracker, spool_dir if spool_dir is not None else Path(local_dir) / "spool")
+    return SpoolingTracker(tracker, spool_to)

@@ -27,9 +27,11 @@ import json
 import math
 import os
 import re
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -39,6 +41,17 @@ from tracking.errors import TokcalError
 from tracking.io import to_jsonable, write_atomic  # noqa: F401  (re-exported for the backends)
 
 DEFAULT_LOCAL_DIR = "tokcal-runs"  # the local store, and the parent of the default spool folder
+LOCK_DIR_ENV = "TOKCAL_LOCK_DIR"  # where the writer locks of remote runs live (default: a folder in the temp dir)
+
+
+class TrackerUnreachable(TokcalError):
+    """The backend's server did not answer (refused, timed out, 5xx after the retries).
+
+    A backend raises it instead of a plain :class:`TokcalError` when the failure is the
+    connection, not the request: ``open_tracker`` then keeps the run's creation and its
+    calls in the spool (see :class:`~tracking.trackers.spool.SpoolingTracker`) instead of
+    failing, and ``tokcal sync`` creates the run later.
+    """
 
 #: The tag every backfilled evaluation carries (``tokcal backfill``); the readers set
 #: :attr:`Point.backfilled` from it.
@@ -332,6 +345,14 @@ class Tracker(ABC):
         return cls(run_id=run_id, run_name=run_name, **options)  # type: ignore[call-arg]
 
     @classmethod
+    def caller_context(cls, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The :func:`~tracking.trackers.open_tracker` arguments that only the calling
+        thread can tell, for a run that is then opened in another thread (the callback
+        opens in its background thread): MLflow gives the run that the Trainer's
+        integration made active in this thread. Default: none."""
+        return {}
+
+    @classmethod
     def reopen_kwargs(
         cls, described: Mapping[str, Any], overrides: Mapping[str, Any], *,
         where: str = "tokcal.json", default_local_dir: str | None = None,
@@ -431,12 +452,30 @@ class Tracker(ABC):
     def close(self) -> None:
         """Finish what this tracker started; a run it only attached to stays as it was."""
 
-    def finish_run(self) -> None:
-        """Mark the run finished even though this tracker only attached to it.
+    def close_failed(self) -> None:
+        """End what this tracker started as failed (the training it tracked raised); a run
+        it only attached to stays as it was. Backends without run states just close."""
+        self.close()
+
+    def finish_run(self, status: str = "FINISHED") -> None:
+        """Mark the run ended (``"FINISHED"`` or ``"FAILED"``) even though this tracker only
+        attached to it.
 
         ``tokcal sync`` calls it when the tracker that started the run could not close it
         (the server was down at the end of training). Backends without run states do nothing.
         """
+
+    def check_writable(self) -> None:
+        """Raise :class:`TokcalError` now for a write that would fail for a reason visible
+        before any work (a read-only store); backfill calls it before scoring. Remote
+        backends cannot tell and do nothing."""
+
+    def writer_lock(self) -> Path:
+        """The lock file that lets one process at a time write into this run on this
+        machine (``tokcal backfill``, ``tokcal sync``): in the temp folder by default,
+        keyed by backend and run id (``TOKCAL_LOCK_DIR`` moves it); the local backend
+        keeps it beside its store."""
+        return lock_dir() / f"{self.name}-{_safe_name(str(self.run_id))}.lock"
 
     def __enter__(self) -> "Tracker":
         return self
@@ -446,6 +485,20 @@ class Tracker(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.describe()!r})"
+
+
+def lock_dir() -> Path:
+    """Where the writer locks of remote runs live: ``TOKCAL_LOCK_DIR``, else
+    ``<temp dir>/tokcal-locks-<uid>``."""
+    given = os.environ.get(LOCK_DIR_ENV)
+    if given:
+        return Path(given)
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    return Path(tempfile.gettempdir()) / f"tokcal-locks-{user}"
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:120]
 
 
 # ------------------------------------------------------------------------ the registry

@@ -13,7 +13,8 @@ Each line of ``evaluations.jsonl`` is ``DecisionMetrics.to_dict()`` (``labels``,
 ``notes``) plus ``step``, ``timestamp``, ``tags``, ``images`` and ``samples_file``, so
 ``DecisionMetrics.from_dict(line)`` gives the metrics back. A line is written with one
 ``write`` and fsynced; a crash can leave at most an unterminated last line, which the
-reader skips with a warning and the next write removes. One process writes a run.
+reader skips with a warning and the next write removes. One process at a time writes a
+run: ``tokcal backfill`` and ``tokcal sync`` hold ``.tokcal-writer.lock`` in the run folder.
 
 ``tokcal report`` reads a run folder, or a folder of run folders, back with
 :func:`read_local`; ``tokcal.json`` records the run folder as ``local_dir``.
@@ -33,6 +34,7 @@ from typing import Any
 
 from tracking.core.metrics import DecisionMetrics
 from tracking.errors import TokcalError
+from tracking.io import check_writable
 from tracking.trackers.base import (
     DEFAULT_LOCAL_DIR,
     FIGURE_SUFFIX,
@@ -51,6 +53,7 @@ logger = logging.getLogger(__name__)
 EVALUATIONS_FILE = "evaluations.jsonl"
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.json"
+WRITER_LOCK = ".tokcal-writer.lock"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 
 
@@ -137,6 +140,13 @@ class LocalTracker(Tracker):
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "run_id": self._run_id, "local_dir": str(self._dir.resolve())}
+
+    def check_writable(self) -> None:
+        check_writable(self._dir, f"the local run {self._run_id}")
+
+    def writer_lock(self) -> Path:
+        """``<run folder>/.tokcal-writer.lock``: beside the store, so it follows the folder."""
+        return self._dir / WRITER_LOCK
 
     def log_config(self, config: dict[str, Any]) -> None:
         if not isinstance(config, dict):

@@ -22,6 +22,12 @@ Per evaluation, with ``prefix="eval_"``:
 and bins, histograms, notes and tags from the ``bins_step_*.json`` artifacts.
 ``tokcal.json`` and the spool record the tracking URI with its password as ``***``;
 :func:`tracking_uri_for` asks for the real one when such a run is reopened.
+
+Every call tokcal makes to the server is bounded (:func:`bounded_requests`): 1 retry and
+a 10 s timeout per request instead of MLflow's 7 retries with back-off and 120 s, which
+held a call up for minutes when the server was down. ``TOKCAL_MLFLOW_MAX_RETRIES`` and
+``TOKCAL_MLFLOW_TIMEOUT`` change the bound. A server that does not answer when a run is
+opened raises :class:`~tracking.trackers.base.TrackerUnreachable`.
 """
 
 from __future__ import annotations
@@ -30,21 +36,25 @@ import json
 import logging
 import os
 import re
+import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tracking.core.metrics import DecisionMetrics, Histogram
 from tracking.errors import TokcalError, first_line, require
+from tracking.io import env_vars
 from tracking.trackers.base import (
     BINS_COLUMNS,
     FIGURE_SUFFIX,
     Point,
     Series,
     Tracker,
+    TrackerUnreachable,
     bins_from_table,
     bins_rows,
     finite_scalars,
@@ -67,6 +77,73 @@ _MAX_PARAM = 6000  # MLflow's limit on a param value's length
 
 _RUN_ID = re.compile(r"[0-9a-f]{32}")  # what MLflow's run ids look like
 _BINS_FILE = re.compile(r"/bins_step_\d+\.json$")
+
+MAX_RETRIES = 1  # per request, for tokcal's own calls (MLflow's default: 7, with back-off)
+TIMEOUT_S = 10  # per request (MLflow's default: 120 s)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def request_bounds() -> dict[str, str]:
+    """The MLflow client settings for tokcal's own calls: ``TOKCAL_MLFLOW_MAX_RETRIES``
+    and ``TOKCAL_MLFLOW_TIMEOUT`` when set, else :data:`MAX_RETRIES` and :data:`TIMEOUT_S`.
+
+    Example:
+        >>> request_bounds()["MLFLOW_HTTP_REQUEST_TIMEOUT"]
+        '10'
+    """
+    retries = os.environ.get("TOKCAL_MLFLOW_MAX_RETRIES") or str(MAX_RETRIES)
+    timeout = os.environ.get("TOKCAL_MLFLOW_TIMEOUT") or str(TIMEOUT_S)
+    for name, value in (("TOKCAL_MLFLOW_MAX_RETRIES", retries), ("TOKCAL_MLFLOW_TIMEOUT", timeout)):
+        if not value.isdigit() or (name == "TOKCAL_MLFLOW_TIMEOUT" and int(value) < 1):
+            raise TokcalError(f"expected {name} to be a whole number of {'seconds >= 1' if 'TIME' in name else 'retries'}, "
+                              f"got {value!r}")
+    return {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": retries,
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": timeout,
+    }
+
+
+@contextmanager
+def bounded_requests(**more: str | None) -> Iterator[None]:
+    """MLflow calls in this block give up after :func:`request_bounds`; the environment
+    is put back afterwards (other MLflow users in the process keep their settings)."""
+    with env_vars({**request_bounds(), **more}):
+        yield
+
+
+def _bounded(method: _F) -> _F:
+    @wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with bounded_requests():
+            return method(*args, **kwargs)
+
+    return call  # type: ignore[return-value]
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether an MLflow error is the server not answering (refused, timed out, or still
+    failing after the retries) rather than a refused request (no such run, bad input).
+
+    Example:
+        >>> is_unreachable(ConnectionRefusedError(111, "Connection refused")), is_unreachable(ValueError("x"))
+        (True, False)
+    """
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        if isinstance(node, (ConnectionError, TimeoutError)):
+            return True
+        if type(node).__module__.split(".")[0] in ("requests", "urllib3") and any(
+            word in type(node).__name__ for word in ("Connection", "Timeout", "MaxRetry", "Retry")
+        ):
+            return True
+        text = str(node)
+        if "Max retries exceeded" in text or "Connection refused" in text or "Read timed out" in text:
+            return True
+        node = node.__cause__ or node.__context__
+    return False
 
 
 def artifact_folder(prefix: str) -> str:
@@ -145,16 +222,26 @@ class MlflowTracker(Tracker):
             run_id = mlflow.active_run().info.run_id
         if run_id is None and os.environ.get("MLFLOW_RUN_ID"):
             run_id = os.environ["MLFLOW_RUN_ID"]
+        what = f"run {run_id!r}" if run_id is not None else "a new run"
         try:
-            if run_id is not None:
-                run = self._client.get_run(run_id)
-            else:
-                experiment_id = self._experiment_id(experiment)
-                run = self._client.create_run(experiment_id, run_name=run_name, tags={"tokcal": "1"})
-                self._owned = True
-        except MlflowException as exc:
-            what = f"run {run_id!r}" if run_id is not None else "a new run"
-            raise TokcalError(f"could not open MLflow {what} at {where}: {_first_line(exc)}") from exc
+            with bounded_requests():
+                if run_id is not None:
+                    run = self._client.get_run(run_id)
+                else:
+                    experiment_id = self._experiment_id(experiment)
+                    run = self._client.create_run(experiment_id, run_name=run_name, tags={"tokcal": "1"})
+                    self._owned = True
+        except Exception as exc:
+            if is_unreachable(exc):
+                bounds = request_bounds()
+                raise TrackerUnreachable(
+                    f"could not open MLflow {what} at {where}: the server did not answer "
+                    f"({bounds['MLFLOW_HTTP_REQUEST_MAX_RETRIES']} retry, {bounds['MLFLOW_HTTP_REQUEST_TIMEOUT']} s "
+                    f"timeout; TOKCAL_MLFLOW_MAX_RETRIES/TOKCAL_MLFLOW_TIMEOUT change that): {_first_line(exc)}"
+                ) from exc
+            if isinstance(exc, MlflowException):
+                raise TokcalError(f"could not open MLflow {what} at {where}: {_first_line(exc)}") from exc
+            raise
         self._run_id: str = run.info.run_id
         self._experiment_id_value: str = run.info.experiment_id
 
@@ -166,6 +253,20 @@ class MlflowTracker(Tracker):
             return "0"  # the Default experiment every MLflow store has
         found = self._client.get_experiment_by_name(name)
         return found.experiment_id if found is not None else self._client.create_experiment(name)
+
+    @classmethod
+    def caller_context(cls, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The run active in this thread (MLflow keeps active runs per thread), when
+        ``kwargs`` names no run and no other store. Imports nothing: without ``mlflow``
+        imported there is no active run."""
+        mlflow = sys.modules.get("mlflow")
+        if kwargs.get("run_id") or mlflow is None:
+            return {}
+        active = mlflow.active_run()
+        uri = kwargs.get("tracking_uri")
+        if active is None or (uri is not None and uri != mlflow.get_tracking_uri()):
+            return {}
+        return {"run_id": active.info.run_id}
 
     @classmethod
     def reopen_kwargs(
@@ -195,6 +296,9 @@ class MlflowTracker(Tracker):
     @classmethod
     def read_described(cls, described: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> list[Series]:
         given = (overrides or {}).get("tracking_uri")
+        if not described.get("run_id"):
+            raise TokcalError("tokcal.json records an MLflow run that was not created yet (the server was down when "
+                              "training began); expected 'tokcal sync OUTPUT_DIR' first, which creates it")
         return read_mlflow(described["run_id"], tracking_uri_for(described.get("tracking_uri"), given, "tokcal.json"))
 
     @property
@@ -220,6 +324,7 @@ class MlflowTracker(Tracker):
             "local_dir": None,
         }
 
+    @_bounded
     def log_config(self, config: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -245,6 +350,7 @@ class MlflowTracker(Tracker):
                 ", ".join(sorted(changed)), self._run_id,
             )
 
+    @_bounded
     def _write_evaluation(
         self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None, tags: dict[str, Any],
     ) -> None:
@@ -277,6 +383,7 @@ class MlflowTracker(Tracker):
         for i in range(0, len(points), _BATCH):
             self._client.log_batch(run, metrics=points[i : i + _BATCH], synchronous=True)
 
+    @_bounded
     def logged_steps(self, key: str) -> set[int]:
         return {int(m.step) for m in self._client.get_metric_history(self._run_id, key)}
 
@@ -286,18 +393,19 @@ class MlflowTracker(Tracker):
             self.finish_run()
         self._closed = True
 
-    def finish_run(self) -> None:
+    def close_failed(self) -> None:
+        """End the run with status FAILED if this tracker created it."""
+        if self._owned and not self._closed:
+            self.finish_run("FAILED")
+        self._closed = True
+
+    def finish_run(self, status: str = "FINISHED") -> None:
+        if status not in ("FINISHED", "FAILED", "KILLED"):
+            raise TokcalError(f"expected an MLflow run status FINISHED, FAILED or KILLED, got {status!r}")
         # MLflow prints "View run ... at: <tracking URI>" here, password included; print a
         # redacted link instead.
-        previous = os.environ.get("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
-        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-        try:
-            self._client.set_terminated(self._run_id, "FINISHED")
-        finally:
-            if previous is None:
-                del os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"]
-            else:
-                os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = previous
+        with bounded_requests(MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true"):
+            self._client.set_terminated(self._run_id, status)
         if self._uri.startswith(("http://", "https://")):
             url = f"{self._uri.rstrip('/')}/#/experiments/{self._experiment_id_value}/runs/{self._run_id}"
             logger.info("MLflow run: %s", redact(url))
@@ -352,6 +460,11 @@ def read_mlflow(run_id: str, tracking_uri: str | None = None) -> list[Series]:
     Example:
         >>> series = read_mlflow("4f0c2b9e8d7a4c1b9e0f1a2b3c4d5e6f", "sqlite:///mlflow.db")  # doctest: +SKIP
     """
+    with bounded_requests():
+        return _read_mlflow(run_id, tracking_uri)
+
+
+def _read_mlflow(run_id: str, tracking_uri: str | None) -> list[Series]:
     mlflow = require("mlflow", "mlflow")
     from mlflow.exceptions import MlflowException
 
@@ -360,7 +473,7 @@ def read_mlflow(run_id: str, tracking_uri: str | None = None) -> list[Series]:
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
-        raise TokcalError(f"could not open MLflow run {run_id!r} at {where}: {str(exc).splitlines()[0][:200]}") from exc
+        raise TokcalError(f"could not open MLflow run {run_id!r} at {where}: {_first_line(exc)}") from exc
     keys = list(run.data.metrics)
     prefixes = metric_prefixes(keys)
     if not prefixes:
@@ -389,23 +502,10 @@ def _bins_tables(client: Any, run_id: str, folder: str, tmp: str, error: type[Ex
     wanted = [f for f in listed if _BINS_FILE.search(f)]
     tables: dict[int, dict[str, Any]] = {}
     if wanted:
-        with _no_progress_bar():
+        with env_vars({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
             local = Path(client.download_artifacts(run_id, folder, tmp))
         for f in wanted:
             table = json.loads((local / Path(f).name).read_text(encoding="utf-8"))
             tables[int(table["step"])] = table
     return tables
 
-
-@contextmanager
-def _no_progress_bar() -> Iterator[None]:
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    old = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old

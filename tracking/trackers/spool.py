@@ -1,28 +1,45 @@
 """Never lose an evaluation: a wrapper that spools failed calls, and their replay.
 
 :class:`SpoolingTracker` wraps a remote tracker. When its ``log_evaluation`` (or
-``log_config``) raises for any reason (server down, network, quota), the payload is
-written to the spool folder as one ``*.spool.json`` file, ONE warning is logged for the
-whole run, and training goes on. :func:`sync_spool` (``tokcal sync``) replays the files
-into the run later, skipping (metric, step) points the run already has, and deletes each
-file only once its replay succeeded.
+``log_config``, ``close``) raises for any reason (server down, network, quota), the
+payload is written to the spool folder as one ``*.spool.json`` file, ONE warning is
+logged for the whole run, and training goes on. After a failure the server is left
+alone for :data:`RETRY_AFTER_S` seconds (calls in that time go straight to the spool),
+so an outage costs one bounded attempt, not one per evaluation.
+
+When the server does not answer when the run is to be opened
+(:class:`~tracking.trackers.base.TrackerUnreachable`), :meth:`SpoolingTracker.unopened`
+stands in for the run: a ``create`` entry records how to create it, and every later call
+is spooled against a ``pending`` id.
+
+:func:`sync_spool` (``tokcal sync``) replays the files later: first it creates the
+pending runs (and records each new run id in its ``create`` entry, so a second sync
+attaches instead of creating again), then settings, evaluations by step and the runs'
+ends. It skips (metric, step) points the run already has, holds the run's writer lock
+(:meth:`~tracking.trackers.base.Tracker.writer_lock`) while it writes, and deletes each
+file only once its replay succeeded. An unreadable file (cut off, not JSON) is moved
+aside as ``*.spool.json.bad`` with a warning; the others are replayed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import uuid
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tracking.core.metrics import DecisionMetrics
 from tracking.errors import TokcalError
+from tracking.io import exclusive_lock
 from tracking.trackers.base import (
     Tracker,
+    TrackerUnreachable,
     backend_class,
     finite_scalars,
     redact,
@@ -33,11 +50,70 @@ from tracking.trackers.base import (
 logger = logging.getLogger(__name__)
 
 SPOOL_SUFFIX = ".spool.json"
+BAD_SUFFIX = ".bad"  # an unreadable entry, moved aside
 SPOOL_VERSION = 1
-# Where ``tokcal sync OUTPUT_DIR`` looks for a spool, in this order.
-SPOOL_DIR_NAMES: tuple[str, ...] = ("tokcal-spool", "spool", "tokcal-runs/spool")
-# Replay order: settings first, then evaluations by step, then ending the run.
-_KIND_ORDER: dict[str, int] = {"config": 0, "evaluation": 1, "close": 2}
+RETRY_AFTER_S = 30.0  # after a failed call, spool without trying the server for this long
+# Where ``tokcal sync OUTPUT_DIR`` looks for a spool, in this order (the callback's is tokcal/spool).
+SPOOL_DIR_NAMES: tuple[str, ...] = ("tokcal/spool", "tokcal-spool", "spool", "tokcal-runs/spool")
+# Replay order: creating the run, settings, evaluations by step, then ending the run.
+_KIND_ORDER: dict[str, int] = {"create": -1, "config": 0, "evaluation": 1, "close": 2}
+_STATUSES = ("FINISHED", "FAILED")
+
+
+class UnopenedRun(Tracker):
+    """A remote run whose server did not answer when it was to be opened.
+
+    It records what ``tokcal sync`` needs to create the run later (or to attach to
+    ``run_id``); every call raises :class:`TrackerUnreachable`, so that a
+    :class:`SpoolingTracker` around it spools the call. A new run gets a ``pending`` id
+    that its spool entries and ``tokcal.json`` carry until sync creates it.
+    """
+
+    def __init__(self, cls: type[Tracker], error: BaseException, *, run_id: str | None = None,
+                 run_name: str | None = None, options: Mapping[str, Any] | None = None) -> None:
+        self.name = cls.name
+        self.remote = cls.remote
+        self._thread_safe = cls.thread_safe
+        self._run_id = run_id
+        self.pending = uuid.uuid4().hex if run_id is None else None
+        self.error = error
+        shown = {k: redact(v) if isinstance(v, str) else v for k, v in (options or {}).items()}
+        self.open_args = {"run_name": run_name, **shown}
+        self._target: dict[str, Any] = {"backend": cls.name, "run_id": run_id,
+                                         **{o: shown.get(o) for o in cls.options}, "local_dir": None}
+        if self.pending:
+            self._target["pending"] = self.pending
+
+    @property
+    def thread_safe(self) -> bool:  # type: ignore[override]
+        return self._thread_safe
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run_id
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self._target)
+
+    def _down(self) -> TrackerUnreachable:
+        return TrackerUnreachable(f"{self.name} was not reachable when the run was to be opened ({self.error})")
+
+    def log_config(self, config: dict[str, Any]) -> None:
+        raise self._down()
+
+    def _write_evaluation(self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None,
+                          tags: dict[str, Any]) -> None:
+        raise self._down()
+
+    def logged_steps(self, key: str) -> set[int]:
+        raise self._down()
+
+    def close(self) -> None:
+        if self.pending:  # the run tokcal was to start: sync ends it
+            raise self._down()
+
+    def close_failed(self) -> None:
+        self.close()
 
 
 class SpoolingTracker(Tracker):
@@ -46,19 +122,49 @@ class SpoolingTracker(Tracker):
     Invalid arguments (a negative step, not a ``DecisionMetrics``) still raise: they are
     bugs in the caller, not tracker failures.
 
+    Args:
+        inner: the remote tracker.
+        spool_dir: where failed calls are kept.
+        retry_after_s: after a failure, calls go to the spool without trying the server
+            for this many seconds.
+
     Example:
         >>> tracker = SpoolingTracker(MlflowTracker(tracking_uri=uri), "tokcal-spool")  # doctest: +SKIP
         >>> tracker.log_evaluation(metrics, step=120)  # server down: spooled, one warning  # doctest: +SKIP
     """
 
-    def __init__(self, inner: Tracker, spool_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, inner: Tracker, spool_dir: str | os.PathLike[str], *,
+                 retry_after_s: float = RETRY_AFTER_S) -> None:
         if not isinstance(inner, Tracker):
             raise TokcalError(f"expected inner to be a Tracker, got {type(inner).__name__}")
         self.inner = inner
         self.spool_dir = Path(spool_dir)
         self.name = inner.name
         self.spooled = 0
+        self.retry_after_s = retry_after_s
         self._warned = False
+        self._down_until = -math.inf
+        self._down_error: BaseException | None = None
+
+    @classmethod
+    def unopened(cls, backend: type[Tracker], error: BaseException, spool_dir: str | os.PathLike[str], *,
+                 run_id: str | None = None, run_name: str | None = None,
+                 options: Mapping[str, Any] | None = None) -> "SpoolingTracker":
+        """Stand in for a run whose server did not answer: spool its creation (a new run)
+        and every later call; one warning says how to replay them."""
+        inner = UnopenedRun(backend, error, run_id=run_id, run_name=run_name, options=options)
+        tracker = cls(inner, spool_dir, retry_after_s=math.inf)
+        tracker._warned = True
+        tracker._down_until, tracker._down_error = math.inf, error
+        if inner.pending:
+            tracker._spool({"kind": "create", "step": 0, "open": inner.open_args}, error)
+        logger.warning(
+            "tokcal: could not reach %s to open %s (%s); training goes on, and %s every evaluation "
+            "are kept in %s. When the server is back: tokcal sync %s",
+            backend.name, f"run {run_id}" if run_id else "a new run", _short(error),
+            "the run's creation and" if inner.pending else "", tracker.spool_dir, tracker.spool_dir,
+        )
+        return tracker
 
     @property
     def run_id(self) -> str | None:
@@ -68,41 +174,59 @@ class SpoolingTracker(Tracker):
     def thread_safe(self) -> bool:  # type: ignore[override]
         return self.inner.thread_safe
 
+    @property
+    def pending(self) -> str | None:
+        """The pending id of a run that is still to be created by ``tokcal sync``."""
+        return getattr(self.inner, "pending", None)
+
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "spool_dir": str(self.spool_dir.resolve())}
+
+    def writer_lock(self) -> Path:
+        return self.inner.writer_lock()
+
+    def _call(self, call: Callable[[], None], entry: Callable[[], dict[str, Any]]) -> None:
+        """Make ``call``, or spool ``entry()`` when it fails or the server failed recently."""
+        if time.monotonic() < self._down_until:
+            self._spool(entry(), self._down_error or RuntimeError("the server failed recently"))
+            return
+        try:
+            call()
+        except Exception as exc:  # deliberate: spool and warn, never stop training
+            self._down_until, self._down_error = time.monotonic() + self.retry_after_s, exc
+            self._spool(entry(), exc)
 
     def log_config(self, config: dict[str, Any]) -> None:
         if not isinstance(config, dict):
             raise TokcalError(f"expected config to be a dict, got {type(config).__name__}")
-        try:
-            self.inner.log_config(config)
-        except Exception as exc:  # deliberate: spool and warn, never stop training
-            self._spool({"kind": "config", "step": 0, "config": to_jsonable(config)}, exc)
+        self._call(lambda: self.inner.log_config(config),
+                   lambda: {"kind": "config", "step": 0, "config": to_jsonable(config)})
 
     def _write_evaluation(
         self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None, tags: dict[str, Any],
     ) -> None:
-        try:
-            self.inner.log_evaluation(metrics, step, samples=samples, tags=tags)
-        except Exception as exc:  # deliberate: spool and warn, never stop training
-            entry = {
-                "kind": "evaluation",
-                "step": step,
-                "metrics": metrics.to_dict(),
-                "samples": to_jsonable(samples),
-                "tags": to_jsonable(tags),
-            }
-            self._spool(entry, exc)
+        self._call(
+            lambda: self.inner.log_evaluation(metrics, step, samples=samples, tags=tags),
+            lambda: {"kind": "evaluation", "step": step, "metrics": metrics.to_dict(),
+                     "samples": to_jsonable(samples), "tags": to_jsonable(tags)},
+        )
 
     def logged_steps(self, key: str) -> set[int]:
         return self.inner.logged_steps(key)
 
     def close(self) -> None:
+        self._end("FINISHED")
+
+    def close_failed(self) -> None:
+        self._end("FAILED")
+
+    def _end(self, status: str) -> None:
+        # Only a run this tracker started is ended on close; sync ends it when this fails.
+        # Always tried, even right after a failure: it is the last call.
         try:
-            self.inner.close()
+            self.inner.close() if status == "FINISHED" else self.inner.close_failed()
         except Exception as exc:  # deliberate: the end of training must not fail on the tracker
-            # Only a run this tracker started is ended on close; sync will end it.
-            self._spool({"kind": "close", "step": 0}, exc)
+            self._spool({"kind": "close", "step": 0, "status": status}, exc)
         if self.spooled:
             logger.info("tokcal: %d call(s) to %s were kept in %s; replay them with: tokcal sync %s",
                         self.spooled, self.name, self.spool_dir, self.spool_dir)
@@ -133,7 +257,8 @@ class SpoolingTracker(Tracker):
                 self.name, self.run_id, _short(exc), self.spool_dir, self.spool_dir,
             )
         else:
-            logger.debug("tokcal: spooled step %s to %s (%s)", entry["step"], self.spool_dir, _short(exc))
+            logger.debug("tokcal: spooled %s at step %s to %s (%s)", entry["kind"], entry["step"], self.spool_dir,
+                         _short(exc))
 
 
 def _short(exc: BaseException) -> str:
@@ -150,107 +275,202 @@ def _short(exc: BaseException) -> str:
 class SyncResult:
     """What :func:`sync_spool` did."""
 
-    spool_dir: Path
-    replayed: int = 0  # entries pushed (wholly or partly)
+    spool_dirs: list[Path]
+    replayed: int = 0  # entries pushed (wholly or partly), runs created and ended included
     skipped: int = 0  # entries whose points were all in the run already
     points: int = 0  # scalar (metric, step) points written
     remaining: int = 0  # entries left in the spool
+    created: dict[str, dict[str, Any]] = field(default_factory=dict)  # pending id -> the new run's describe()
+    set_aside: list[Path] = field(default_factory=list)  # unreadable entries, moved to *.bad
     targets: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def spool_dir(self) -> Path:
+        """The first spool folder."""
+        return self.spool_dirs[0]
 
-def find_spool_dir(path: str | os.PathLike[str]) -> Path:
-    """The spool folder for ``path``: the folder itself when it holds ``*.spool.json``
-    files, else a known spool sub-folder, else the ``spool_dir`` recorded in
-    ``tokcal.json``."""
+
+def find_spool_dirs(path: str | os.PathLike[str], recorded: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
+    """The spool folders for ``path``: the folder itself when it holds ``*.spool.json``
+    files, the known spool sub-folders (:data:`SPOOL_DIR_NAMES`, the callback's
+    ``tokcal/spool`` first), and the ``recorded`` ones (``tokcal.json``'s ``spool_dir``)
+    that exist; ``[path]`` when there is none (an empty spool: nothing to do).
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp())
+        >>> (out / "tokcal" / "spool").mkdir(parents=True)
+        >>> [p.relative_to(out).as_posix() for p in find_spool_dirs(out)]
+        ['tokcal/spool']
+    """
     p = Path(path)
     if not p.is_dir():
         raise TokcalError(f"expected a spool folder or an output folder, got {p} (not a folder)")
-    if any(p.glob(f"*{SPOOL_SUFFIX}")):
-        return p
-    for name in SPOOL_DIR_NAMES:
-        if (p / name).is_dir():
-            return p / name
-    meta = p / "tokcal.json"
-    if meta.is_file():
-        try:
-            info = json.loads(meta.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise TokcalError(f"{meta} is not valid JSON: {exc}") from exc
-        tracker = info.get("tracker") if isinstance(info.get("tracker"), dict) else info
-        spool_dir = tracker.get("spool_dir") if isinstance(tracker, dict) else None
-        if spool_dir:
-            return Path(spool_dir) if Path(spool_dir).is_absolute() else p / spool_dir
-    return p  # an empty spool: nothing to do
+    candidates = [p] if any(p.glob(f"*{SPOOL_SUFFIX}")) else []
+    candidates += [p / name for name in SPOOL_DIR_NAMES] + [Path(r) for r in recorded]
+    found: list[Path] = []
+    for c in candidates:
+        if c.is_dir() and c.resolve() not in {f.resolve() for f in found}:
+            found.append(c)
+    return found or [p]
 
 
-def read_spool(spool_dir: str | os.PathLike[str]) -> list[tuple[Path, dict[str, Any]]]:
-    """The spooled entries, ordered by step then by when they were spooled."""
+def find_spool_dir(path: str | os.PathLike[str]) -> Path:
+    """The first of :func:`find_spool_dirs`."""
+    return find_spool_dirs(path)[0]
+
+
+def read_spool(spool_dir: str | os.PathLike[str], *, set_aside: list[Path] | None = None,
+               move_bad: bool = True) -> list[tuple[Path, dict[str, Any]]]:
+    """The spooled entries: runs to create first, then settings, evaluations by step
+    (then by when they were spooled) and runs' ends.
+
+    Args:
+        spool_dir: the folder.
+        set_aside: unreadable entries are appended here.
+        move_bad: move an unreadable entry (cut off, not JSON, not an entry) aside to
+            ``*.spool.json.bad`` with a warning; ``False`` leaves it (``--dry-run``).
+    """
     entries: list[tuple[Path, dict[str, Any]]] = []
     for file in sorted(Path(spool_dir).glob(f"*{SPOOL_SUFFIX}")):
+        problem = None
         try:
             entry = json.loads(file.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise TokcalError(f"{file}: expected a spool entry (JSON), got unreadable text ({exc})") from exc
-        if entry.get("kind") not in _KIND_ORDER or "target" not in entry:
-            raise TokcalError(f"{file}: expected a spool entry with 'kind' and 'target', got keys {sorted(entry)}")
+        except (ValueError, UnicodeDecodeError) as exc:
+            problem, entry = f"unreadable JSON ({exc})", None
+        if problem is None and (not isinstance(entry, dict) or entry.get("kind") not in _KIND_ORDER
+                                or not isinstance(entry.get("target"), dict)):
+            keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+            problem = f"not a spool entry with 'kind' and 'target' (got {keys})"
+        if problem is not None:
+            bad = file.with_name(file.name + BAD_SUFFIX)
+            if move_bad:
+                os.replace(file, bad)
+                logger.warning("tokcal: %s: %s; moved aside to %s, the other entries are replayed",
+                               file, problem, bad.name)
+            if set_aside is not None:
+                set_aside.append(bad if move_bad else file)
+            continue
         entries.append((file, entry))
     entries.sort(key=lambda fe: (_KIND_ORDER[fe[1]["kind"]], int(fe[1].get("step", 0)), fe[1].get("created", 0)))
     return entries
 
 
 def sync_spool(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     *,
     backend: str | None = None,
     run_id: str | None = None,
+    on_created: Callable[[str, dict[str, Any]], None] | None = None,
     **options: Any,
 ) -> SyncResult:
     """Replay a spool into its run(s); idempotent per (metric, step).
 
     Each entry goes to the run recorded with it, unless ``backend``/``run_id``/the
-    backend's options (``tracking_uri``, ``project``, ``entity``) say otherwise. Scalars
-    the run already has at that step are not logged again; an entry whose scalars are all
-    there is dropped. Each file is deleted only after its replay succeeded; the first
-    failure stops the replay with a :class:`TokcalError`.
+    backend's options (``tracking_uri``, ``project``, ``entity``) say otherwise. A run
+    still to be created (its server was down when training began) is created first,
+    unless ``run_id`` is given; ``on_created(pending_id, described)`` hears of each new
+    run (``tokcal sync`` records it in ``tokcal.json``). Scalars the run already has at
+    that step are not logged again; an entry whose scalars are all there is dropped. Each
+    file is deleted only after its replay succeeded; the first failure stops the replay
+    with a :class:`TokcalError`.
+
+    Args:
+        path: a spool folder or an output folder (see :func:`find_spool_dirs`), or a list
+            of spool folders.
 
     Example:
-        >>> result = sync_spool("tokcal-runs/spool")  # doctest: +SKIP
+        >>> result = sync_spool("out")  # doctest: +SKIP
         >>> result.replayed, result.skipped, result.remaining  # doctest: +SKIP
         (3, 0, 0)
     """
-    from tracking.trackers import open_tracker
-
-    spool_dir = find_spool_dir(path)
-    result = SyncResult(spool_dir=spool_dir)
-    entries = read_spool(spool_dir)
+    dirs = find_spool_dirs(path) if isinstance(path, (str, os.PathLike)) else [Path(p) for p in path]
+    result = SyncResult(spool_dirs=dirs)
+    entries = [e for d in dirs for e in read_spool(d, set_aside=result.set_aside)]
+    entries.sort(key=lambda fe: (_KIND_ORDER[fe[1]["kind"]], int(fe[1].get("step", 0)), fe[1].get("created", 0)))
     overrides = {"run_id": run_id, **options}
+    creates = {e["target"].get("pending"): (f, e) for f, e in entries if e["kind"] == "create"}
+    runs = _create_runs(creates, backend, overrides, on_created, result) if not run_id else {}
     groups: dict[tuple[Any, ...], list[tuple[Path, dict[str, Any]]]] = {}
     opens: dict[tuple[Any, ...], dict[str, Any]] = {}
     for file, entry in entries:  # every target is resolved before anything is replayed
-        name = backend or entry["target"].get("backend")
+        if entry["kind"] == "create":
+            continue
+        target = dict(entry["target"])
+        if target.get("pending") and not target.get("run_id") and not run_id:
+            if target["pending"] not in runs:
+                raise TokcalError(f"{file.name}: its run was to be created by sync, but the spool has no 'create' "
+                                  "entry for it; expected --run-id to name the run to replay it into")
+            target["run_id"] = runs[target["pending"]]
+        name = backend or target.get("backend")
         try:
-            kwargs = backend_class(name).reopen_kwargs(entry["target"], overrides, where="the spool")
+            kwargs = backend_class(name).reopen_kwargs(target, overrides, where="the spool")
         except TokcalError as exc:
             raise TokcalError(f"{file.name}: {exc}") from exc
         kwargs = {"backend": name, **{k: v for k, v in kwargs.items() if v is not None}}
         key = tuple(sorted(kwargs.items()))
         groups.setdefault(key, []).append((file, entry))
         opens[key] = kwargs
+    from tracking.trackers import open_tracker
+
     for key, group in groups.items():
         tracker = open_tracker(spool=False, **opens[key])
         result.targets.append(tracker.describe())
         try:
-            _replay(tracker, group, result)
+            with exclusive_lock(tracker.writer_lock(), f"{tracker.name} run {tracker.run_id}"):
+                _replay(tracker, group, result)
         except Exception as exc:
-            result.remaining = len(read_spool(spool_dir))
+            result.remaining = _count(dirs)
             raise TokcalError(
                 f"replay into {tracker.name} run {tracker.run_id} failed with {result.remaining} of "
-                f"{len(entries)} entries left ({_short(exc)}); they stay in {spool_dir}: run tokcal sync again"
+                f"{len(entries)} entries left ({_short(exc)}); they stay in {', '.join(map(str, dirs))}: "
+                "run tokcal sync again"
             ) from exc
         finally:
             tracker.close()
-    result.remaining = len(read_spool(spool_dir))
+    for file, _ in creates.values():  # every entry of the new runs is in: the record can go
+        file.unlink(missing_ok=True)
+    result.remaining = _count(dirs)
     return result
+
+
+def _count(dirs: Iterable[Path]) -> int:
+    return sum(1 for d in dirs for _ in d.glob(f"*{SPOOL_SUFFIX}"))
+
+
+def _create_runs(creates: Mapping[Any, tuple[Path, dict[str, Any]]], backend: str | None,
+                 overrides: Mapping[str, Any], on_created: Callable[[str, dict[str, Any]], None] | None,
+                 result: SyncResult) -> dict[str, str]:
+    """Create each pending run (or take the id an earlier sync recorded): pending id -> run id."""
+    from tracking.trackers import open_tracker
+
+    runs: dict[str, str] = {}
+    for pending, (file, entry) in creates.items():
+        if not pending:
+            raise TokcalError(f"{file.name}: expected a 'create' entry with a pending id, got none")
+        if entry.get("created_run_id"):
+            runs[pending] = entry["created_run_id"]
+            continue
+        target = entry["target"]
+        name = backend or target.get("backend")
+        cls = backend_class(name)
+        kwargs = cls.reopen_kwargs({**target, "run_id": None}, overrides, where="the spool")
+        for option, value in (entry.get("open") or {}).items():  # experiment, run name: only for a new run
+            if kwargs.get(option) is None and value is not None and "***" not in str(value) and (
+                    option in cls.options or option == "run_name"):
+                kwargs[option] = value
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        created = open_tracker(name, spool=False, **kwargs)  # not closed: that would end the new run
+        described = created.describe()
+        runs[pending] = created.run_id
+        write_atomic(file, json.dumps({**entry, "created_run_id": created.run_id}, indent=1).encode("utf-8"))
+        result.created[pending] = described
+        result.replayed += 1
+        logger.info("tokcal: created %s run %s for the evaluations spooled while the server was down",
+                    name, created.run_id)
+        if on_created is not None:
+            on_created(pending, described)
+    return runs
 
 
 def _replay(tracker: Tracker, group: list[tuple[Path, dict[str, Any]]], result: SyncResult) -> None:
@@ -261,7 +481,8 @@ def _replay(tracker: Tracker, group: list[tuple[Path, dict[str, Any]]], result: 
             if entry["kind"] == "config":
                 tracker.log_config(entry["config"])
             else:
-                tracker.finish_run()
+                status = entry.get("status", "FINISHED")
+                tracker.finish_run(status if status in _STATUSES else "FINISHED")
             file.unlink()
             result.replayed += 1
             continue

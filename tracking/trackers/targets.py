@@ -55,6 +55,9 @@ def tracker_targets(
     for t in entries:
         name = t["backend"]
         kw = backend_class(name).reopen_kwargs(t, overrides, where="tokcal.json", default_local_dir=default_local_dir)
+        if not kw.get("run_id") and t.get("pending"):
+            raise TokcalError(f"the {name} run was not created yet (its server was down when training began); "
+                              "expected 'tokcal sync OUTPUT_DIR' first, which creates it, or --run-id")
         if not kw.get("run_id"):
             raise TokcalError(f"no {name} run id recorded; expected --run-id (see docs/backfill.md to find it)")
         out.append({"backend": name, **kw})

@@ -273,6 +273,12 @@ class WandbTracker(Tracker):
             self._run.finish()
         self._closed = True
 
+    def close_failed(self) -> None:
+        """Finish the run as failed (exit code 1) if this tracker started it."""
+        if self._owned and not self._closed:
+            self._run.finish(exit_code=1)
+        self._closed = True
+
 
 # ------------------------------------------------------------------------ reading back
 
