@@ -1,4 +1,5 @@
-# Everything a fresh machine needs: `make demo` runs the main job, `make test` the test suite.
+# Everything a fresh machine needs: `make demo` runs the main job, `make test` the test suite,
+# `make bench` the benchmarks (docs/benchmarks.md).
 # TORCH_SPEC picks the torch build: the default pin is a CPU wheel on the CI image and the
 # ordinary CUDA wheel on a GPU machine; set e.g. TORCH_SPEC='torch==2.14.1' to change it.
 PYTHON ?= python3
@@ -25,7 +26,7 @@ demo: setup
 	$(VENV)/bin/tokcal demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache tokcal-demo
+	rm -rf $(VENV) .pytest_cache tokcal-demo .bench
 
 # LLaMA-Factory integration tests in their own venv (llamafactory 0.9.5 pins transformers<=5.6.0
 # and accelerate<=1.11.0). Its vision-language tests need torchvision (LLaMA-Factory loads the

@@ -1,16 +1,19 @@
 """Time ``compute_metrics`` on 10k, 100k and 1M decisions (binary and 4 labels).
 
-Run: ``python benchmarks/bench_metrics.py [--repeat 3]``; prints the best of the repeats.
+Prints the best of ``--repeat`` runs. Not part of ``make bench`` (the 1M-decision runs take
+a while on 2 cores); ``bench_logging.py`` times one evaluation of 10k decisions there.
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from tracking.core.metrics import compute_metrics
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
 
 
 def make(n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -20,9 +23,11 @@ def make(n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=3)
+    ap = common.parser(__doc__, "python benchmarks/bench_metrics.py --repeat 3")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per size; the best is printed (default: 3)")
     args = ap.parse_args()
+    from tracking.core.metrics import compute_metrics
+
     print(f"{'N':>9} {'K':>2} {'best s':>8} {'us/decision':>12}")
     for k, labels in [(2, ["Accept", "Reject"]), (4, ["A", "B", "C", "D"])]:
         for n in (10_000, 100_000, 1_000_000):
