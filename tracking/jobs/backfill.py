@@ -312,11 +312,14 @@ def backfill(
 def _claim(trackers: Sequence[Tracker], locks: ExitStack, dist: Dist) -> None:
     """On the logging rank: every store writable and every run's writer lock held, before
     anything is scored; every rank stops with the same one-line error otherwise."""
-    error = None
+    error, held = None, set()
     try:
         for t in trackers:
             t.check_writable()
-            locks.enter_context(exclusive_lock(t.writer_lock(), f"{t.name} run {t.run_id}"))
+            lock = t.writer_lock().resolve()
+            if lock not in held:  # the same run given twice is one writer
+                locks.enter_context(exclusive_lock(lock, f"{t.name} run {t.run_id}"))
+                held.add(lock)
     except TokcalError as exc:
         error = str(exc)
     error = dist.broadcast(error)

@@ -449,6 +449,12 @@ class Tracker(ABC):
         """Steps at which the scalar ``key`` (tokcal's name, e.g. ``eval_decision_ece``)
         already exists in the run; used to replay and backfill without doubling points."""
 
+    @property
+    def started_run(self) -> bool:
+        """Whether :meth:`close` has a run to end (this tracker created it); ``False`` for a
+        run it only attached to. Backends that cannot tell say ``True``."""
+        return True
+
     def close(self) -> None:
         """Finish what this tracker started; a run it only attached to stays as it was."""
 

@@ -130,6 +130,10 @@ class LocalTracker(Tracker):
         return read_local(described["local_dir"]) if described.get("local_dir") else []
 
     @property
+    def started_run(self) -> bool:
+        return False  # a folder has no run state to end
+
+    @property
     def run_id(self) -> str:
         return self._run_id
 

@@ -222,7 +222,7 @@ class MlflowTracker(Tracker):
             run_id = mlflow.active_run().info.run_id
         if run_id is None and os.environ.get("MLFLOW_RUN_ID"):
             run_id = os.environ["MLFLOW_RUN_ID"]
-        what = f"run {run_id!r}" if run_id is not None else "a new run"
+        what = f"MLflow run {run_id!r}" if run_id is not None else "a new MLflow run"
         try:
             with bounded_requests():
                 if run_id is not None:
@@ -235,12 +235,12 @@ class MlflowTracker(Tracker):
             if is_unreachable(exc):
                 bounds = request_bounds()
                 raise TrackerUnreachable(
-                    f"could not open MLflow {what} at {where}: the server did not answer "
+                    f"could not open {what} at {where}: the server did not answer "
                     f"({bounds['MLFLOW_HTTP_REQUEST_MAX_RETRIES']} retry, {bounds['MLFLOW_HTTP_REQUEST_TIMEOUT']} s "
                     f"timeout; TOKCAL_MLFLOW_MAX_RETRIES/TOKCAL_MLFLOW_TIMEOUT change that): {_first_line(exc)}"
                 ) from exc
             if isinstance(exc, MlflowException):
-                raise TokcalError(f"could not open MLflow {what} at {where}: {_first_line(exc)}") from exc
+                raise TokcalError(f"could not open {what} at {where}: {_first_line(exc)}") from exc
             raise
         self._run_id: str = run.info.run_id
         self._experiment_id_value: str = run.info.experiment_id
@@ -300,6 +300,10 @@ class MlflowTracker(Tracker):
             raise TokcalError("tokcal.json records an MLflow run that was not created yet (the server was down when "
                               "training began); expected 'tokcal sync OUTPUT_DIR' first, which creates it")
         return read_mlflow(described["run_id"], tracking_uri_for(described.get("tracking_uri"), given, "tokcal.json"))
+
+    @property
+    def started_run(self) -> bool:
+        return self._owned
 
     @property
     def run_id(self) -> str:

@@ -92,6 +92,10 @@ class UnopenedRun(Tracker):
     def run_id(self) -> str | None:
         return self._run_id
 
+    @property
+    def started_run(self) -> bool:
+        return self.pending is not None
+
     def describe(self) -> dict[str, Any]:
         return dict(self._target)
 
@@ -175,6 +179,10 @@ class SpoolingTracker(Tracker):
         return self.inner.thread_safe
 
     @property
+    def started_run(self) -> bool:
+        return self.inner.started_run
+
+    @property
     def pending(self) -> str | None:
         """The pending id of a run that is still to be created by ``tokcal sync``."""
         return getattr(self.inner, "pending", None)
@@ -212,7 +220,16 @@ class SpoolingTracker(Tracker):
         )
 
     def logged_steps(self, key: str) -> set[int]:
-        return self.inner.logged_steps(key)
+        """The inner run's steps; raises at once (without asking) while the server is
+        left alone after a failure, and a failure here starts that pause too."""
+        if time.monotonic() < self._down_until:
+            raise TrackerUnreachable(f"{self.name} failed recently ({_short(self._down_error or RuntimeError())}); "
+                                     "not asked again yet")
+        try:
+            return self.inner.logged_steps(key)
+        except Exception as exc:
+            self._down_until, self._down_error = time.monotonic() + self.retry_after_s, exc
+            raise
 
     def close(self) -> None:
         self._end("FINISHED")
@@ -221,12 +238,13 @@ class SpoolingTracker(Tracker):
         self._end("FAILED")
 
     def _end(self, status: str) -> None:
-        # Only a run this tracker started is ended on close; sync ends it when this fails.
-        # Always tried, even right after a failure: it is the last call.
-        try:
-            self.inner.close() if status == "FINISHED" else self.inner.close_failed()
-        except Exception as exc:  # deliberate: the end of training must not fail on the tracker
-            self._spool({"kind": "close", "step": 0, "status": status}, exc)
+        # Only a run this tracker started is ended on close; sync ends it when this fails
+        # (or when the server failed moments ago: the end of training does not wait for it).
+        if not self.inner.started_run:  # nothing to end on the server: no close entry either
+            self.inner.close()
+            return
+        self._call(lambda: self.inner.close() if status == "FINISHED" else self.inner.close_failed(),
+                   lambda: {"kind": "close", "step": 0, "status": status})
         if self.spooled:
             logger.info("tokcal: %d call(s) to %s were kept in %s; replay them with: tokcal sync %s",
                         self.spooled, self.name, self.spool_dir, self.spool_dir)

@@ -191,6 +191,10 @@ class WandbTracker(Tracker):
         return self._run
 
     @property
+    def started_run(self) -> bool:
+        return self._owned
+
+    @property
     def run_id(self) -> str:
         return self._run.id
 
