@@ -17,6 +17,7 @@ and a softmax at the answer positions, holding the batches in memory as a list.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import subprocess
@@ -156,10 +157,14 @@ def run_child(variant: str, ckpt: Path, data: Path, a: argparse.Namespace) -> di
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--records", type=int, default=32)
-    ap.add_argument("--max-tokens", type=int, default=4096)
-    ap.add_argument("--device", default="cpu")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  python benchmarks/bench_vl_extract.py --records 16 --workdir .bench/vl",
+    )
+    ap.add_argument("--records", type=int, default=32, help="records in the first run (the second has twice as many)")
+    ap.add_argument("--max-tokens", type=int, default=4096, help="padded tokens per batch")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--workdir", help="keep the generated checkpoint and pages here (default: a temporary folder)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -167,7 +172,7 @@ def main() -> None:
     if a.child:
         print(json.dumps(child(a.child, a.ckpt, a.data, a.max_tokens, a.device)))
         return
-    with tempfile.TemporaryDirectory() as tmp:
+    with (contextlib.nullcontext(a.workdir) if a.workdir else tempfile.TemporaryDirectory()) as tmp:
         rows = []
         for n in (a.records, 2 * a.records):  # memory should not grow with the eval set
             root = Path(tmp) / f"n{n}"
