@@ -94,7 +94,7 @@ def test_learning_moves_the_decision_mass(runs):
 
 def test_tokcal_json_points_at_the_run(runs):
     _, _, out = runs
-    state = json.loads((out / "tokcal.json").read_text())
+    state = read_state(out / "tokcal.json")
     assert state["trackers"][0]["backend"] == "local"
     assert state["spec"]["labels"] == ["Accept", "Reject"]
 

@@ -19,6 +19,7 @@ from tests.helpers.tokenizers import small_bpe_tokenizer
 from tests.helpers.training import as_dataset, train_tiny, write_records
 from tracking.core.spec import DecisionSpec
 from tracking.jobs.extract import score_checkpoint
+from tracking.jobs.state import read_state
 from tracking.trackers.local import read_local_store
 
 pytestmark = pytest.mark.slow
@@ -77,7 +78,7 @@ class CountEvalForwards:
 
 
 def local_run(out: Path) -> Path:
-    return Path(json.loads((out / "tokcal.json").read_text())["trackers"][0]["local_dir"])
+    return Path(read_state(out / "tokcal.json")["trackers"][0]["local_dir"])
 
 
 @pytest.mark.parametrize("how", ["label_smoothing_factor", "compute_loss_func", "compute_loss override"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from tests.helpers.tokenizers import small_bpe_tokenizer
 from tests.helpers.training import train_tiny
 from tracking.core.spec import DecisionSpec
 from tracking.jobs.extract import score_checkpoint
+from tracking.jobs.state import read_state
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_report_to_mlflow_logs_into_the_trainers_run(base_ckpt, tmp_path, mlflow
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "callback-test")
     out = tmp_path / "out"
     train_tiny(base_ckpt, out, callbacks=[DecisionTrackingCallback()], report_to="mlflow")
-    state = json.loads((out / "tokcal.json").read_text())
+    state = read_state(out / "tokcal.json")
     (tracker,) = state["trackers"]
     assert tracker["backend"] == "mlflow"
     client = MlflowClient(mlflow_server)

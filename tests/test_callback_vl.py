@@ -26,6 +26,7 @@ from tests.helpers.vision import (
 from tracking.core.spec import DecisionSpec
 from tracking.data.sources import ImageDataFile
 from tracking.jobs.extract import score_checkpoint
+from tracking.jobs.state import read_state
 from tracking.trackers.local import read_local_store
 
 pytestmark = pytest.mark.slow  # trains a (tiny) vision-language model
@@ -98,7 +99,7 @@ def runs(vl_base, pages, tmp_path_factory, mlflow_server):
 
 
 def trackers(out: Path) -> dict[str, dict]:
-    return {t["backend"]: t for t in json.loads((out / "tokcal.json").read_text())["trackers"]}
+    return {t["backend"]: t for t in read_state(out / "tokcal.json")["trackers"]}
 
 
 def live(out: Path) -> dict[int, dict]:

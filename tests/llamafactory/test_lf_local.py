@@ -30,9 +30,8 @@ def run(lf_train) -> Path:
 
 @pytest.fixture(scope="module")
 def store(run: Path) -> tuple[Path, list[dict]]:
-    from tracking.trackers.local import read_local_store
-
     from tracking.jobs.state import read_state
+    from tracking.trackers.local import read_local_store
 
     state = read_state(run / "tokcal.json")
     (tracker,) = state["trackers"]

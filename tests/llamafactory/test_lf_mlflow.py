@@ -9,6 +9,7 @@ import pytest
 
 from tests.llamafactory.conftest import CONFIG, needs_llamafactory, tiny_overrides
 from tests.llamafactory.test_lf_local import STEPS, close
+from tracking.jobs.state import read_state
 
 pytestmark = [needs_llamafactory, pytest.mark.slow]
 EXPERIMENT = "tokcal-lf"
@@ -38,11 +39,10 @@ def history(client, run_id: str) -> dict[str, dict[int, float]]:
 
 @pytest.fixture(scope="module")
 def runs(client, run: Path):
-    import json
 
     exp = client.get_experiment_by_name(EXPERIMENT)
     all_runs = client.search_runs([exp.experiment_id])
-    state = json.loads((run / "tokcal.json").read_text())
+    state = read_state(run / "tokcal.json")
     (tracker,) = state["trackers"]
     assert tracker["backend"] == "mlflow"
     return tracker["run_id"], all_runs

@@ -37,9 +37,8 @@ def run(lf_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_two_ranks_log_every_sample_once_and_extract_agrees(run: Path, lf_tiny: Path, tmp_path: Path) -> None:
     from tracking.cli.main import main
-    from tracking.trackers.local import read_local_store
-
     from tracking.jobs.state import read_state
+    from tracking.trackers.local import read_local_store
 
     (tracker,) = read_state(run / "tokcal.json")["trackers"]
     evals = read_local_store(tracker["local_dir"])

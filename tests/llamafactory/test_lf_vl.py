@@ -18,6 +18,7 @@ from tests.llamafactory.conftest import (
     run_tokcal_train,
     tiny_overrides,
 )
+from tracking.jobs.state import read_state
 
 pytestmark = [needs_llamafactory, pytest.mark.slow]
 
@@ -43,7 +44,7 @@ def run(lf_tiny_vl: Path, tmp_path_factory) -> Path:
 def store(run: Path) -> tuple[Path, list[dict]]:
     from tracking.trackers.local import read_local_store
 
-    (tracker,) = json.loads((run / "tokcal.json").read_text())["trackers"]
+    (tracker,) = read_state(run / "tokcal.json")["trackers"]
     return Path(tracker["local_dir"]), read_local_store(tracker["local_dir"])
 
 
