@@ -433,3 +433,29 @@ def test_a_run_tokcal_opened_ends_failed_when_training_raises(tiny_bpe_checkpoin
             cb.close()
     (recorded,) = read_state(tmp_path / "inproc" / STATE_FILE)["trackers"]
     assert client.get_run(recorded["run_id"]).info.status == "FAILED"
+
+
+def test_sync_while_training_still_spools_into_the_created_run(tmp_path, mlflow_server, mlflow_defaults, capsys):
+    """Sync creates the run while the training (the tracker here) keeps spooling under the
+    pending id; the next sync puts the later entries into the same run."""
+    out = tmp_path / "out"
+    down = f"http://127.0.0.1:{free_port()}"
+    experiment = f"late-{tmp_path.name}"
+    tracker = open_tracker("mlflow", tracking_uri=down, local_dir=out / "tokcal", experiment=experiment)
+    write_state(out, [tracker.describe()], TrackingSettings(backend="mlflow"))
+    metrics = {s: make_metrics(s) for s in (1, 2)}
+    tracker.log_evaluation(metrics[1], 1)
+    assert main(["sync", str(out), "--tracking-uri", mlflow_server]) == 0
+    run_id = read_state(out / STATE_FILE)["trackers"][0]["run_id"]
+    tracker.log_evaluation(metrics[2], 2)  # still spooled under the pending id
+    tracker.close()
+    capsys.readouterr()
+    assert main(["sync", str(out), "--tracking-uri", mlflow_server]) == 0
+    assert "created mlflow run" not in capsys.readouterr().out  # attached to the one created before
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    assert len(client.search_runs([client.get_experiment_by_name(experiment).experiment_id])) == 1
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "eval_decision_ece"))
+    assert history == [(s, pytest.approx(metrics[s].scalars["eval_decision_ece"])) for s in (1, 2)]
+    assert client.get_run(run_id).info.status == "FINISHED"

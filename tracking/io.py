@@ -252,7 +252,7 @@ def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
     """Hold a lock file for the block, so that one process at a time writes ``what`` on
     this machine; another process that holds it makes this fail at once (no waiting).
 
-    The file records the holder's PID and command line for the message; it is left in
+    The file records the holder's PID and command (``tokcal backfill``) for the message; it is left in
     place (removing it would let a third process lock a different file). Where there is
     no ``fcntl`` (Windows) the block runs unlocked.
 
@@ -289,7 +289,8 @@ def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
                 f"writer at a time: wait for it to finish (or stop it), then run this again. Lock: {p}"
             ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {' '.join(sys.argv)[:300]}\n".encode("utf-8", "replace"), 0)
+        command = " ".join([Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:2]])
+        os.pwrite(fd, f"{os.getpid()} {command[:100]}\n".encode("utf-8", "replace"), 0)
         try:
             yield
         finally:

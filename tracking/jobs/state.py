@@ -99,6 +99,12 @@ def spool_dirs(state: Mapping[str, Any] | None) -> list[Path]:
     return out
 
 
+def created_runs(state: Mapping[str, Any] | None) -> dict[str, str]:
+    """Pending id -> run id of the runs ``tokcal sync`` created (:func:`record_created_run`)."""
+    return {t["created_for"]: t["run_id"] for t in (state or {}).get("trackers") or []
+            if isinstance(t, dict) and t.get("created_for") and t.get("run_id")}
+
+
 def record_created_run(path: str | os.PathLike[str], pending: str, described: Mapping[str, Any]) -> bool:
     """Put the id of a run that ``tokcal sync`` created into the ``tokcal.json`` entry
     that waited for it (``pending``); ``False`` when no entry has that pending id."""
@@ -115,6 +121,7 @@ def record_created_run(path: str | os.PathLike[str], pending: str, described: Ma
             t.clear()
             t.update(_relative({k: redact(v) if isinstance(v, str) else v for k, v in described.items()}, base))
             t.update(keep)
+            t["created_for"] = pending  # entries a still-running training spools later carry this id
             changed = True
     if changed:
         write_json(path, state)

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tracking.jobs.state import STATE_FILE, read_state, record_created_run, spool_dirs
+from tracking.jobs.state import STATE_FILE, created_runs, read_state, record_created_run, spool_dirs
 from tracking.trackers.spool import SyncResult, find_spool_dirs, read_spool, sync_spool
 
 
@@ -54,4 +54,6 @@ def sync_output(path: str | os.PathLike[str], *, backend: str | None = None, run
         if state_file is not None:
             record_created_run(state_file, pending, described)
 
-    return sync_spool(output_spool_dirs(path), backend=backend, run_id=run_id, on_created=created, **options)
+    known = created_runs(read_state(state_file)) if state_file else {}
+    return sync_spool(output_spool_dirs(path), backend=backend, run_id=run_id, on_created=created,
+                      created=known, **options)

@@ -380,6 +380,7 @@ def sync_spool(
     backend: str | None = None,
     run_id: str | None = None,
     on_created: Callable[[str, dict[str, Any]], None] | None = None,
+    created: Mapping[str, str] | None = None,
     **options: Any,
 ) -> SyncResult:
     """Replay a spool into its run(s); idempotent per (metric, step).
@@ -396,6 +397,8 @@ def sync_spool(
     Args:
         path: a spool folder or an output folder (see :func:`find_spool_dirs`), or a list
             of spool folders.
+        created: pending id -> run id of runs an earlier sync created (from
+            ``tokcal.json``), for entries that a training still running spooled after it.
 
     Example:
         >>> result = sync_spool("out")  # doctest: +SKIP
@@ -408,7 +411,7 @@ def sync_spool(
     entries.sort(key=lambda fe: (_KIND_ORDER[fe[1]["kind"]], int(fe[1].get("step", 0)), fe[1].get("created", 0)))
     overrides = {"run_id": run_id, **options}
     creates = {e["target"].get("pending"): (f, e) for f, e in entries if e["kind"] == "create"}
-    runs = _create_runs(creates, backend, overrides, on_created, result) if not run_id else {}
+    runs = {**(created or {}), **(_create_runs(creates, backend, overrides, on_created, result) if not run_id else {})}
     groups: dict[tuple[Any, ...], list[tuple[Path, dict[str, Any]]]] = {}
     opens: dict[tuple[Any, ...], dict[str, Any]] = {}
     for file, entry in entries:  # every target is resolved before anything is replayed
