@@ -210,26 +210,18 @@ def check_outputs(outputs: dict[str, str | Path | None], inputs: Iterable[str | 
         if resolved in seen:
             raise TokcalError(f"{option} and {seen[resolved]} are the same file {p}; expected two file names")
         seen[resolved] = option
-        check_writable_dir(p.parent, option)
+        check_writable(p.parent, option, create=False)
 
 
-def check_writable_dir(folder: str | Path, option: str = "output folder") -> None:
-    """The folder exists and is writable, or its nearest existing parent is (it can be made)."""
-    from tracking.errors import TokcalError
+def check_writable(folder: str | Path, what: str, *, create: bool = True) -> None:
+    """Create and remove a file in ``folder``: the one check that also catches a read-only
+    mount, an immutable folder or a full quota, for root too.
 
-    p = Path(folder).resolve()
-    existing = p
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise TokcalError(f"{option}: {existing} is a file, so {p} cannot be a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise TokcalError(f"{option}: cannot write into {existing} (permission denied); choose a writable place")
-
-
-def check_writable(folder: str | Path, what: str) -> None:
-    """Create and remove a file in ``folder`` (made if missing): the one check that also
-    catches a read-only mount, an immutable folder or a full quota, for root too.
+    Args:
+        folder: where files will be written.
+        what: names it in the message (an option such as ``--output``, or a store).
+        create: make ``folder`` if it is missing; with ``False`` nothing is made yet and the
+            probe goes into its nearest existing parent (where it would be made).
 
     Raises:
         TokcalError: naming ``what``, the folder and the reason.
@@ -237,9 +229,16 @@ def check_writable(folder: str | Path, what: str) -> None:
     from tracking.errors import TokcalError
 
     p = Path(folder)
+    target = p
+    if not create:
+        target = p.resolve()
+        while not target.exists():
+            target = target.parent
+    if target.exists() and not target.is_dir():
+        raise TokcalError(f"{what}: {target} is a file, so {p} cannot be a folder")
     try:
-        p.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=p, prefix=".tokcal-write-check.", suffix=".tmp")
+        target.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=target, prefix=".tokcal-write-check.", suffix=".tmp")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:

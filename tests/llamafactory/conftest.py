@@ -10,6 +10,7 @@ line) in a subprocess, and returns the output folder.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -54,6 +55,37 @@ def lf_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_overrides(tiny: Path, out: Path) -> list[str]:
     return [f"model_name_or_path={tiny / 'model'}", f"dataset_dir={tiny / 'data'}", f"output_dir={out}"]
+
+
+#: How close tokcal's numbers must be across the callback, extract and backfill.
+TOL = 1e-5
+
+
+def close(a: float | None, b: float | None, tol: float = TOL) -> bool:
+    """Equal within ``tol``; None and NaN (a metric that could not be computed) equal each other."""
+    if a is None or b is None or (isinstance(a, float) and math.isnan(a)) or (isinstance(b, float) and math.isnan(b)):
+        return (a is None or math.isnan(a)) and (b is None or math.isnan(b))
+    return abs(float(a) - float(b)) <= tol
+
+
+def lf_args(tiny: Path, run: Path, config: Path = CONFIG) -> list[str]:
+    """``--llamafactory-config`` and the ``--llamafactory-set`` overrides that point the
+    config at the tiny model, its data and the run's output folder."""
+    args = ["--llamafactory-config", str(config)]
+    for item in tiny_overrides(tiny, run):
+        args += ["--llamafactory-set", item]
+    return args
+
+
+def local_store(run: Path) -> tuple[Path, list[dict]]:
+    """The local run that the training callback recorded in ``run/tokcal.json``, and its
+    evaluations."""
+    from tracking.jobs.state import read_state
+    from tracking.trackers.local import read_local_store
+
+    (tracker,) = read_state(run / "tokcal.json")["trackers"]
+    assert tracker["backend"] == "local"
+    return Path(tracker["local_dir"]), read_local_store(tracker["local_dir"])
 
 
 def run_tokcal_train(tiny: Path, out: Path, overrides: Sequence[str] = (), *, config: Path = CONFIG,

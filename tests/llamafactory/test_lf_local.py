@@ -4,23 +4,22 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
 
-from tests.llamafactory.conftest import CONFIG, needs_llamafactory, tiny_overrides
+from tests.llamafactory.conftest import (
+    CONFIG,
+    close,
+    lf_args,
+    local_store,
+    needs_llamafactory,
+    tiny_overrides,
+)
 
 pytestmark = [needs_llamafactory, pytest.mark.slow]
 
 STEPS = [4, 8]  # eval_steps 4, max_steps 8 in configs/llamafactory_tiny_cpu.yaml
-TOL = 1e-5
-
-
-def close(a, b, tol: float = TOL) -> bool:
-    if a is None or b is None or (isinstance(a, float) and math.isnan(a)) or (isinstance(b, float) and math.isnan(b)):
-        return (a is None or math.isnan(a)) and (b is None or math.isnan(b))
-    return abs(float(a) - float(b)) <= tol
 
 
 @pytest.fixture(scope="module")
@@ -30,20 +29,7 @@ def run(lf_train) -> Path:
 
 @pytest.fixture(scope="module")
 def store(run: Path) -> tuple[Path, list[dict]]:
-    from tracking.jobs.state import read_state
-    from tracking.trackers.local import read_local_store
-
-    state = read_state(run / "tokcal.json")
-    (tracker,) = state["trackers"]
-    assert tracker["backend"] == "local"
-    return Path(tracker["local_dir"]), read_local_store(tracker["local_dir"])
-
-
-def lf_args(tiny: Path, run: Path) -> list[str]:
-    args = ["--llamafactory-config", str(CONFIG)]
-    for item in tiny_overrides(tiny, run):
-        args += ["--llamafactory-set", item]
-    return args
+    return local_store(run)
 
 
 def test_metrics_at_every_eval_step_in_local_store(run: Path, store) -> None:

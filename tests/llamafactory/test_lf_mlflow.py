@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.llamafactory.conftest import CONFIG, needs_llamafactory, tiny_overrides
-from tests.llamafactory.test_lf_local import STEPS, close
+from tests.llamafactory.conftest import (
+    CONFIG,
+    close,
+    needs_llamafactory,
+    tiny_overrides,
+)
+from tests.llamafactory.test_lf_local import STEPS
 from tracking.jobs.state import read_state
 
 pytestmark = [needs_llamafactory, pytest.mark.slow]

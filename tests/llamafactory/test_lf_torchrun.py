@@ -12,12 +12,15 @@ import pytest
 from tests.helpers.mlflow_server import free_port
 from tests.llamafactory.conftest import (
     CONFIG,
+    close,
+    lf_args,
     lf_env,
+    local_store,
     needs_llamafactory,
     run_group,
     tiny_overrides,
 )
-from tests.llamafactory.test_lf_local import STEPS, close, lf_args
+from tests.llamafactory.test_lf_local import STEPS
 
 pytestmark = [needs_llamafactory, pytest.mark.slow]
 
@@ -37,15 +40,11 @@ def run(lf_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_two_ranks_log_every_sample_once_and_extract_agrees(run: Path, lf_tiny: Path, tmp_path: Path) -> None:
     from tracking.cli.main import main
-    from tracking.jobs.state import read_state
-    from tracking.trackers.local import read_local_store
-
-    (tracker,) = read_state(run / "tokcal.json")["trackers"]
-    evals = read_local_store(tracker["local_dir"])
+    run_dir, evals = local_store(run)
     assert [e["step"] for e in evals] == STEPS
     assert all(e["scalars"]["eval_decision_samples"] == 12 for e in evals)  # 6 per rank, gathered on rank 0
     last = evals[-1]
-    cb_rows = [json.loads(x) for x in (Path(tracker["local_dir"]) / last["samples_file"]).read_text().splitlines()]
+    cb_rows = [json.loads(x) for x in (run_dir / last["samples_file"]).read_text().splitlines()]
     assert sorted(r["sample_id"] for r in cb_rows) == list(range(12))
     out, metrics = tmp_path / "d.jsonl", tmp_path / "m.json"
     assert main(["extract", "--checkpoint", str(run / f"checkpoint-{STEPS[-1]}"), *lf_args(lf_tiny, run),

@@ -7,30 +7,24 @@ reading of the same records, token for token and pixel for pixel."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
 
 from tests.llamafactory.conftest import (
     VL_CONFIG,
+    close,
+    lf_args,
+    local_store,
     needs_llamafactory,
     run_tokcal_train,
     tiny_overrides,
 )
-from tracking.jobs.state import read_state
 
 pytestmark = [needs_llamafactory, pytest.mark.slow]
 
 STEPS = [2, 4]  # eval_steps 2, max_steps 4 in configs/llamafactory_tiny_vl_cpu.yaml
 N_EVAL = 8  # val_size 0.2 of 40 records
-TOL = 1e-5
-
-
-def close(a, b, tol: float = TOL) -> bool:
-    if a is None or b is None or (isinstance(a, float) and math.isnan(a)) or (isinstance(b, float) and math.isnan(b)):
-        return (a is None or math.isnan(a)) and (b is None or math.isnan(b))
-    return abs(float(a) - float(b)) <= tol
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +36,7 @@ def run(lf_tiny_vl: Path, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def store(run: Path) -> tuple[Path, list[dict]]:
-    from tracking.trackers.local import read_local_store
-
-    (tracker,) = read_state(run / "tokcal.json")["trackers"]
-    return Path(tracker["local_dir"]), read_local_store(tracker["local_dir"])
-
-
-def lf_args(tiny: Path, run: Path) -> list[str]:
-    args = ["--llamafactory-config", str(VL_CONFIG)]
-    for item in tiny_overrides(tiny, run):
-        args += ["--llamafactory-set", item]
-    return args
+    return local_store(run)
 
 
 def test_live_metrics_at_every_eval_step(run: Path, store) -> None:
@@ -73,7 +57,7 @@ def test_extract_equals_callback(lf_tiny_vl: Path, run: Path, store, tmp_path: P
     run_dir, evals = store
     logged = next(e for e in evals if e["step"] == step)
     out, metrics = tmp_path / "d.jsonl", tmp_path / "m.json"
-    rc = main(["extract", "--checkpoint", str(run / f"checkpoint-{step}"), *lf_args(lf_tiny_vl, run),
+    rc = main(["extract", "--checkpoint", str(run / f"checkpoint-{step}"), *lf_args(lf_tiny_vl, run, VL_CONFIG),
                "--output", str(out), "--metrics", str(metrics), "--bins", "10"])
     assert rc == 0
     got = json.loads(metrics.read_text())
@@ -93,7 +77,7 @@ def test_backfill_into_the_training_run_equals_live(lf_tiny_vl: Path, run: Path,
     from tracking.cli.main import main
     from tracking.trackers.local import read_local_store
 
-    rc = main(["backfill", str(run / "checkpoint-*"), *lf_args(lf_tiny_vl, run), "--quiet", "--force"])
+    rc = main(["backfill", str(run / "checkpoint-*"), *lf_args(lf_tiny_vl, run, VL_CONFIG), "--quiet", "--force"])
     assert rc == 0 and "2 logged, 0 skipped, 0 failed" in capsys.readouterr().out
     entries = read_local_store(store[0])
     live = {e["step"]: e["scalars"] for e in entries if not e.get("tags")}

@@ -41,7 +41,7 @@ from tracking.core.distributed import Dist
 from tracking.core.scores import DecisionScores
 from tracking.data.sources import EvalSource, as_source
 from tracking.errors import TokcalError, first_line
-from tracking.io import check_writable, check_writable_dir, exclusive_lock
+from tracking.io import check_writable, exclusive_lock
 from tracking.jobs.checkpoints import (
     check_load_options,
     inspect_checkpoint,
@@ -282,13 +282,11 @@ def backfill(
     check_load_options(load_kw.get("device"), load_kw.get("dtype"), max_tokens=max_tokens)
     source = as_source(data, chat_template=chat_template, max_samples=max_samples)
     checkpoints = resolve_checkpoints(checkpoints)
-    if output_dir is not None:
-        check_writable_dir(output_dir, "--output-dir")
+    if output_dir is not None:  # a file written and removed: read-only mounts too; nothing made yet
+        check_writable(output_dir, "the per-decision files (--output-dir)", create=False)
     source.check()
     with ExitStack() as locks:
         _claim(trackers, locks, dist)
-        if output_dir is not None:  # made here, and a file written and removed: read-only mounts too
-            check_writable(output_dir, "the per-decision files (--output-dir)")
         results, need = plan(checkpoints, trackers, key=f"{metric_prefix}decision_samples", force=force,
                              output_dir=output_dir, allow_pickle=bool(load_kw.get("allow_pickle", False)))
         need, n_trackers = dist.broadcast((need, len(trackers)))
