@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from transformers import EarlyStoppingCallback
 
 from callbacks import DecisionTrackingCallback
 from tests.helpers.models import make_tiny_checkpoint
+from tests.helpers.processes import torchrun_cmd
 from tests.helpers.tokenizers import small_bpe_tokenizer
 from tests.helpers.training import train_tiny
 from tracking.core.spec import DecisionSpec
@@ -132,11 +131,7 @@ def test_metric_for_best_model_without_the_eval_prefix(base_ckpt, tmp_path):
 def test_torchrun_two_processes_keep_the_best_checkpoint(base_ckpt, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "tests.scripts.ddp_best_model", str(base_ckpt), str(out)]
+    cmd = torchrun_cmd("tests.scripts.ddp_best_model", str(base_ckpt), str(out))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))

@@ -133,18 +133,12 @@ def test_torchrun_two_processes_count_each_sample_once(base_ckpt, tmp_path):
     duplicates; the callback must drop them and match scoring the saved checkpoints."""
     import os
     import subprocess
-    import sys
 
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    import socket
+    from tests.helpers.processes import torchrun_cmd
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port),
-           "-m", "tests.scripts.ddp_callback", str(base_ckpt), str(out)]
+    cmd = torchrun_cmd("tests.scripts.ddp_callback", str(base_ckpt), str(out))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     logged = {r["step"]: r["scalars"] for r in store(out)}

@@ -12,14 +12,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Sequence
 
 import pytest
 
-from tests.helpers.mlflow_server import free_port
-from tests.helpers.processes import run_group
+from tests.helpers.processes import run_group, torchrun_cmd
 
 REPO = Path(__file__).resolve().parents[2]
 HAVE_DS = importlib.util.find_spec("deepspeed") is not None
@@ -42,9 +40,7 @@ def ds_env() -> dict[str, str]:
 def torchrun(args: Sequence[str], log: Path) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node 2 -m ARGS...`` on 127.0.0.1; its output goes to ``log``. Fails
     the test with the log's tail when it fails or times out."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", *args]
-    proc = run_group(cmd, REPO, ds_env(), TORCHRUN_TIMEOUT_S)
+    proc = run_group(torchrun_cmd(*args), REPO, ds_env(), TORCHRUN_TIMEOUT_S)
     log.write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         pytest.fail(f"torchrun {' '.join(args[:2])} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
