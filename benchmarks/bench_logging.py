@@ -115,11 +115,13 @@ def main() -> None:
     report.table("One evaluation (median)", ["step", "wall s", "CPU s"], rows,
                  note="log_evaluation draws the figures itself; W&B's CPU time leaves out its service process.")
     figs = max(steps["figures (PNG, local)"][0], steps["figures (arrays, MLflow/W&B)"][0])
-    report.check("all figures of one evaluation", f"{figs:.3f} s", "< 0.5 s", figs < 0.5)
-    for k, (w, _) in calls.items():
+    figs_cpu = max(steps["figures (PNG, local)"][1], steps["figures (arrays, MLflow/W&B)"][1])
+    report.check("all figures of one evaluation", f"{figs:.3f} s (CPU {figs_cpu:.3f} s)", "< 0.5 s", figs < 0.5,
+                 note="wall time; on a busy machine the CPU time is the steadier number")
+    for k, (w, c) in calls.items():
         total = steps["metrics"][0] + w
-        report.check(f"whole evaluation, {k}", f"{total:.3f} s", "< 1 s", total < 1.0,
-                     note="see the table for the step that dominates")
+        report.check(f"whole evaluation, {k}", f"{total:.3f} s (CPU {steps['metrics'][1] + c:.3f} s)", "< 1 s",
+                     total < 1.0, note="see the table for the step that dominates")
     for k, v in failed.items():
         report.check(f"whole evaluation, {k}", "not measured", "< 1 s", None, note=v)
     report.extra = {"steps": steps, "calls": calls, "failed": failed}

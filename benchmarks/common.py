@@ -117,7 +117,9 @@ def load(path: Path, device: str = "cpu", dtype: str = "float32") -> tuple[Any, 
     """The checkpoint's model (eval mode, on ``device``) and tokenizer, offline."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the benchmark's output
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype), local_files_only=True)
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     return model.to(device).eval(), tok
@@ -375,6 +377,7 @@ def machine() -> dict[str, str]:
 def env_for_children() -> dict[str, str]:
     """No model hub, no telemetry, this tree's packages first."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               HF_HUB_DISABLE_PROGRESS_BARS="1",
                TOKENIZERS_PARALLELISM="false", WANDB_SILENT="true", MLFLOW_ENABLE_ASYNC_LOGGING="false")
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env

@@ -3,8 +3,9 @@ scaling plot (docs/benchmarks_scaling.png). This is what ``make bench`` runs.
 
 Profiles (sizes of each script; any script flag can be added with --extra):
 
-- ``default``: fits in 10 minutes on 2 CPU cores (the callback benchmark on 24 eval
-  samples, backfill over 1, 4 and 16 checkpoints);
+- ``default``: fits in 10 minutes on 2 CPU cores: the callback benchmark on 16 eval
+  samples, scoring on 32, the eval-set sweep on samples of about 128 tokens, backfill over
+  1, 4 and 16 checkpoints;
 - ``full``: the issue's sizes everywhere (callback on 64 samples, scoring on 256, backfill
   over 1, 2, 4, 8, 16 checkpoints): about twice as long on a CPU, the one to use on a GPU;
 - ``quick``: a smoke run of every script on a handful of samples (a few minutes).
@@ -39,10 +40,10 @@ BUDGET_S = 600  # the issue: make bench in under 10 minutes on 2 CPU cores
 
 PROFILES: dict[str, dict[str, list[str]]] = {
     "default": {
-        "bench_callback_eval": ["--samples", "24", "--tokens", "580", "--repeats", "5"],
-        "bench_scoring": ["--samples", "64", "--tokens", "580", "--memory-seq", "1024", "--repeats", "5"],
-        "bench_scaling": ["--sizes", "64,128,256,512,1024", "--tokens", "256", "--lengths", "256,512,1024,2048,4096",
-                          "--length-samples", "16", "--repeats", "2"],
+        "bench_callback_eval": ["--samples", "16", "--tokens", "580", "--repeats", "5"],
+        "bench_scoring": ["--samples", "32", "--tokens", "580", "--memory-seq", "1024", "--repeats", "5"],
+        "bench_scaling": ["--sizes", "64,128,256,512,1024", "--tokens", "128", "--lengths", "256,512,1024,2048,4096",
+                          "--length-samples", "8", "--repeats", "2"],
         "bench_backfill": ["--counts", "1,4,16", "--samples", "32", "--tokens", "256"],
         "bench_logging": ["--decisions", "10000", "--repeats", "5"],
     },
@@ -291,13 +292,17 @@ def scaling_plot(runs: list[dict[str, Any]], path: Path) -> bool:
         ax1.legend(loc="upper left", fontsize=8)
     if "lengths" in scaling:
         rows = scaling["lengths"]["rows"]
-        lens = [r["point"] for r in rows]
-        cost = [1e6 * r["wall"] / r["tokens"] for r in rows]
-        ax2.bar(range(len(lens)), cost, color="#55A868", edgecolor="white")
-        ax2.set_xticks(range(len(lens)), [str(n) for n in lens])
+        pos = np.arange(len(rows))
+        ax2.bar(pos - 0.2, [1e6 * r["wall"] / r["tokens"] for r in rows], width=0.4, color="#55A868",
+                edgecolor="white", label="tokcal")
+        if all("body_wall" in r for r in rows):
+            ax2.bar(pos + 0.2, [1e6 * r["body_wall"] / r["tokens"] for r in rows], width=0.4, color="#8C8C8C",
+                    edgecolor="white", label="model body alone")
+        ax2.set_xticks(pos, [str(r["point"]) for r in rows])
         ax2.set_xlabel("tokens per sample")
         ax2.set_ylabel("ms per 1,000 tokens")
         ax2.set_title("Sequence length (flat = linear in tokens)")
+        ax2.legend(loc="upper left", fontsize=8)
     if backfill.get("series"):
         series = backfill["series"]
         n = [str(s["checkpoints"]) for s in series]
