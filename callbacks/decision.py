@@ -28,6 +28,7 @@ from transformers import (
 from tracking.core.capture import DecisionCapture
 from tracking.core.distributed import all_gather
 from tracking.core.metrics import DecisionMetrics
+from tracking.core.per_sample import PerSample
 from tracking.core.scores import DecisionScores
 from tracking.core.scoring import in_own_forward, score_batches
 from tracking.core.spec import DecisionSpec, ResolvedSpec
@@ -35,6 +36,7 @@ from tracking.core.trajectories import (
     TrajectoryState,
     correct_from_probs,
     decision_keys,
+    flip_scalars,
 )
 from tracking.errors import TokcalError
 from tracking.jobs.settings import TrackingSettings
@@ -87,7 +89,7 @@ class DecisionTrackingCallback(TrainerCallback):
             (a processor's `.tokenizer` for vision-language models).
         **options:
             Any field of [`~tracking.jobs.settings.TrackingSettings`]: `every`, `n_bins`,
-            `hist_bins`, `log_samples`, `sample_text`, `max_samples`, `scorer`,
+            `hist_bins`, `log_per_sample`, `log_samples`, `sample_text`, `max_samples`, `scorer`,
             `project`, `entity`, `tracking_uri`, `run_id`, `local_dir`.
 
     Example:
@@ -139,7 +141,8 @@ class DecisionTrackingCallback(TrainerCallback):
     def _resolve(self, tokenizer: Any) -> None:
         tok = getattr(tokenizer, "tokenizer", tokenizer)  # processors wrap a tokenizer
         self.resolved = self.settings.spec.resolve(tok)
-        keep = 256 if self.settings.log_samples and self.settings.sample_text else 0
+        s = self.settings
+        keep = 256 if s.sample_text and (s.log_samples or s.log_per_sample) else 0
         self.capture = DecisionCapture(self.resolved, keep_inputs=keep)
         self._tokenizer = tok
 
@@ -403,9 +406,7 @@ class DecisionTrackingCallback(TrainerCallback):
             flips = history.update(decision_keys(scores.sample_index), correct_from_probs(scores.probs, scores.gt),
                                    step=step)
             if history.evaluations > 1:
-                metrics.scalars[f"{prefix}decision_flips_to_wrong"] = float(flips.flips_to_wrong)
-                metrics.scalars[f"{prefix}decision_flips_to_right"] = float(flips.flips_to_right)
-                metrics.scalars[f"{prefix}decision_forgotten"] = float(flips.forgotten)
+                metrics.scalars.update(flip_scalars(flips, prefix))
         except Exception as exc:  # the flips are extra; the evaluation is logged without them
             self._warn_once(f"flips:{type(exc).__name__}", f"tokcal could not count the flips at step {step}: {exc}")
         return metrics
@@ -420,7 +421,9 @@ class DecisionTrackingCallback(TrainerCallback):
     def _log(self, args: TrainingArguments, state: TrainerState, scores: DecisionScores,
              metrics: DecisionMetrics) -> None:
         s = self.settings
-        samples = self._sample_rows(scores) if s.log_samples else None
+        texts = self._texts(scores) if s.sample_text and (s.log_samples or s.log_per_sample) else None
+        samples = self._sample_rows(scores, texts) if s.log_samples else None
+        per_sample = self._per_sample(scores, texts, state.global_step) if s.log_per_sample else None
         state.log_history.append({**metrics.scalars, "epoch": state.epoch, "step": state.global_step})
         if not self._slots:
             self._open_trackers(args)
@@ -428,9 +431,10 @@ class DecisionTrackingCallback(TrainerCallback):
         for slot in self._slots:
             # Figures and writes run in the background thread, beside training; a backend
             # that must be called from the training thread (thread_safe False: W&B) logs here.
-            self._run(slot.background, lambda slot=slot: self._push(slot, metrics, step, samples))
+            self._run(slot.background, lambda slot=slot: self._push(slot, metrics, step, samples, per_sample))
 
-    def _push(self, slot: _Slot, metrics: Any, step: int, samples: list[dict[str, Any]] | None) -> None:
+    def _push(self, slot: _Slot, metrics: Any, step: int, samples: list[dict[str, Any]] | None,
+              per_sample: PerSample | None) -> None:
         """One evaluation into one run, unless the run has this (prefix, step) already."""
         t = slot.tracker
         if t is None:  # it could not be opened (warned then)
@@ -443,7 +447,7 @@ class DecisionTrackingCallback(TrainerCallback):
                                                f"evaluation at step {step}; not logged again (one point per step)")
             return
         try:
-            t.log_evaluation(metrics, step, samples=samples)
+            t.log_evaluation(metrics, step, samples=samples, per_sample=per_sample)
             slot.steps[key].add(step)
         except Exception as exc:  # a tracking error never stops training
             self._warn_once(f"log:{t.name}", f"tokcal could not log evaluation at step {step} to {t.name}: {exc}")
@@ -469,13 +473,28 @@ class DecisionTrackingCallback(TrainerCallback):
         while self._pending:
             self._pending.pop(0).result()
 
-    def _sample_rows(self, scores: DecisionScores) -> list[dict[str, Any]]:
+    def _texts(self, scores: DecisionScores) -> list[str] | None:
+        """The text before each decision (``sample_text``), decoded once for both records."""
+        if scores.inputs is None:
+            return None
+        return [self._tokenizer.decode(ids) for ids in scores.inputs]
+
+    def _sample_rows(self, scores: DecisionScores, texts: list[str] | None) -> list[dict[str, Any]]:
         rows = scores.records()
-        if scores.inputs is not None:
-            for row, ids in zip(rows, scores.inputs):
-                row["text"] = self._tokenizer.decode(ids)
+        if texts is not None:
+            for row, text in zip(rows, texts):
+                row["text"] = text
         cap = self.settings.max_samples
         return rows[:cap] if cap else rows
+
+    def _per_sample(self, scores: DecisionScores, texts: list[str] | None, step: int) -> PerSample | None:
+        """The evaluation's per-sample record (``None``, with a warning, if it cannot be made)."""
+        try:
+            return PerSample.from_scores(scores, texts)
+        except Exception as exc:  # the record is extra; the evaluation is logged without it
+            self._warn_once(f"per_sample:{type(exc).__name__}",
+                            f"tokcal could not keep the per-sample record at step {step}: {exc}")
+            return None
 
 
 def _popped_labels(shape: tuple[int, ...]) -> torch.Tensor | None:

@@ -16,6 +16,7 @@ import pytest
 
 from tracking.cli.main import main
 from tracking.core.metrics import DecisionMetrics, compute_metrics
+from tracking.core.per_sample import PerSample
 from tracking.errors import TokcalError
 from tracking.jobs.backfill import MARKER
 from tracking.jobs.report import read_source
@@ -80,8 +81,9 @@ class JsonLinesTracker(Tracker):
         (self._folder / f"{self._run_id}.config.json").write_text(json.dumps(config))
 
     def _write_evaluation(self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None,
-                          tags: dict[str, Any]) -> None:
-        line = {"step": step, "tags": tags, "thread": threading.current_thread().name, **metrics.to_dict()}
+                          per_sample: PerSample | None, tags: dict[str, Any]) -> None:
+        line = {"step": step, "tags": tags, "thread": threading.current_thread().name, **metrics.to_dict(),
+                "per_sample": None if per_sample is None else per_sample.to_json().decode()}
         with open(self.file, "ab") as fh:  # no mkdir: a missing folder is a server that is down
             fh.write(dumps_line(line))
 
@@ -94,7 +96,8 @@ class JsonLinesTracker(Tracker):
         by_prefix: dict[str, list[Point]] = {}
         for r in _lines(file):
             m = DecisionMetrics.from_dict(r)
-            by_prefix.setdefault(m.prefix, []).append(Point(r["step"], m, is_backfilled(r["tags"])))
+            record = PerSample.from_json(r["per_sample"]) if r.get("per_sample") else None
+            by_prefix.setdefault(m.prefix, []).append(Point(r["step"], m, is_backfilled(r["tags"]), record))
         return [Series.of(f"jsonl {file.stem} · {prefix.rstrip('_')}", points, str(file))
                 for prefix, points in sorted(by_prefix.items())]
 

@@ -80,8 +80,9 @@ class DecisionScores:
                                n_bins=n_bins, hist_bins=hist_bins, prefix=prefix)
 
     def records(self) -> list[dict[str, Any]]:
-        """One dict per decision: ``sample_id``, ``p_<label>``..., ``gt``, ``pred``,
-        ``correct``, ``mass``, ``confidence`` (and ``turn`` when a sample has several)."""
+        """One dict per decision: ``sample_id``, ``index`` (the sample's position in the
+        eval set), ``p_<label>``..., ``gt``, ``pred``, ``correct``, ``mass``, ``confidence``
+        (and ``turn`` when a sample has several)."""
         keys = [label_key(x) for x in self.labels]
         counts = np.bincount(self.sample_index) if len(self) else np.zeros(0, np.int64)
         seen: dict[int, int] = {}
@@ -91,7 +92,7 @@ class DecisionScores:
             p = self.probs[i]
             pred = int(np.argmax(p))
             sid = self.sample_ids[si] if self.sample_ids is not None else si
-            rec: dict[str, Any] = {"sample_id": sid}
+            rec: dict[str, Any] = {"sample_id": sid, "index": si}
             if counts[si] > 1:
                 rec["turn"] = seen.get(si, 0)
                 seen[si] = rec["turn"] + 1

@@ -190,6 +190,19 @@ class TrajectoryState:
                                   self.learned_at.copy(), self.ever.copy())
 
 
+def flip_scalars(flips: StepFlips, prefix: str) -> dict[str, float]:
+    """The scalars an evaluation logs for its flips: ``<prefix>decision_flips_to_wrong``,
+    ``_flips_to_right`` and ``_forgotten``.
+
+    Example:
+        >>> flip_scalars(StepFlips(20.0, 3, 1, 4, 10, 10), "eval_")["eval_decision_flips_to_wrong"]
+        3.0
+    """
+    return {f"{prefix}decision_flips_to_wrong": float(flips.flips_to_wrong),
+            f"{prefix}decision_flips_to_right": float(flips.flips_to_right),
+            f"{prefix}decision_forgotten": float(flips.forgotten)}
+
+
 def trajectories(ids: Sequence[Any], correct: Sequence[Any], steps: Sequence[float] | None = None) -> Trajectories:
     """Flips per evaluation and the per-sample summary, from one ``(ids, correct)`` pair
     per evaluation (in step order).

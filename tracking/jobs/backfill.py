@@ -38,7 +38,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from tracking.core.distributed import Dist
+from tracking.core.per_sample import PerSample
 from tracking.core.scores import DecisionScores
+from tracking.core.trajectories import TrajectoryState, flip_scalars
 from tracking.data.sources import EvalSource, as_source
 from tracking.errors import TokcalError, first_line
 from tracking.io import check_writable, exclusive_lock
@@ -209,23 +211,33 @@ def score_one(res: CheckpointResult, cache: ExampleCache, spec: Any, dist: Dist,
 
 
 def log_one(res: CheckpointResult, scores: DecisionScores, trackers: Sequence[Any], settings: TrackingSettings,
-            *, prefix: str, tags: Mapping[str, str], force: bool = False) -> int:
+            *, prefix: str, tags: Mapping[str, str], force: bool = False,
+            history: TrajectoryState | None = None) -> int:
     """Write the per-decision JSONL and log the evaluation into each tracker at its step,
-    unless (without ``force``) the run has that step by now; returns how many logged it."""
+    unless (without ``force``) the run has that step by now; returns how many logged it.
+
+    ``history`` holds the decisions of the checkpoints scored before this one (in step
+    order): from the second on, the evaluation carries the flips since the previous one."""
     from tracking.io import write_jsonl
 
     metrics = scores.metrics(n_bins=settings.n_bins, hist_bins=settings.hist_bins, prefix=prefix)
+    record = PerSample.from_scores(scores)
+    if history is not None and len(record) and (history.last_step is None or res.step >= history.last_step):
+        flips = history.update(record.keys, record.correct, step=res.step)
+        if history.evaluations > 1:
+            metrics.scalars.update(flip_scalars(flips, prefix))
     rows = scores.records()
     write_jsonl(res.output, rows)
     samples = None
     if settings.log_samples:
         samples = rows[: settings.max_samples] if settings.max_samples else rows
+    per_sample = record if settings.log_per_sample else None
     logged = 0
     for tracker in trackers:
         if not force and res.step in tracker.logged_steps(f"{prefix}decision_samples"):
             log.info("step %d is in %s run %s by now; not logged again", res.step, tracker.name, tracker.run_id)
             continue
-        tracker.log_evaluation(metrics, res.step, samples=samples, tags=dict(tags))
+        tracker.log_evaluation(metrics, res.step, samples=samples, per_sample=per_sample, tags=dict(tags))
         logged += 1
     res.scalars = dict(metrics.scalars)
     return logged
@@ -293,6 +305,7 @@ def backfill(
         report = BackfillReport(results, [t.describe() for t in trackers])
         cache = ExampleCache(source, progress=progress and dist.main)
         marker = {**MARKER, **dict(tags or {})}
+        history = TrajectoryState()  # the flips between the checkpoints scored here
         with _bar(len(results), enabled=progress and dist.main) as bar:
             for res in results:
                 if res.status == "pending" and n_trackers and not need[res.step]:
@@ -301,7 +314,7 @@ def backfill(
                     bar.set_postfix_str(res.path.name)
                     _run_one(res, cache, settings, dist, [trackers[i] for i in need[res.step] if i < len(trackers)],
                              marker=marker, prefix=metric_prefix, max_tokens=max_tokens, progress=progress,
-                             load_kw=load_kw, force=force)
+                             load_kw=load_kw, force=force, history=history)
                 bar.update(1)
     report.tokenizations = cache.builds
     return report
@@ -327,7 +340,8 @@ def _claim(trackers: Sequence[Tracker], locks: ExitStack, dist: Dist) -> None:
 
 def _run_one(res: CheckpointResult, cache: ExampleCache, settings: TrackingSettings, dist: Dist,
              trackers: Sequence[Any], *, marker: Mapping[str, str], prefix: str, max_tokens: int,
-             progress: bool, load_kw: Mapping[str, Any], force: bool = False) -> None:
+             progress: bool, load_kw: Mapping[str, Any], force: bool = False,
+             history: TrajectoryState | None = None) -> None:
     """Score one checkpoint, log it on rank 0, and agree on its outcome on every rank."""
     t0 = time.perf_counter()
     scores, error = score_one(res, cache, settings.spec, dist, max_tokens=max_tokens, progress=progress,
@@ -335,7 +349,8 @@ def _run_one(res: CheckpointResult, cache: ExampleCache, settings: TrackingSetti
     status = "logged"
     if error is None and dist.main:
         try:
-            if trackers and not log_one(res, scores, trackers, settings, prefix=prefix, tags=marker, force=force):
+            if trackers and not log_one(res, scores, trackers, settings, prefix=prefix, tags=marker, force=force,
+                                        history=history):
                 status = "skipped"  # another writer logged the step meanwhile
         except Exception as exc:  # a failed write or tracker call fails this checkpoint only
             error = first_line(exc, with_type=not isinstance(exc, TokcalError))

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from tracking.core.metrics import DecisionMetrics, compute_metrics
+from tracking.core.per_sample import PerSample
 from tracking.core.spec import label_key
 from tracking.errors import TokcalError
 from tracking.jobs.report_html import write_report
@@ -83,6 +84,19 @@ def extract_metrics(rows: Sequence[dict[str, Any]], labels: Sequence[str] | None
     return compute_metrics(probs, gt, list(labels), n_bins=n_bins)
 
 
+def extract_per_sample(rows: Sequence[dict[str, Any]], labels: Sequence[str]) -> PerSample | None:
+    """The per-sample record of ``tokcal extract``/``backfill`` lines that carry ``index``
+    (older files without it: ``None``)."""
+    if not rows or any("index" not in r for r in rows):
+        return None
+    lk = [label_key(x) for x in labels]
+    ids = [r.get("sample_id") for r in rows]
+    index = [int(r["index"]) for r in rows]
+    return PerSample(list(labels), index, [lk.index(label_key(str(r["gt"]))) for r in rows],
+                     [[float(r[f"p_{k}"]) for k in lk] for r in rows], [int(r.get("turn", 0)) for r in rows],
+                     None if ids == index else ids)
+
+
 def read_extract(files: Sequence[str | os.PathLike[str]], steps: Sequence[int] | None = None, *,
                  labels: Sequence[str] | None = None, name: str = "extract", n_bins: int = 15) -> Series:
     """``tokcal extract`` JSONL files, one per step, as one series.
@@ -108,7 +122,9 @@ def read_extract(files: Sequence[str | os.PathLike[str]], steps: Sequence[int] |
         if step in seen:
             raise TokcalError(f"{seen[step]} and {f} are both step {step}; pass --steps")
         seen[step] = f
-        points.append(Point(int(step), extract_metrics(read_records(f), labels, n_bins=n_bins, where=str(f))))
+        rows = read_records(f)
+        metrics = extract_metrics(rows, labels, n_bins=n_bins, where=str(f))
+        points.append(Point(int(step), metrics, per_sample=extract_per_sample(rows, metrics.labels)))
     return Series.of(name, points, ", ".join(map(str, files)))
 
 

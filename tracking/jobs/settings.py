@@ -24,9 +24,14 @@ class TrackingSettings:
             ``mlflow``, ``wandb``, or a list of them.
         every: log every N-th evaluation.
         n_bins: reliability bins; hist_bins: histogram bins.
-        log_samples: also log a per-sample table (ids, probabilities, gt, pred); off by
-            default since eval data can be confidential. max_samples caps it.
-        sample_text: add the text before each decision (the last 256 tokens) to that table.
+        log_per_sample: keep the per-sample record of every evaluation (sample index,
+            record id, gt, the probability of each label; no text) in every backend, for
+            trajectories, flips and the report's per-sample views; on by default, a few KB
+            per evaluation (about 200 KB for 10,000 binary decisions).
+        log_samples: also log a readable per-sample table (ids, probabilities, gt, pred);
+            off by default. max_samples caps it.
+        sample_text: add the text before each decision (the last 256 tokens) to that table
+            and to the per-sample record; off by default since eval data can be confidential.
         scorer: ``auto`` (read the Trainer's eval logits, fall back to an own pass when
             the model returns none), ``hook`` or ``pass`` (always an own pass).
         background_logging: draw the figures and write to local/MLflow in a background
@@ -45,6 +50,7 @@ class TrackingSettings:
     every: int = 1
     n_bins: int = 15
     hist_bins: int = 20
+    log_per_sample: bool = True
     log_samples: bool = False
     sample_text: bool = False
     max_samples: int | None = None

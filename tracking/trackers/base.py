@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tracking.core.metrics import DecisionMetrics, ReliabilityBins
+from tracking.core.per_sample import PerSample
 from tracking.errors import TokcalError
 from tracking.io import to_jsonable, write_atomic  # noqa: F401  (re-exported for the backends)
 
@@ -170,6 +171,17 @@ def dumps_line(record: dict[str, Any]) -> bytes:
     return (json.dumps(to_jsonable(record), allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
+def check_per_sample(per_sample: Any, metrics: DecisionMetrics) -> PerSample | None:
+    """The per-sample record of one evaluation: ``None``, or a :class:`PerSample` with the metrics' labels."""
+    if per_sample is None:
+        return None
+    if not isinstance(per_sample, PerSample):
+        raise TokcalError(f"expected per_sample to be a PerSample or None, got {type(per_sample).__name__}")
+    if list(per_sample.labels) != list(metrics.labels):
+        raise TokcalError(f"expected per_sample labels {metrics.labels} (the metrics'), got {per_sample.labels}")
+    return per_sample
+
+
 def check_tags(tags: Any) -> dict[str, Any]:
     """The tags of one evaluation: a mapping of names to values (``None`` means none)."""
     if tags is None:
@@ -207,11 +219,13 @@ def bins_from_table(columns: Sequence[str], data: Iterable[Sequence[Any]], curve
 
 @dataclass
 class Point:
-    """One evaluation read back from a run: its step, metrics and whether backfill logged it."""
+    """One evaluation read back from a run: its step, metrics, whether backfill logged it,
+    and its per-sample record when the run holds one."""
 
     step: int
     metrics: DecisionMetrics
     backfilled: bool = False
+    per_sample: PerSample | None = None
 
     def scalar(self, name: str) -> float:
         """``name`` without prefix (``decision_ece``); NaN when absent."""
@@ -419,14 +433,18 @@ class Tracker(ABC):
         step: int,
         *,
         samples: Iterable[dict[str, Any]] | None = None,
+        per_sample: PerSample | None = None,
         tags: Mapping[str, Any] | None = None,
     ) -> None:
         """Push one evaluation at training step ``step``: scalars, histograms, the
-        reliability diagram(s), the bins table and, if given, a per-sample table.
+        reliability diagram(s), the bins table and, if given, the per-sample record
+        (``per_sample``, compact, read back by ``tokcal report``) and a readable per-sample
+        table (``samples``).
 
         Checks the arguments (a :class:`~tracking.core.metrics.DecisionMetrics`, a step
-        >= 0, samples as dicts, tags as a mapping) before anything is written, then calls
-        the backend's ``_write_evaluation``.
+        >= 0, samples as dicts, a :class:`~tracking.core.per_sample.PerSample` with the
+        metrics' labels, tags as a mapping) before anything is written, then calls the
+        backend's ``_write_evaluation``.
 
         Raises:
             TokcalError: for bad arguments; the backend's own errors otherwise.
@@ -436,11 +454,13 @@ class Tracker(ABC):
         rows = None if samples is None else list(samples)
         if rows is not None:
             sample_columns(rows)
-        self._write_evaluation(metrics, step, samples=rows, tags=check_tags(tags))
+        self._write_evaluation(metrics, step, samples=rows, per_sample=check_per_sample(per_sample, metrics),
+                               tags=check_tags(tags))
 
     @abstractmethod
     def _write_evaluation(
-        self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None, tags: dict[str, Any],
+        self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None,
+        per_sample: PerSample | None, tags: dict[str, Any],
     ) -> None:
         """Write one evaluation whose arguments :meth:`log_evaluation` has checked."""
 

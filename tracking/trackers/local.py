@@ -6,11 +6,13 @@ Layout of ``<local_dir>/<run_id>/``::
     config.json               the tracking settings (``log_config``)
     evaluations.jsonl         one line per evaluation (see below)
     step_000120_eval_decision_reliability.png   (and _reliability_positive, _histograms)
+    step_000120_eval_per_sample.json            per-sample record (tracking.core.per_sample)
     step_000120_eval_samples.jsonl              per-sample table, when given
 
 Each line of ``evaluations.jsonl`` is ``DecisionMetrics.to_dict()`` (``labels``,
 ``prefix``, ``scalars``, ``reliability``, ``positive_reliability``, ``histograms``,
-``notes``) plus ``step``, ``timestamp``, ``tags``, ``images`` and ``samples_file``, so
+``notes``) plus ``step``, ``timestamp``, ``tags``, ``images``, ``per_sample_file`` and
+``samples_file``, so
 ``DecisionMetrics.from_dict(line)`` gives the metrics back. A line is written with one
 ``write`` and fsynced; a crash can leave at most an unterminated last line, which the
 reader skips with a warning and the next write removes. One process at a time writes a
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tracking.core.metrics import DecisionMetrics
+from tracking.core.per_sample import PerSample, file_name
 from tracking.errors import TokcalError
 from tracking.io import check_writable
 from tracking.trackers.base import (
@@ -159,7 +162,8 @@ class LocalTracker(Tracker):
         write_atomic(self._dir / CONFIG_FILE, data)
 
     def _write_evaluation(
-        self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None, tags: dict[str, Any],
+        self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None,
+        per_sample: PerSample | None, tags: dict[str, Any],
     ) -> None:
         from tracking.core.plots import figure_to_png, metric_figures
 
@@ -168,6 +172,10 @@ class LocalTracker(Tracker):
             file_name = f"{step_name(step)}_{metrics.prefix}{FIGURE_SUFFIX.get(fig_name, fig_name)}.png"
             write_atomic(self._dir / file_name, figure_to_png(fig))
             images[fig_name] = file_name
+        per_sample_file = None
+        if per_sample is not None:
+            per_sample_file = file_name(step, metrics.prefix)
+            write_atomic(self._dir / per_sample_file, per_sample.to_json())
         samples_file = None
         if samples is not None:
             samples_file = f"{step_name(step)}_{metrics.prefix}samples.jsonl"
@@ -178,6 +186,7 @@ class LocalTracker(Tracker):
             "tags": tags,
             **metrics.to_dict(),
             "images": images,
+            "per_sample_file": per_sample_file,
             "samples_file": samples_file,
         }
         append_line(self._dir / EVALUATIONS_FILE, dumps_line(record))
@@ -307,10 +316,27 @@ def read_local(path: str | os.PathLike[str]) -> list[Series]:
         by_prefix: dict[str, list[Point]] = {}
         for rec in read_local_store(run_dir, last_per_step=True):
             m = DecisionMetrics.from_dict(rec)
-            by_prefix.setdefault(m.prefix, []).append(Point(int(rec["step"]), m, is_backfilled(rec.get("tags"))))
+            point = Point(int(rec["step"]), m, is_backfilled(rec.get("tags")), read_per_sample(run_dir, rec))
+            by_prefix.setdefault(m.prefix, []).append(point)
         for prefix, points in sorted(by_prefix.items()):
             out.append(Series.of(f"local {run_dir.name} · {prefix.rstrip('_')}", points, str(run_dir)))
     return out
+
+
+def read_per_sample(run_dir: Path, record: dict[str, Any]) -> PerSample | None:
+    """The per-sample record an ``evaluations.jsonl`` line names (``None`` when it names none).
+
+    Raises:
+        TokcalError: the line names a file that is missing or broken.
+    """
+    name = record.get("per_sample_file")
+    if not name:
+        return None
+    path = run_dir / name
+    if not path.is_file():
+        raise TokcalError(f"{run_dir / EVALUATIONS_FILE}: step {record.get('step')} names {name}, which is missing; "
+                          "restore it or remove that line")
+    return PerSample.from_json(path.read_bytes(), where=str(path))
 
 
 def scalar_history(records: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
@@ -326,5 +352,6 @@ __all__ = [
     "append_line",
     "read_local",
     "read_local_store",
+    "read_per_sample",
     "scalar_history",
 ]

@@ -15,11 +15,14 @@ Per evaluation, with ``prefix="eval_"``:
 * images ``eval_decision_reliability``, ``eval_decision_reliability_positive`` and
   ``eval_decision_histograms`` at ``step`` (the UI's step slider);
 * ``tokcal/eval/bins_step_000120.json``: the bins table (columns/rows), histograms, notes;
+* ``tokcal/eval/per_sample_step_000120.json``: the per-sample record
+  (:mod:`tracking.core.per_sample`), when given;
 * ``tokcal/eval/samples_step_000120.json``: the per-sample table, when given;
 * the evaluation's ``tags`` as run tags (MLflow tags are per run, not per step).
 
 :func:`read_mlflow` reads that layout back (``tokcal report``): the scalars' histories,
-and bins, histograms, notes and tags from the ``bins_step_*.json`` artifacts.
+bins, histograms, the risk-coverage curve, notes and tags from the ``bins_step_*.json``
+artifacts, and the per-sample records.
 ``tokcal.json`` and the spool record the tracking URI with its password as ``***``;
 :func:`tracking_uri_for` asks for the real one when such a run is reopened.
 
@@ -46,6 +49,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tracking.core.metrics import DecisionMetrics, Histogram
+from tracking.core.per_sample import PerSample
+from tracking.core.selective import RiskCoverage
 from tracking.errors import TokcalError, first_line, require
 from tracking.io import env_vars
 from tracking.trackers.base import (
@@ -77,6 +82,7 @@ _MAX_PARAM = 6000  # MLflow's limit on a param value's length
 
 _RUN_ID = re.compile(r"[0-9a-f]{32}")  # what MLflow's run ids look like
 _BINS_FILE = re.compile(r"/bins_step_\d+\.json$")
+_PER_SAMPLE_FILE = re.compile(r"/per_sample_step_(\d+)\.json$")
 
 MAX_RETRIES = 1  # per request, for tokcal's own calls (MLflow's default: 7, with back-off)
 TIMEOUT_S = 10  # per request (MLflow's default: 120 s)
@@ -356,7 +362,8 @@ class MlflowTracker(Tracker):
 
     @_bounded
     def _write_evaluation(
-        self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None, tags: dict[str, Any],
+        self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None,
+        per_sample: PerSample | None, tags: dict[str, Any],
     ) -> None:
         from mlflow.entities import Metric, RunTag
 
@@ -375,6 +382,8 @@ class MlflowTracker(Tracker):
         folder = artifact_folder(metrics.prefix)
         table = bins_table(metrics, step, tags)
         self._client.log_dict(run, to_jsonable(table), f"{folder}/bins_{step_name(step)}.json")
+        if per_sample is not None:
+            self._client.log_text(run, per_sample.to_json().decode("utf-8"), f"{folder}/per_sample_{step_name(step)}.json")
         if samples is not None:
             cols = sample_columns(samples)
             rows = [[step if c == "step" else row.get(c) for c in cols] for row in samples]
@@ -430,14 +439,17 @@ def bins_table(metrics: DecisionMetrics, step: int, tags: Mapping[str, Any]) -> 
         "columns": list(BINS_COLUMNS),
         "data": [[row[c] for c in BINS_COLUMNS] for row in bins_rows(metrics, step)],
         "histograms": {k: h.to_dict() for k, h in metrics.histograms.items()},
+        "risk_coverage": metrics.risk_coverage.to_dict() if metrics.risk_coverage else None,
         "notes": metrics.notes,
         "tags": dict(tags),
     }
 
 
-def point_from(step: int, prefix: str, scalars: dict[str, float], table: Mapping[str, Any]) -> Point:
-    """One evaluation back from its scalars and its :func:`bins_table` (``{}`` when the
-    artifact is missing: scalars only, label keys from the metric names)."""
+def point_from(step: int, prefix: str, scalars: dict[str, float], table: Mapping[str, Any],
+               per_sample: PerSample | None = None) -> Point:
+    """One evaluation back from its scalars, its :func:`bins_table` (``{}`` when the
+    artifact is missing: scalars only, label keys from the metric names) and its
+    per-sample record."""
     cols, data = table.get("columns") or [], table.get("data") or []
     metrics = DecisionMetrics(
         labels=list(table.get("labels") or labels_from_keys(scalars, prefix)), prefix=prefix, scalars=scalars,
@@ -445,8 +457,9 @@ def point_from(step: int, prefix: str, scalars: dict[str, float], table: Mapping
         positive_reliability=bins_from_table(cols, data, "positive"),
         histograms={k: Histogram.from_dict(h) for k, h in (table.get("histograms") or {}).items()},
         notes=list(table.get("notes") or []),
+        risk_coverage=RiskCoverage.from_dict(table["risk_coverage"]) if table.get("risk_coverage") else None,
     )
-    return Point(step, metrics, is_backfilled(table.get("tags")))
+    return Point(step, metrics, is_backfilled(table.get("tags")), per_sample)
 
 
 # ------------------------------------------------------------------------ reading back
@@ -491,25 +504,32 @@ def _read_mlflow(run_id: str, tracking_uri: str | None) -> list[Series]:
                 if prefix_of(key, prefixes) == prefix:
                     for m in client.get_metric_history(run_id, key):
                         scalars.setdefault(int(m.step), {})[key] = float(m.value)
-            tables = _bins_tables(client, run_id, artifact_folder(prefix), tmp, MlflowException)
-            points = [point_from(step, prefix, scalars[step], tables.get(step, {})) for step in sorted(scalars)]
+            tables, records = _artifacts(client, run_id, artifact_folder(prefix), tmp, MlflowException)
+            points = [point_from(step, prefix, scalars[step], tables.get(step, {}), records.get(step))
+                      for step in sorted(scalars)]
             out.append(Series.of(f"mlflow {name} · {prefix.rstrip('_')}", points, f"mlflow:{run_id} at {where}"))
     return out
 
 
-def _bins_tables(client: Any, run_id: str, folder: str, tmp: str, error: type[Exception]) -> dict[int, dict[str, Any]]:
-    """The ``bins_step_*.json`` tables in ``folder`` by step (none when the folder is missing)."""
+def _artifacts(client: Any, run_id: str, folder: str, tmp: str,
+               error: type[Exception]) -> tuple[dict[int, dict[str, Any]], dict[int, PerSample]]:
+    """The ``bins_step_*.json`` tables and ``per_sample_step_*.json`` records in ``folder``,
+    by step (none when the folder is missing)."""
     try:
         listed = [f.path for f in client.list_artifacts(run_id, folder)]
     except error:
         listed = []
-    wanted = [f for f in listed if _BINS_FILE.search(f)]
+    bins = [f for f in listed if _BINS_FILE.search(f)]
+    per_sample = {int(m.group(1)): f for f in listed if (m := _PER_SAMPLE_FILE.search(f))}
     tables: dict[int, dict[str, Any]] = {}
-    if wanted:
+    records: dict[int, PerSample] = {}
+    if bins or per_sample:
         with env_vars({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
             local = Path(client.download_artifacts(run_id, folder, tmp))
-        for f in wanted:
+        for f in bins:
             table = json.loads((local / Path(f).name).read_text(encoding="utf-8"))
             tables[int(table["step"])] = table
-    return tables
+        for step, f in per_sample.items():
+            records[step] = PerSample.from_json((local / Path(f).name).read_bytes(), where=f"MLflow artifact {f}")
+    return tables, records
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tracking.core.metrics import DecisionMetrics
+from tracking.core.per_sample import PerSample
 from tracking.errors import TokcalError
 from tracking.io import exclusive_lock
 from tracking.trackers.base import (
@@ -106,7 +107,7 @@ class UnopenedRun(Tracker):
         raise self._down()
 
     def _write_evaluation(self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None,
-                          tags: dict[str, Any]) -> None:
+                          per_sample: PerSample | None, tags: dict[str, Any]) -> None:
         raise self._down()
 
     def logged_steps(self, key: str) -> set[int]:
@@ -211,12 +212,14 @@ class SpoolingTracker(Tracker):
                    lambda: {"kind": "config", "step": 0, "config": to_jsonable(config)})
 
     def _write_evaluation(
-        self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None, tags: dict[str, Any],
+        self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None,
+        per_sample: PerSample | None, tags: dict[str, Any],
     ) -> None:
         self._call(
-            lambda: self.inner.log_evaluation(metrics, step, samples=samples, tags=tags),
+            lambda: self.inner.log_evaluation(metrics, step, samples=samples, per_sample=per_sample, tags=tags),
             lambda: {"kind": "evaluation", "step": step, "metrics": metrics.to_dict(),
-                     "samples": to_jsonable(samples), "tags": to_jsonable(tags)},
+                     "samples": to_jsonable(samples), "tags": to_jsonable(tags),
+                     "per_sample": None if per_sample is None else json.loads(per_sample.to_json())},
         )
 
     def logged_steps(self, key: str) -> set[int]:
@@ -455,6 +458,11 @@ def sync_spool(
     return result
 
 
+def _per_sample(entry: Mapping[str, Any], file: Path) -> PerSample | None:
+    doc = entry.get("per_sample")
+    return None if doc is None else PerSample.from_json(json.dumps(doc), where=str(file))
+
+
 def _count(dirs: Iterable[Path]) -> int:
     return sum(1 for d in dirs for _ in d.glob(f"*{SPOOL_SUFFIX}"))
 
@@ -519,7 +527,8 @@ def _replay(tracker: Tracker, group: list[tuple[Path, dict[str, Any]]], result: 
         else:
             if present:
                 metrics.scalars = {k: v for k, v in metrics.scalars.items() if k not in present}
-            tracker.log_evaluation(metrics, step, samples=entry.get("samples"), tags=entry.get("tags"))
+            tracker.log_evaluation(metrics, step, samples=entry.get("samples"), tags=entry.get("tags"),
+                                   per_sample=_per_sample(entry, file))
             for k in scalars:
                 if k not in present:
                     known[k].add(step)

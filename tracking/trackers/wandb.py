@@ -9,8 +9,12 @@
 * Per evaluation (``prefix="eval_"``): the scalars; ``eval/decision_hist_<name>`` as
   ``wandb.Histogram`` over the fixed edges; ``eval/decision_reliability`` (and
   ``_positive``, ``eval/decision_histograms``) as ``wandb.Image``; ``eval/decision_bins``
-  as a ``wandb.Table`` with a ``step`` column; ``eval/decision_sample_table`` when samples
-  are given; the evaluation's tags as ``eval/tag_<name>`` strings.
+  as a ``wandb.Table`` with a ``step`` column; ``eval/decision_reliability_curve`` and
+  ``eval/decision_risk_coverage``: line plots (``wandb.plot.line``) over their tables, so
+  one workspace panel overlays the runs; ``eval/decision_per_sample``: the per-sample
+  record as a table (``index``, ``turn``, ``id``, ``gt``, ``p_<label>``);
+  ``eval/decision_sample_table`` when samples are given; the evaluation's tags as
+  ``eval/tag_<name>`` strings.
 
 W&B cannot resume an offline run (``WANDB_MODE=offline``): ``wandb.init(id=...,
 resume="must")`` offline silently starts a second local run with the same id, so this
@@ -32,7 +36,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from tracking.core.metrics import DecisionMetrics
+from tracking.core.per_sample import PerSample
 from tracking.core.spec import label_key
 from tracking.errors import TokcalError, require
 from tracking.trackers.base import (
@@ -225,7 +232,8 @@ class WandbTracker(Tracker):
             self._sections.add(section)
 
     def _write_evaluation(
-        self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None, tags: dict[str, Any],
+        self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None,
+        per_sample: PerSample | None, tags: dict[str, Any],
     ) -> None:
         from tracking.core.plots import figure_to_array, metric_figures
 
@@ -244,6 +252,10 @@ class WandbTracker(Tracker):
             row[wandb_key(f"{p}decision_bins")] = wandb.Table(
                 columns=list(BINS_COLUMNS), data=[[r[c] for c in BINS_COLUMNS] for r in rows]
             )
+        row.update(_curves(wandb, metrics, step))
+        if per_sample is not None:
+            cols, data = per_sample_table(per_sample)
+            row[wandb_key(f"{p}decision_per_sample")] = wandb.Table(columns=cols, data=data)
         if samples is not None:
             cols = sample_columns(samples)
             data = [[step if c == "step" else to_jsonable(s.get(c)) for c in cols] for s in samples]
@@ -284,6 +296,76 @@ class WandbTracker(Tracker):
         self._closed = True
 
 
+def _curves(wandb: Any, metrics: DecisionMetrics, step: int) -> dict[str, Any]:
+    """The reliability curve (non-empty bins) and the risk-coverage curve as line plots."""
+    p, out = metrics.prefix, {}
+    bins = metrics.reliability
+    if bins is not None and bins.counts.sum():
+        keep = bins.counts > 0
+        data = [[float(c), float(a), int(n)] for c, a, n in
+                zip(bins.confidence[keep], bins.accuracy[keep], bins.counts[keep])]
+        table = wandb.Table(columns=["confidence", "accuracy", "count"], data=data)
+        out[wandb_key(f"{p}decision_reliability_curve")] = wandb.plot.line(
+            table, "confidence", "accuracy", title=f"Reliability ({p.rstrip('_')}, step {step})")
+    rc = metrics.risk_coverage
+    if rc is not None and len(rc.coverage):
+        keep = np.isfinite(rc.risk)
+        data = [[float(c), float(r)] for c, r in zip(rc.coverage[keep], rc.risk[keep])]
+        table = wandb.Table(columns=["coverage", "risk"], data=data)
+        out[wandb_key(f"{p}decision_risk_coverage")] = wandb.plot.line(
+            table, "coverage", "risk", title=f"Risk vs coverage ({p.rstrip('_')}, step {step})")
+    return out
+
+
+def per_sample_table(record: PerSample) -> tuple[list[str], list[list[Any]]]:
+    """The per-sample record as W&B table columns and rows: ``index``, ``turn``, ``id``
+    (when the data has ids), ``gt`` (the label), ``p_<label>`` per label in the spec's order.
+
+    Example:
+        >>> rec = PerSample(["Accept", "Reject"], [0, 1], [0, 1], [[0.9, 0.1], [0.2, 0.7]])
+        >>> per_sample_table(rec)
+        (['index', 'turn', 'gt', 'p_accept', 'p_reject'], [[0, 0, 'Accept', 0.9, 0.1], [1, 0, 'Reject', 0.2, 0.7]])
+    """
+    cols = ["index", "turn"] + (["id"] if record.ids is not None else []) + ["gt"]
+    cols += [f"p_{label_key(x)}" for x in record.labels]
+    names = [record.labels[g] for g in record.gt.tolist()]
+    probs = record.probs.tolist()
+    ids = record.ids if record.ids is not None else None
+    rows = []
+    for i, (index, turn) in enumerate(zip(record.index.tolist(), record.turn.tolist())):
+        head = [index, turn] + ([to_jsonable(ids[i])] if ids is not None else []) + [names[i]]
+        rows.append(head + probs[i])
+    return cols, rows
+
+
+def per_sample_from_table(columns: list[str], data: list[list[Any]], labels: list[str] | None = None,
+                          where: str = "W&B table") -> PerSample:
+    """The per-sample record back from the table :func:`per_sample_table` wrote (a W&B
+    ``*.table.json`` file holds ``columns`` and ``data``); ``labels`` in the spec's order
+    (default: the ``p_`` columns' keys).
+
+    Example:
+        >>> rec = PerSample(["Accept", "Reject"], [0, 1], [0, 1], [[0.9, 0.1], [0.2, 0.7]])
+        >>> per_sample_from_table(*per_sample_table(rec), ["Accept", "Reject"]).correct.tolist()
+        [True, True]
+    """
+    keys = [c[2:] for c in columns if c.startswith("p_")]
+    names = list(labels) if labels and sorted(label_key(x) for x in labels) == sorted(keys) else keys
+    missing = [c for c in ("index", "turn", "gt") if c not in columns]
+    if missing or len(keys) < 2:
+        raise TokcalError(f"{where}: expected a tokcal per-sample table (index, turn, gt, p_<label>), "
+                          f"got columns {columns}")
+    at = {c: columns.index(c) for c in columns}
+    by_key = {label_key(x): j for j, x in enumerate(names)}
+    try:
+        gt = [by_key[label_key(str(r[at["gt"]]))] for r in data]
+    except KeyError as exc:
+        raise TokcalError(f"{where}: expected gt to be one of {names}, got {exc.args[0]!r}") from exc
+    probs = [[r[at[f"p_{label_key(x)}"]] for x in names] for r in data]
+    return PerSample(names, [r[at["index"]] for r in data], gt, np.array(probs, dtype=np.float64).reshape(-1, len(names)),
+                     [r[at["turn"]] for r in data], [r[at["id"]] for r in data] if "id" in at else None)
+
+
 # ------------------------------------------------------------------------ reading back
 
 
@@ -315,7 +397,8 @@ def read_wandb(path: str) -> list[Series]:
                           f"'wandb login'): {reason}") from exc
     merged: dict[int, dict[str, float]] = {}  # step -> tokcal's names (eval/x -> eval_x)
     flags: set[tuple[str, int]] = set()  # (prefix, step) of backfilled rows
-    tag = f"tag_{BACKFILL_TAG}"
+    tables: dict[tuple[str, int], str] = {}  # (prefix, step) -> the per-sample table's file in the run
+    tag, table_key = f"tag_{BACKFILL_TAG}", "decision_per_sample"
     for row in rows:
         step = row.get(STEP_METRIC)
         if step is None:
@@ -326,6 +409,8 @@ def read_wandb(path: str) -> list[Series]:
             key = tokcal_key(k)
             if key.endswith(tag) and str(v) == "true":
                 flags.add((key[: -len(tag)], int(step)))
+            elif key.endswith(table_key) and isinstance(v, dict) and v.get("path"):
+                tables[(key[: -len(table_key)], int(step))] = str(v["path"])
             elif isinstance(v, (int, float)) and not isinstance(v, bool):
                 merged.setdefault(int(step), {})[key] = float(v)
     prefixes = metric_prefixes({k for s in merged.values() for k in s})
@@ -341,10 +426,28 @@ def read_wandb(path: str) -> list[Series]:
                 labels = labels_from_keys(mine, prefix)
                 if recorded and sorted(label_key(x) for x in recorded) == sorted(labels):
                     labels = list(recorded)  # the spec's order (positive first) and spelling
-                points.append(Point(step, DecisionMetrics(labels, prefix, mine, None), (prefix, step) in flags))
+                file = tables.get((prefix, step))
+                record = _download_table(run, file, labels) if file else None
+                points.append(Point(step, DecisionMetrics(labels, prefix, mine, None), (prefix, step) in flags, record))
         out.append(Series.of(f"wandb {run.name or path} · {prefix.rstrip('_')}", points, f"wandb:{path}",
                              ["reliability diagrams and histograms of W&B runs are in the W&B UI only"]))
     return out
+
+
+def _download_table(run: Any, file: str, labels: list[str]) -> PerSample:
+    """A per-sample table file of an online run, through the public API."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tokcal-wandb-") as tmp:
+        try:
+            local = run.file(file).download(root=tmp, replace=True)
+            doc = json.loads(open(local.name, encoding="utf-8").read())
+            local.close()
+        except Exception as exc:  # no network, file gone
+            raise TokcalError(f"could not read the per-sample table {file} of W&B run {run.id}: "
+                              f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from exc
+    return per_sample_from_table(doc.get("columns") or [], doc.get("data") or [], labels, where=f"W&B {file}")
 
 
 def _config_labels(config: Any) -> list[str] | None:
