@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from tracking.core.metrics import DecisionMetrics
-from tracking.core.per_sample import PerSample, file_name
+from tracking.core.per_sample import PerSample
+from tracking.core.per_sample import file_name as per_sample_name
 from tracking.errors import TokcalError
 from tracking.io import check_writable
 from tracking.trackers.base import (
@@ -174,7 +175,7 @@ class LocalTracker(Tracker):
             images[fig_name] = file_name
         per_sample_file = None
         if per_sample is not None:
-            per_sample_file = file_name(step, metrics.prefix)
+            per_sample_file = per_sample_name(step, metrics.prefix)
             write_atomic(self._dir / per_sample_file, per_sample.to_json())
         samples_file = None
         if samples is not None:
