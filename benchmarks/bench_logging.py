@@ -6,8 +6,11 @@ For a binary spec (Accept/Reject), each step the median of ``--repeats``, wall a
   the temperature fit);
 - ``figures``: every figure of one evaluation (``metric_figures``), rendered as the local
   store does (PNG) and as MLflow and W&B do (arrays);
+- ``per-sample record``: building the evaluation's per-sample record and writing it as
+  JSON (``PerSample.from_scores`` + ``to_json``), with its size in bytes;
 - ``log_evaluation`` for each backend: ``local`` (files), ``mlflow`` (a sqlite store) and
-  ``wandb`` (offline), everything the tracker does for one evaluation, figures included;
+  ``wandb`` (offline), everything the tracker does for one evaluation, figures and the
+  per-sample record included (the callback's defaults);
 - ``total``: metrics plus the tracker call, what one evaluation costs the logging thread.
 
 Targets: all figures of one evaluation together under 0.5 s; the whole evaluation under 1 s
@@ -76,15 +79,19 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print the top functions of the local backend's call")
     common.add_output_args(ap)
     a = ap.parse_args()
+    from tracking.core.per_sample import PerSample
     from tracking.core.plots import figure_to_array, figure_to_png, metric_figures
 
     s = scores(a.decisions)
     metrics = s.metrics()
+    record = PerSample.from_scores(s)
+    record_bytes = len(record.to_json())
     report = common.Report("bench_logging", f"Logging one evaluation of {a.decisions:,} decisions", {
         "labels": "Accept, Reject", "repeats": a.repeats, "figures": ", ".join(metric_figures(metrics))})
     report.start()
     steps: dict[str, tuple[float, float]] = {}
     steps["metrics"] = repeat(lambda i: s.metrics(), a.repeats)
+    steps["per-sample record (build + JSON)"] = repeat(lambda i: PerSample.from_scores(s).to_json(), a.repeats)
     steps["figures (PNG, local)"] = repeat(
         lambda i: [figure_to_png(f) for f in metric_figures(metrics, step=i).values()], a.repeats)
     steps["figures (arrays, MLflow/W&B)"] = repeat(
@@ -98,13 +105,14 @@ def main() -> None:
         except (ImportError, OSError, RuntimeError, ValueError) as exc:  # e.g. not installed: reported, the others run
             failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
             continue
-        calls[name] = repeat(lambda i, t=tracker: t.log_evaluation(metrics, 10 * (i + 1)), a.repeats)
+        calls[name] = repeat(lambda i, t=tracker: t.log_evaluation(metrics, 10 * (i + 1), per_sample=record),
+                             a.repeats)
         if a.profile and name == "local":
             import cProfile
             import pstats
 
             prof = cProfile.Profile()
-            prof.runcall(tracker.log_evaluation, metrics, 9_999_990)
+            prof.runcall(tracker.log_evaluation, metrics, 9_999_990, per_sample=record)
             pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
         tracker.close()
     rows = [[k, w, c] for k, (w, c) in steps.items()]
@@ -118,13 +126,17 @@ def main() -> None:
     figs_cpu = max(steps["figures (PNG, local)"][1], steps["figures (arrays, MLflow/W&B)"][1])
     report.check("all figures of one evaluation", f"{figs:.3f} s (CPU {figs_cpu:.3f} s)", "< 0.5 s", figs < 0.5,
                  note="wall time; on a busy machine the CPU time is the steadier number")
+    rec_wall, rec_cpu = steps["per-sample record (build + JSON)"]
+    report.check(f"per-sample record of {a.decisions:,} decisions", f"{record_bytes / 1e3:.0f} KB, "
+                 f"{rec_wall * 1e3:.0f} ms (CPU {rec_cpu * 1e3:.0f} ms)", "reported (#13)", None,
+                 note="on by default; included in every log_evaluation above")
     for k, (w, c) in calls.items():
         total = steps["metrics"][0] + w
         report.check(f"whole evaluation, {k}", f"{total:.3f} s (CPU {steps['metrics'][1] + c:.3f} s)", "< 1 s",
                      total < 1.0, note="see the table for the step that dominates")
     for k, v in failed.items():
         report.check(f"whole evaluation, {k}", "not measured", "< 1 s", None, note=v)
-    report.extra = {"steps": steps, "calls": calls, "failed": failed}
+    report.extra = {"steps": steps, "calls": calls, "failed": failed, "per_sample_bytes": record_bytes}
     report.write(a.json)
 
 

@@ -18,7 +18,7 @@ tokcal keys (all optional except the switch; a key that is off is never passed o
 ``decision_bins``         reliability bins (``n_bins``)
 ``decision_backend``      ``auto`` (follow ``report_to``), ``local``, ``mlflow``, ``wandb``
 ``decision_every``        log every N-th evaluation
-``decision_<option>``     any other tracking option: ``hist_bins``, ``log_samples``,
+``decision_<option>``     any other tracking option: ``hist_bins``, ``log_per_sample``, ``log_samples``,
                           ``max_samples``, ``scorer``, ``project``, ``entity``,
                           ``tracking_uri``, ``experiment``, ``run_id``, ``local_dir``
 ========================  =====================================================

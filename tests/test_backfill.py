@@ -112,9 +112,19 @@ def test_mlflow_resume_idempotent(run_dir: Path, expected, mlflow_server: str, t
         assert rows == json.loads(json.dumps(expected[s].records()))
 
 
+FLIPS = ("eval_decision_flips_to_wrong", "eval_decision_flips_to_right", "eval_decision_forgotten")
+
+
 def stored(record: dict) -> dict[str, float]:
-    """A local-store record's scalars; JSON keeps an undefined metric (NaN) as null."""
-    return {k: math.nan if v is None else v for k, v in record["scalars"].items()}
+    """A local-store record's scalars but the flips (``extract`` has one checkpoint, so no
+    flips); JSON keeps an undefined metric (NaN) as null."""
+    return {k: math.nan if v is None else v for k, v in record["scalars"].items() if k not in FLIPS}
+
+
+def flips_between(before, after) -> dict[str, float]:
+    """The flips from one extract result to the next, counted directly."""
+    was, now = before.probs.argmax(1) == before.gt, after.probs.argmax(1) == after.gt
+    return {FLIPS[0]: float((was & ~now).sum()), FLIPS[1]: float((~was & now).sum()), FLIPS[2]: float((was & ~now).sum())}
 
 
 def test_bad_checkpoint_others_logged_then_completed(run_dir: Path, expected, tmp_path: Path, capsys):
@@ -143,6 +153,10 @@ def test_bad_checkpoint_others_logged_then_completed(run_dir: Path, expected, tm
         assert r["tags"] == MARKER
         assert stored(r) == pytest.approx(expected[r["step"]].metrics().scalars, rel=1e-12, nan_ok=True)
         assert r["images"]  # the reliability diagram and histograms at that step
+    # Flips count between the checkpoints scored in one call: 6 after 2 in the first, none
+    # for 4 (alone in the second call).
+    assert {k: recs[1]["scalars"][k] for k in FLIPS} == flips_between(expected[2], expected[6])
+    assert not any(k in recs[0]["scalars"] or k in recs[2]["scalars"] for k in FLIPS)
 
     assert cli(out / "checkpoint-2", "--data", run_dir / "eval.jsonl", "--output-dir", tmp_path / "o", "--force",
                "--backend", "local", "--run-id", tracker.run_id, "--local-dir", tmp_path / "runs",

@@ -252,7 +252,7 @@ class WandbTracker(Tracker):
             row[wandb_key(f"{p}decision_bins")] = wandb.Table(
                 columns=list(BINS_COLUMNS), data=[[r[c] for c in BINS_COLUMNS] for r in rows]
             )
-        row.update(_curves(wandb, metrics, step))
+        row.update(_curves(wandb, metrics))
         if per_sample is not None:
             cols, data = per_sample_table(per_sample)
             row[wandb_key(f"{p}decision_per_sample")] = wandb.Table(columns=cols, data=data)
@@ -296,8 +296,12 @@ class WandbTracker(Tracker):
         self._closed = True
 
 
-def _curves(wandb: Any, metrics: DecisionMetrics, step: int) -> dict[str, Any]:
-    """The reliability curve (non-empty bins) and the risk-coverage curve as line plots."""
+def _curves(wandb: Any, metrics: DecisionMetrics) -> dict[str, Any]:
+    """The reliability curve (non-empty bins) and the risk-coverage curve as line plots.
+
+    W&B keeps each plot's table as ``<key>_table`` in the row and its chart in the run
+    config; the chart reads the latest table of every run in the workspace (``runSets``),
+    so one panel overlays the runs."""
     p, out = metrics.prefix, {}
     bins = metrics.reliability
     if bins is not None and bins.counts.sum():
@@ -306,14 +310,14 @@ def _curves(wandb: Any, metrics: DecisionMetrics, step: int) -> dict[str, Any]:
                 zip(bins.confidence[keep], bins.accuracy[keep], bins.counts[keep])]
         table = wandb.Table(columns=["confidence", "accuracy", "count"], data=data)
         out[wandb_key(f"{p}decision_reliability_curve")] = wandb.plot.line(
-            table, "confidence", "accuracy", title=f"Reliability ({p.rstrip('_')}, step {step})")
+            table, "confidence", "accuracy", title=f"Reliability ({p.rstrip('_')})")
     rc = metrics.risk_coverage
     if rc is not None and len(rc.coverage):
         keep = np.isfinite(rc.risk)
         data = [[float(c), float(r)] for c, r in zip(rc.coverage[keep], rc.risk[keep])]
         table = wandb.Table(columns=["coverage", "risk"], data=data)
         out[wandb_key(f"{p}decision_risk_coverage")] = wandb.plot.line(
-            table, "coverage", "risk", title=f"Risk vs coverage ({p.rstrip('_')}, step {step})")
+            table, "coverage", "risk", title=f"Risk vs coverage ({p.rstrip('_')})")
     return out
 
 
