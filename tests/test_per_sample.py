@@ -118,6 +118,8 @@ def test_tracker_checks_the_record_before_writing(tmp_path: Path):
     other = PerSample(["Yes", "No"], [0], [0], [[0.8, 0.1]])
     with pytest.raises(TokcalError, match=r"expected per_sample labels \['Accept', 'Reject'\]"):
         tracker.log_evaluation(m, 1, per_sample=other)
+    with pytest.raises(TokcalError, match="expected a per_sample record of 1 decisions"):
+        tracker.log_evaluation(m, 1, per_sample=PerSample(LABELS, [0, 1], [0, 0], [[0.8, 0.1], [0.2, 0.3]]))
     assert read_local_store(tracker.directory) == []  # nothing half-written
 
 

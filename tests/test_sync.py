@@ -13,7 +13,9 @@ mlflow = pytest.importorskip("mlflow")
 
 from tracking.cli.main import main  # noqa: E402
 from tracking.core.metrics import DecisionMetrics, compute_metrics  # noqa: E402
+from tracking.core.per_sample import PerSample  # noqa: E402
 from tracking.trackers import SpoolingTracker, open_tracker  # noqa: E402
+from tracking.trackers.mlflow import read_mlflow  # noqa: E402
 
 
 def make_metrics(seed: int, n: int = 64) -> DecisionMetrics:
@@ -31,6 +33,10 @@ def test_outage_spool_and_sync(mlflow_server_process, tmp_path, monkeypatch, cap
     uri = server.uri.replace("http://", "http://alice:hunter2@")  # must never show up anywhere
     spool = tmp_path / "spool"
     metrics = {step: make_metrics(step) for step in (10, 20, 30)}
+    rng = np.random.default_rng(20)
+    record = PerSample(["Accept", "Reject"], np.arange(64), rng.integers(0, 2, 64),
+                       rng.dirichlet([1, 1, 1], 64)[:, :2], ids=[f"p{i}" for i in range(64)])
+    metrics[20] = compute_metrics(record.probs, record.gt, record.labels)
 
     tracker = open_tracker("mlflow", tracking_uri=uri, spool_dir=spool, local_dir=tmp_path)
     assert isinstance(tracker, SpoolingTracker)
@@ -39,7 +45,7 @@ def test_outage_spool_and_sync(mlflow_server_process, tmp_path, monkeypatch, cap
 
     server.stop()
     with caplog.at_level(logging.WARNING):
-        tracker.log_evaluation(metrics[20], 20, tags={"checkpoint": "ckpt-20"})  # no exception
+        tracker.log_evaluation(metrics[20], 20, tags={"checkpoint": "ckpt-20"}, per_sample=record)  # no exception
         tracker.log_evaluation(metrics[30], 30)
         tracker.close()
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("tracking")]
@@ -77,3 +83,9 @@ def test_outage_spool_and_sync(mlflow_server_process, tmp_path, monkeypatch, cap
     run = client.get_run(run_id)
     assert run.data.tags["checkpoint"] == "ckpt-20"
     assert run.info.status == "FINISHED"  # the close that failed during the outage, replayed
+    # The per-sample record travelled through the spool.
+    [series] = read_mlflow(run_id, server.uri)
+    back = {p.step: p.per_sample for p in series.points}
+    assert back[10] is None and back[30] is None
+    np.testing.assert_allclose(back[20].probs, record.probs, rtol=1e-5)
+    assert back[20].ids == record.ids and back[20].gt.tolist() == record.gt.tolist()

@@ -90,6 +90,13 @@ def test_each_sample_once_and_equal_to_single_process_scoring(zero3_run: Path, s
         for r in rows:
             pa, pr = oracle[r["sample_id"]]
             assert (r["p_accept"], r["p_reject"]) == (close(pa), close(pr)), r["sample_id"]
+        # The per-sample record (on by default): every scored dataset index once, gathered from both ranks.
+        from tracking.core.per_sample import PerSample
+
+        record = PerSample.from_json((run_folder(zero3_run / scorer) / e["per_sample_file"]).read_bytes())
+        assert sorted(record.index.tolist()) == SCORED and len(record) == len(SCORED) and record.ids is None
+        for i, (pa, pr) in zip(record.index.tolist(), record.probs.tolist()):
+            assert (pa, pr) == (close(oracle[i][0]), close(oracle[i][1])), i
 
 
 def test_hook_and_own_pass_agree(zero3_run: Path) -> None:

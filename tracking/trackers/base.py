@@ -179,6 +179,9 @@ def check_per_sample(per_sample: Any, metrics: DecisionMetrics) -> PerSample | N
         raise TokcalError(f"expected per_sample to be a PerSample or None, got {type(per_sample).__name__}")
     if list(per_sample.labels) != list(metrics.labels):
         raise TokcalError(f"expected per_sample labels {metrics.labels} (the metrics'), got {per_sample.labels}")
+    n = metrics.scalars.get(f"{metrics.prefix}decision_samples")
+    if n is not None and not math.isnan(float(n)) and int(n) != len(per_sample):
+        raise TokcalError(f"expected a per_sample record of {int(n)} decisions (the metrics'), got {len(per_sample)}")
     return per_sample
 
 
