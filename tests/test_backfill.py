@@ -179,6 +179,28 @@ def test_library_tokenises_once_and_again_for_another_template(run_dir: Path, tm
     assert report.ok and "3 logged, 0 skipped, 0 failed" in report.summary()
 
 
+def test_checkpoints_with_the_same_tokenizer_files_share_one_tokenizer(run_dir: Path, tmp_path: Path):
+    from tracking.jobs.checkpoints import load_tokenizer
+
+    first = load_tokenizer(run_dir / "checkpoint-2")
+    assert load_tokenizer(run_dir / "checkpoint-4") is first and load_tokenizer(run_dir / "checkpoint-6") is first
+    changed = tmp_path / "checkpoint-8"
+    shutil.copytree(run_dir / "checkpoint-6", changed)
+    changed.chmod(0o755)
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    jinja = changed / "chat_template.jinja"
+    if jinja.is_file():  # transformers 5 keeps the template in its own file
+        jinja.chmod(0o644)
+        jinja.write_text(template)
+    else:
+        cfg_file = changed / "tokenizer_config.json"
+        cfg_file.chmod(0o644)
+        cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "chat_template": template}))
+    other = load_tokenizer(changed)
+    assert other is not first and other.chat_template == template
+    assert first.chat_template != template
+
+
 def test_default_jsonl_beside_checkpoint(run_dir: Path, expected, tmp_path: Path):
     ckpt = tmp_path / "checkpoint-2"
     shutil.copytree(run_dir / "checkpoint-2", ckpt)

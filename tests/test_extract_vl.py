@@ -302,6 +302,7 @@ def test_processor_without_torchvision_warns_once(vl_ckpt, monkeypatch):
     from tracking.jobs import checkpoints
 
     monkeypatch.setattr(checkpoints, "_warned_no_video", False)
+    monkeypatch.setattr(checkpoints, "_KEEP_LOADED", 0)  # load twice: the warning, not the cache, is once
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         procs = [checkpoints.load_processor(vl_ckpt, max_pixels=28 * 28 * 10) for _ in range(2)]
