@@ -98,6 +98,7 @@ def main() -> None:
         lambda i: [figure_to_array(f) for f in metric_figures(metrics, step=i).values()], a.repeats)
     root = Path(tempfile.mkdtemp(dir=a.workdir if a.workdir.exists() else None, prefix="logging-"))
     calls: dict[str, tuple[float, float]] = {}
+    bare: dict[str, tuple[float, float]] = {}  # the same call without the per-sample record
     failed: dict[str, str] = {}
     for name in [b.strip() for b in a.backends.split(",") if b.strip()]:
         try:
@@ -107,6 +108,7 @@ def main() -> None:
             continue
         calls[name] = repeat(lambda i, t=tracker: t.log_evaluation(metrics, 10 * (i + 1), per_sample=record),
                              a.repeats)
+        bare[name] = repeat(lambda i, t=tracker: t.log_evaluation(metrics, 10 * (i + 1) + 5), a.repeats)
         if a.profile and name == "local":
             import cProfile
             import pstats
@@ -117,6 +119,7 @@ def main() -> None:
         tracker.close()
     rows = [[k, w, c] for k, (w, c) in steps.items()]
     rows += [[f"log_evaluation: {k}", w, c] for k, (w, c) in calls.items()]
+    rows += [[f"log_evaluation: {k}, without the per-sample record", w, c] for k, (w, c) in bare.items()]
     rows += [[f"total: {k} (metrics + log_evaluation)", steps["metrics"][0] + w, steps["metrics"][1] + c]
              for k, (w, c) in calls.items()]
     rows += [[f"log_evaluation: {k}", "failed", v] for k, v in failed.items()]
@@ -136,7 +139,11 @@ def main() -> None:
                      total < 1.0, note="see the table for the step that dominates")
     for k, v in failed.items():
         report.check(f"whole evaluation, {k}", "not measured", "< 1 s", None, note=v)
-    report.extra = {"steps": steps, "calls": calls, "failed": failed, "per_sample_bytes": record_bytes}
+    for k, (w, c) in calls.items():
+        extra_wall, extra_cpu = w - bare[k][0], c - bare[k][1]
+        report.check(f"per-sample record in {k}", f"+{extra_wall * 1e3:.0f} ms (CPU +{extra_cpu * 1e3:.0f} ms)",
+                     "reported (#13)", None, note="log_evaluation with the record minus without it")
+    report.extra = {"steps": steps, "calls": calls, "bare": bare, "failed": failed, "per_sample_bytes": record_bytes}
     report.write(a.json)
 
 

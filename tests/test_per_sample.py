@@ -169,10 +169,9 @@ def test_mlflow_server_round_trip(mlflow_server: str, no_mlflow_env):
         np.testing.assert_allclose(p.metrics.risk_coverage.risk, metrics_of(recs[p.step]).risk_coverage.risk)
 
 
-def test_wandb_offline_table_and_line_plots(tmp_path: Path, monkeypatch):
+def test_wandb_offline_run_file_and_line_plots(tmp_path: Path, monkeypatch):
     wandb = pytest.importorskip("wandb")
-    from tests.helpers.wandb_reader import find_run_file, history_rows, read_config
-    from tracking.trackers.wandb import per_sample_from_table
+    from tests.helpers.wandb_reader import find_run_file, history_rows, read_config, read_records
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -189,15 +188,18 @@ def test_wandb_offline_table_and_line_plots(tmp_path: Path, monkeypatch):
     finally:
         if wandb.run is not None:
             wandb.run.finish()
-    rows = [r for r in history_rows(run_file) if "eval/decision_per_sample" in r]
+    rows = [r for r in history_rows(run_file) if "eval/decision_ece" in r]
     assert [r["train/global_step"] for r in rows] == [4, 2]
     files = run_file.parent / "files"
+    # The records are run files that W&B was told to upload (a "files" record each).
+    saved = {f.path for rec in read_records(run_file) if rec.WhichOneof("record_type") == "files"
+             for f in rec.files.files}
+    for step, rec in recs.items():
+        name = f"tokcal/{file_name(step, 'eval_')}"
+        assert name in saved
+        same(rec, PerSample.from_json((files / name).read_bytes()))
     for row in rows:
-        ref = row["eval/decision_per_sample"]
-        assert ref["_type"] == "table-file"
-        doc = json.loads((files / ref["path"]).read_text())
         step = row["train/global_step"]
-        same(recs[step], per_sample_from_table(doc["columns"], doc["data"], LABELS))
         m = metrics_of(recs[step])
         for key, (x, y) in {"eval/decision_reliability_curve": ("confidence", "accuracy"),
                             "eval/decision_risk_coverage": ("coverage", "risk")}.items():
@@ -220,8 +222,6 @@ def test_wandb_offline_table_and_line_plots(tmp_path: Path, monkeypatch):
         assert query["name"] == "runSets"
         [table_arg] = [f for f in query["fields"] if f["name"] == "summaryTable"][0]["args"]
         assert table_arg["value"] == f"{key}_table"
-    with pytest.raises(TokcalError, match="expected gt to be one of"):
-        per_sample_from_table(["index", "turn", "gt", "p_accept", "p_reject"], [[0, 0, "Maybe", 0.1, 0.2]], LABELS)
 
 
 # ------------------------------------------------------------------ live and backfilled

@@ -11,10 +11,10 @@
   ``_positive``, ``eval/decision_histograms``) as ``wandb.Image``; ``eval/decision_bins``
   as a ``wandb.Table`` with a ``step`` column; ``eval/decision_reliability_curve`` and
   ``eval/decision_risk_coverage``: line plots (``wandb.plot.line``) over their tables, so
-  one workspace panel overlays the runs; ``eval/decision_per_sample``: the per-sample
-  record as a table (``index``, ``turn``, ``id``, ``gt``, ``p_<label>``);
-  ``eval/decision_sample_table`` when samples are given; the evaluation's tags as
-  ``eval/tag_<name>`` strings.
+  one workspace panel overlays the runs; the per-sample record as the run file
+  ``tokcal/step_000120_eval_per_sample.json`` (uploaded at once; a ``wandb.Table`` of
+  10,000 rows would hold the training thread about 1.5 s); ``eval/decision_sample_table``
+  when samples are given; the evaluation's tags as ``eval/tag_<name>`` strings.
 
 W&B cannot resume an offline run (``WANDB_MODE=offline``): ``wandb.init(id=...,
 resume="must")`` offline silently starts a second local run with the same id, so this
@@ -33,13 +33,16 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tracking.core.metrics import DecisionMetrics
 from tracking.core.per_sample import PerSample
+from tracking.core.per_sample import file_name as per_sample_name
 from tracking.core.spec import label_key
 from tracking.errors import TokcalError, require
 from tracking.trackers.base import (
@@ -57,11 +60,14 @@ from tracking.trackers.base import (
     redact,
     sample_columns,
     to_jsonable,
+    write_atomic,
 )
 
 logger = logging.getLogger(__name__)
 
 STEP_METRIC = "train/global_step"
+RECORD_FOLDER = "tokcal"  # run files: tokcal/step_000120_eval_per_sample.json
+_RECORD_FILE = re.compile(r"^tokcal/step_(\d+)_(.*)per_sample\.json$")
 _OFFLINE_MODES = ("offline", "dryrun")
 _SECTIONS = ("eval", "test")  # the Trainer's prefixes that get a section of their own
 
@@ -254,8 +260,7 @@ class WandbTracker(Tracker):
             )
         row.update(_curves(wandb, metrics))
         if per_sample is not None:
-            cols, data = per_sample_table(per_sample)
-            row[wandb_key(f"{p}decision_per_sample")] = wandb.Table(columns=cols, data=data)
+            self._save_record(per_sample, step, p)
         if samples is not None:
             cols = sample_columns(samples)
             data = [[step if c == "step" else to_jsonable(s.get(c)) for c in cols] for s in samples]
@@ -266,6 +271,13 @@ class WandbTracker(Tracker):
             self._define(key)
         row[STEP_METRIC] = step
         self._run.log(row)  # no step=: W&B would drop steps lower than the current one
+
+    def _save_record(self, record: PerSample, step: int, prefix: str) -> None:
+        """The per-sample record as a run file under ``tokcal/``, uploaded now (online) or
+        by ``wandb sync`` (offline)."""
+        base = Path(self._run.dir)
+        path = write_atomic(base / RECORD_FOLDER / per_sample_name(step, prefix), record.to_json())
+        self._run.save(str(path), base_path=str(base), policy="now")
 
     def logged_steps(self, key: str) -> set[int]:
         """Values of ``train/global_step`` in rows that hold ``key``, read through the
@@ -321,55 +333,6 @@ def _curves(wandb: Any, metrics: DecisionMetrics) -> dict[str, Any]:
     return out
 
 
-def per_sample_table(record: PerSample) -> tuple[list[str], list[list[Any]]]:
-    """The per-sample record as W&B table columns and rows: ``index``, ``turn``, ``id``
-    (when the data has ids), ``gt`` (the label), ``p_<label>`` per label in the spec's order.
-
-    Example:
-        >>> rec = PerSample(["Accept", "Reject"], [0, 1], [0, 1], [[0.9, 0.1], [0.2, 0.7]])
-        >>> per_sample_table(rec)
-        (['index', 'turn', 'gt', 'p_accept', 'p_reject'], [[0, 0, 'Accept', 0.9, 0.1], [1, 0, 'Reject', 0.2, 0.7]])
-    """
-    cols = ["index", "turn"] + (["id"] if record.ids is not None else []) + ["gt"]
-    cols += [f"p_{label_key(x)}" for x in record.labels]
-    names = [record.labels[g] for g in record.gt.tolist()]
-    probs = record.probs.tolist()
-    ids = record.ids if record.ids is not None else None
-    rows = []
-    for i, (index, turn) in enumerate(zip(record.index.tolist(), record.turn.tolist())):
-        head = [index, turn] + ([to_jsonable(ids[i])] if ids is not None else []) + [names[i]]
-        rows.append(head + probs[i])
-    return cols, rows
-
-
-def per_sample_from_table(columns: list[str], data: list[list[Any]], labels: list[str] | None = None,
-                          where: str = "W&B table") -> PerSample:
-    """The per-sample record back from the table :func:`per_sample_table` wrote (a W&B
-    ``*.table.json`` file holds ``columns`` and ``data``); ``labels`` in the spec's order
-    (default: the ``p_`` columns' keys).
-
-    Example:
-        >>> rec = PerSample(["Accept", "Reject"], [0, 1], [0, 1], [[0.9, 0.1], [0.2, 0.7]])
-        >>> per_sample_from_table(*per_sample_table(rec), ["Accept", "Reject"]).correct.tolist()
-        [True, True]
-    """
-    keys = [c[2:] for c in columns if c.startswith("p_")]
-    names = list(labels) if labels and sorted(label_key(x) for x in labels) == sorted(keys) else keys
-    missing = [c for c in ("index", "turn", "gt") if c not in columns]
-    if missing or len(keys) < 2:
-        raise TokcalError(f"{where}: expected a tokcal per-sample table (index, turn, gt, p_<label>), "
-                          f"got columns {columns}")
-    at = {c: columns.index(c) for c in columns}
-    by_key = {label_key(x): j for j, x in enumerate(names)}
-    try:
-        gt = [by_key[label_key(str(r[at["gt"]]))] for r in data]
-    except KeyError as exc:
-        raise TokcalError(f"{where}: expected gt to be one of {names}, got {exc.args[0]!r}") from exc
-    probs = [[r[at[f"p_{label_key(x)}"]] for x in names] for r in data]
-    return PerSample(names, [r[at["index"]] for r in data], gt, np.array(probs, dtype=np.float64).reshape(-1, len(names)),
-                     [r[at["turn"]] for r in data], [r[at["id"]] for r in data] if "id" in at else None)
-
-
 # ------------------------------------------------------------------------ reading back
 
 
@@ -401,8 +364,7 @@ def read_wandb(path: str) -> list[Series]:
                           f"'wandb login'): {reason}") from exc
     merged: dict[int, dict[str, float]] = {}  # step -> tokcal's names (eval/x -> eval_x)
     flags: set[tuple[str, int]] = set()  # (prefix, step) of backfilled rows
-    tables: dict[tuple[str, int], str] = {}  # (prefix, step) -> the per-sample table's file in the run
-    tag, table_key = f"tag_{BACKFILL_TAG}", "decision_per_sample"
+    tag = f"tag_{BACKFILL_TAG}"
     for row in rows:
         step = row.get(STEP_METRIC)
         if step is None:
@@ -413,14 +375,13 @@ def read_wandb(path: str) -> list[Series]:
             key = tokcal_key(k)
             if key.endswith(tag) and str(v) == "true":
                 flags.add((key[: -len(tag)], int(step)))
-            elif key.endswith(table_key) and isinstance(v, dict) and v.get("path"):
-                tables[(key[: -len(table_key)], int(step))] = str(v["path"])
             elif isinstance(v, (int, float)) and not isinstance(v, bool):
                 merged.setdefault(int(step), {})[key] = float(v)
     prefixes = metric_prefixes({k for s in merged.values() for k in s})
     if not prefixes:
         raise TokcalError(f"W&B run {path} has no tokcal metrics (no 'eval/*decision_samples' key)")
     recorded = _config_labels(getattr(run, "config", None) or {})
+    files = _record_files(run)
     out = []
     for prefix in prefixes:
         points = []
@@ -430,28 +391,38 @@ def read_wandb(path: str) -> list[Series]:
                 labels = labels_from_keys(mine, prefix)
                 if recorded and sorted(label_key(x) for x in recorded) == sorted(labels):
                     labels = list(recorded)  # the spec's order (positive first) and spelling
-                file = tables.get((prefix, step))
-                record = _download_table(run, file, labels) if file else None
+                file = files.get((prefix, step))
+                record = _download_record(run, file) if file else None
                 points.append(Point(step, DecisionMetrics(labels, prefix, mine, None), (prefix, step) in flags, record))
         out.append(Series.of(f"wandb {run.name or path} · {prefix.rstrip('_')}", points, f"wandb:{path}",
                              ["reliability diagrams and histograms of W&B runs are in the W&B UI only"]))
     return out
 
 
-def _download_table(run: Any, file: str, labels: list[str]) -> PerSample:
-    """A per-sample table file of an online run, through the public API."""
-    import json
+def _record_files(run: Any) -> dict[tuple[str, int], str]:
+    """(prefix, step) -> name of each per-sample record among an online run's files."""
+    try:
+        names = [f.name for f in run.files()]
+    except Exception as exc:  # no network, no permission
+        raise TokcalError(f"could not list the files of W&B run {run.id}: {_reason(exc)}") from exc
+    return {(m.group(2), int(m.group(1))): n for n in names if (m := _RECORD_FILE.match(n))}
+
+
+def _download_record(run: Any, name: str) -> PerSample:
+    """One per-sample record file of an online run, through the public API."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="tokcal-wandb-") as tmp:
         try:
-            local = run.file(file).download(root=tmp, replace=True)
-            doc = json.loads(open(local.name, encoding="utf-8").read())
-            local.close()
+            run.file(name).download(root=tmp, replace=True).close()
+            data = (Path(tmp) / name).read_bytes()
         except Exception as exc:  # no network, file gone
-            raise TokcalError(f"could not read the per-sample table {file} of W&B run {run.id}: "
-                              f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from exc
-    return per_sample_from_table(doc.get("columns") or [], doc.get("data") or [], labels, where=f"W&B {file}")
+            raise TokcalError(f"could not read {name} of W&B run {run.id}: {_reason(exc)}") from exc
+    return PerSample.from_json(data, where=f"W&B run {run.id}: {name}")
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
 def _config_labels(config: Any) -> list[str] | None:
