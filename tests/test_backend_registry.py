@@ -17,6 +17,7 @@ import pytest
 from tracking.cli.main import main
 from tracking.core.metrics import DecisionMetrics, compute_metrics
 from tracking.core.per_sample import PerSample
+from tracking.core.trajectories import trajectories
 from tracking.errors import TokcalError
 from tracking.jobs.backfill import MARKER
 from tracking.jobs.report import read_source
@@ -225,8 +226,21 @@ def test_callback_backfill_and_report(jsonl_backend, tiny_bpe_checkpoint, tmp_pa
     series = {s.points[0].metrics.prefix: s for s in read_source(str(out))}  # the runs tokcal.json records
     assert series["eval_"].steps == [2, 4] and not any(p.backfilled for p in series["eval_"].points)
     assert series["eval_holdout_"].steps == [2, 4] and all(p.backfilled for p in series["eval_holdout_"].points)
+    flips = ("decision_flips_to_wrong", "decision_flips_to_right", "decision_forgotten")
     for p in series["eval_holdout_"].points:
         want = own[p.step].scalars
         got = {k.replace("eval_holdout_", "eval_", 1): v for k, v in p.metrics.scalars.items()}
         got = {k: v for k, v in got.items() if v is not None and not np.isnan(v)}  # undefined: NaN or absent
+        got = {k: v for k, v in got.items() if k[len("eval_"):] not in flips}  # extract has no flips
         assert got == pytest.approx({k: v for k, v in want.items() if not np.isnan(v)}, rel=1e-12)
+    # The per-sample records went through this backend too: the flips backfill logged at step 4
+    # are those between the live records of steps 2 and 4 (same ids, same decisions).
+    live_recs = [p.per_sample for p in series["eval_"].points]
+    back_recs = [p.per_sample for p in series["eval_holdout_"].points]
+    assert all(r is not None for r in live_recs + back_recs)
+    np.testing.assert_array_equal(live_recs[0].keys, back_recs[0].keys)
+    direct = trajectories([r.keys for r in live_recs], [r.correct for r in live_recs], [2, 4])
+    step4 = series["eval_holdout_"].points[1]
+    assert [step4.scalar(f) for f in flips] == [float(direct.flips_to_wrong[1]), float(direct.flips_to_right[1]),
+                                                float(direct.forgotten[1])]
+    assert series["eval_"].points[1].scalar(flips[0]) == float(direct.flips_to_wrong[1])  # the callback's own count
