@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ def _check(records: Sequence[tuple[int, PerSample]]) -> list[tuple[int, PerSampl
         if rec.labels != labels:
             raise TokcalError(f"expected the labels {labels} in every evaluation, got {rec.labels} at step {step}")
     steps = [float(s) for s, _ in out]
-    if any(b < a for a, b in zip(steps, steps[1:])) or not all(math.isfinite(s) for s in steps):
+    if any(b < a for a, b in itertools.pairwise(steps)) or not all(math.isfinite(s) for s in steps):
         raise TokcalError(f"expected finite steps in non-decreasing order, got {steps}")
     return out
 
@@ -181,5 +182,12 @@ def sample_risk_coverage(record: PerSample, points: int = CURVE_POINTS) -> RiskC
     return risk_coverage_curve(p_pred, record.correct, points)
 
 
-__all__ = ["LearningHeatmap", "TOP_WRONG", "WrongDecision", "confidently_wrong", "learning_heatmap",
-           "sample_risk_coverage", "sample_trajectories"]
+__all__ = [
+    "TOP_WRONG",
+    "LearningHeatmap",
+    "WrongDecision",
+    "confidently_wrong",
+    "learning_heatmap",
+    "sample_risk_coverage",
+    "sample_trajectories",
+]

@@ -1,5 +1,9 @@
 """The report's figures and its one self-contained HTML file (see :mod:`tracking.jobs.report`).
 
+The page: the comparison of the series (two or more; :mod:`tracking.jobs.report_analysis`),
+the evolution over steps, then per series its table, its per-sample analysis (trajectory
+heatmap, flips, risk-coverage, most confidently wrong) and each step's figures.
+
 Everything the page shows is inside it: PNGs as base64 ``data:`` URIs, the style and a few
 lines of script (a step slider per series; without script every step shows in a grid).
 The same PNGs are written beside it in ``<name>_files/``.
@@ -22,6 +26,11 @@ from matplotlib.figure import Figure
 
 from tracking.core.plots import figure_to_png, histogram_figure, reliability_diagram
 from tracking.errors import TokcalError
+from tracking.jobs.report_analysis import (
+    check_compare_step,
+    comparison_section,
+    per_sample_section,
+)
 
 if TYPE_CHECKING:
     from tracking.jobs.report import Series
@@ -109,6 +118,8 @@ text-align:right} th{background:#f4f4f4} tr.back td{color:#8a5a00}
 .js .steps:not(.grid) .step{display:none} .js .steps:not(.grid) .step.on{display:block}
 .ctl{display:none;margin:6px 0} .js .ctl{display:block} .ctl input[type=range]{width:420px;vertical-align:middle}
 .note{color:#8a5a00}
+img.flips,img.risk-coverage{display:inline-block;max-width:49%} table.wrong td.text{text-align:left;max-width:520px;
+font-size:11px;color:#444} table.compare th{text-align:left} h4{margin:10px 0 2px;font-size:14px}
 """
 
 _SCRIPT = """
@@ -125,18 +136,22 @@ document.querySelectorAll('.steps').forEach(function(box){
 
 
 def write_report(series: Sequence[Series], output: str | os.PathLike[str], *, title: str = "tokcal report",
-                 step_figures: bool = True) -> Path:
+                 step_figures: bool = True, compare_step: int | None = None) -> Path:
     """Write ``output`` (HTML) and its PNGs in ``<output stem>_files/``; returns the HTML path.
 
     Args:
         series: what to draw (see :func:`tracking.jobs.report.read_sources`).
         step_figures: draw each step's reliability diagrams and histograms (the slowest part).
+        compare_step: compare (and list the wrong decisions of) each series' last evaluation
+            at or before this step; default: the last evaluation.
 
     Raises:
-        TokcalError: nothing to draw, or ``output`` is a folder.
+        TokcalError: nothing to draw, ``output`` is a folder, or ``compare_step`` precedes
+            every evaluation.
     """
     if not series or not any(s.points for s in series):
         raise TokcalError("nothing to report: expected at least one evaluation")
+    check_compare_step(series, compare_step)
     out = Path(output)
     if out.is_dir():
         raise TokcalError(f"expected an output file path (report.html), got a folder: {out}")
@@ -156,6 +171,7 @@ def write_report(series: Sequence[Series], output: str | os.PathLike[str], *, ti
              f"<style>{_STYLE}</style></head><body>",
              f"<h1>{html.escape(title)}</h1><div class=meta>{len(series)} series: {names} · generated "
              f"{time.strftime('%Y-%m-%d %H:%M')} by tokcal report · PNGs in {html.escape(files.name)}/</div>",
+             comparison_section(series, compare_step, save),
              "<h2>Evolution over steps</h2>", _img(evo, "decision metrics over steps", "wide")]
     used: set[str] = set()
     for s in series:
@@ -166,6 +182,7 @@ def write_report(series: Sequence[Series], output: str | os.PathLike[str], *, ti
         parts.append(f"<h2>{html.escape(s.name)}</h2><div class=meta>{html.escape(s.source)}</div>")
         parts += [f"<p class=note>{html.escape(n)}</p>" for n in s.notes]
         parts.append(_table(s))
+        parts.append(per_sample_section(s, slug, compare_step, save))
         if step_figures:
             parts.append(_steps_block(s, slug, save))
     parts.append(f"<script>{_SCRIPT}</script></body></html>")
