@@ -4,6 +4,7 @@ loads with every image decoded."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -396,6 +397,17 @@ def test_compare_step(tmp_path, capsys):
     with pytest.raises(TokcalError, match=r"at or after the first evaluation \(step 100\), got 50"):
         write_report(late, tmp_path / "y.html", compare_step=50)
     assert not (tmp_path / "x.html").exists() and not (tmp_path / "y.html").exists()
+    # a series that starts after the chosen step is left out of the comparison, with a note
+    full = read_sources([str(store)])[0]
+    text = write_report([full, late[1]], tmp_path / "z.html", compare_step=50,
+                        step_figures=False).read_text(encoding="utf-8")
+    table = text.split("id=compare-table>")[1].split("</table>")[0]
+    assert table.count("step 50") == 1 and html.escape(late[1].name) not in table
+    assert f"left out (no evaluation at or before step 50): {html.escape(late[1].name)}" in text
+    assert "No per-sample record at or before step 50" in text
+    # one series: no comparison
+    one = write_report([full], tmp_path / "one.html", step_figures=False).read_text(encoding="utf-8")
+    assert "id=comparison" not in one and "class=per-sample " in one
     with pytest.raises(SystemExit):
         main(["report", "--help"])
     assert "--compare-step 400" in capsys.readouterr().out
