@@ -15,6 +15,7 @@ The numbers come from :mod:`tracking.core.per_sample_views`; this module only dr
 
 from __future__ import annotations
 
+import base64
 import html
 import math
 from collections.abc import Callable, Sequence
@@ -94,14 +95,14 @@ def _png(fig: Figure) -> bytes:
     return figure_to_png(fig)
 
 
-def _img(data: bytes, alt: str, cls: str) -> str:
-    import base64
-
+def img_tag(data: bytes, alt: str, cls: str = "") -> str:
+    """An ``<img>`` holding the PNG ``data`` as a ``data:`` URI (the page loads nothing else)."""
     b64 = base64.b64encode(data).decode("ascii")
     return f'<img class="{cls}" alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
 
 
-def _fmt(v: float | None) -> str:
+def fmt3(v: float | None) -> str:
+    """A table cell's number: 3 decimals, a dash for missing (None, NaN)."""
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
@@ -134,14 +135,14 @@ def comparison_figure(chosen: Sequence[tuple[Series, Point]]) -> Figure:
             counts = np.asarray(b.counts)
             keep = counts > 0
             x, y = np.asarray(b.confidence)[keep], np.asarray(b.accuracy)[keep]
-            rel.plot(x, y, "-", color=color, lw=1.2, label=f"{name} (ECE {_fmt(p.scalar('decision_ece'))})")
+            rel.plot(x, y, "-", color=color, lw=1.2, label=f"{name} (ECE {fmt3(p.scalar('decision_ece'))})")
             # marker area by the bin's share of the decisions: the big bins are what the ECE weighs
             rel.scatter(x, y, s=8 + 200 * counts[keep] / max(1, counts.sum()), color=color, alpha=0.7, zorder=3)
         curve = _curve_of(p)
         if curve is not None:
             any_curve = True
             rc.plot(curve.coverage, curve.risk, "o-", color=color, ms=3, lw=1.5,
-                    label=f"{name} (AURC {_fmt(p.scalar('decision_aurc'))})")
+                    label=f"{name} (AURC {fmt3(p.scalar('decision_aurc'))})")
     rel.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence (top label, per bin)", ylabel="accuracy",
             title="Reliability (marker area: share of decisions)")
     rc.set(xlim=(0, 1.02), xlabel="coverage (most confident kept)", ylabel="risk (error rate of the kept)",
@@ -168,7 +169,7 @@ def comparison_section(series: Sequence[Series], compare_step: int | None, save:
         parts.append(f"<p class=note>left out (no evaluation at or before step {compare_step}): "
                      f"{html.escape(', '.join(missing))}</p>")
     png = save("comparison.png", _png(comparison_figure(chosen)))
-    parts.append(_img(png, "reliability and risk-coverage curves of each series", "wide comparison"))
+    parts.append(img_tag(png, "reliability and risk-coverage curves of each series", "wide comparison"))
     parts.append(_compare_table(chosen))
     parts.append("<p class=meta>Bold: the best value of a row (higher, or lower for ECE, Brier, NLL and AURC).</p>"
                  "</section>")
@@ -182,7 +183,7 @@ def _compare_table(chosen: Sequence[tuple[Series, Point]]) -> str:
         vals = [p.scalar(key) for _, p in chosen]
         finite = [v for v in vals if not math.isnan(v)]
         best = (max(finite) if better > 0 else min(finite)) if better and len(finite) > 1 else None
-        cells = "".join(f"<td>{'<b>' + _fmt(v) + '</b>' if best is not None and v == best else _fmt(v)}</td>"
+        cells = "".join(f"<td>{'<b>' + fmt3(v) + '</b>' if best is not None and v == best else fmt3(v)}</td>"
                         if key != "decision_samples" else f"<td>{'–' if math.isnan(v) else int(v)}</td>"
                         for v in vals)
         rows.append(f'<tr data-metric="{key}"><th>{html.escape(name)}</th>{cells}</tr>')
@@ -253,7 +254,7 @@ def risk_coverage_figure(points: Sequence[Point], selected: Point, title: str) -
     sel = _curve_of(selected)
     if sel is not None:
         ax.plot(sel.coverage, sel.risk, "o-", color="black", ms=3, lw=2,
-                label=f"step {selected.step} (AURC {_fmt(selected.scalar('decision_aurc'))})")
+                label=f"step {selected.step} (AURC {fmt3(selected.scalar('decision_aurc'))})")
         ax.legend(fontsize=7)
     ax.set(xlim=(0, 1.02), xlabel="coverage (most confident kept)", ylabel="risk",
            title=f"{title}: risk-coverage, all steps (light: early)")
@@ -274,8 +275,8 @@ def wrong_table(step: int, rec: PerSample, k: int = TOP_WRONG) -> str:
     out = ["<table class=wrong><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr>"]
     for i, w in enumerate(rows, 1):
         cells = [str(i), html.escape(w.name), str(w.step), html.escape(rec.labels[w.gt]),
-                 html.escape(rec.labels[w.pred]), _fmt(w.confidence)]
-        cells += [_fmt(float(x)) for x in w.probs] + [_fmt(float(w.probs.sum()))]
+                 html.escape(rec.labels[w.pred]), fmt3(w.confidence)]
+        cells += [fmt3(float(x)) for x in w.probs] + [fmt3(float(w.probs.sum()))]
         row = "".join(f"<td>{c}</td>" for c in cells)
         if rec.text is not None:
             t = w.text or ""
@@ -298,16 +299,16 @@ def per_sample_section(s: Series, slug: str, compare_step: int | None, save: Sav
     records = [(p.step, p.per_sample) for p in with_rec if p.per_sample is not None]
     name = s.name
     heat = save(f"{slug}/per_sample_heatmap.png", _png(heatmap_figure(records, name)))
-    parts.append(_img(heat, f"trajectory heatmap {name}", "wide heatmap"))
+    parts.append(img_tag(heat, f"trajectory heatmap {name}", "wide heatmap"))
     if len(with_rec) > 1:
         flips = save(f"{slug}/per_sample_flips.png", _png(flips_figure(records, name)))
-        parts.append(_img(flips, f"flips per step {name}", "flips"))
+        parts.append(img_tag(flips, f"flips per step {name}", "flips"))
     else:
         parts.append("<p class=meta>One evaluation with per-sample records: no flips yet.</p>")
     selected = select_point(s, compare_step)
     if selected is not None:
         rc = save(f"{slug}/risk_coverage.png", _png(risk_coverage_figure(s.points, selected, name)))
-        parts.append(_img(rc, f"risk-coverage {name}", "risk-coverage"))
+        parts.append(img_tag(rc, f"risk-coverage {name}", "risk-coverage"))
     at = [p for p in with_rec if selected is not None and p.step <= selected.step]
     if at:
         parts.append(f"<h4>Most confidently wrong at step {at[-1].step} ({html.escape(_where(compare_step))})</h4>")
@@ -319,4 +320,5 @@ def per_sample_section(s: Series, slug: str, compare_step: int | None, save: Sav
 
 
 __all__ = ["COMPARE_ROWS", "check_compare_step", "comparison_figure", "comparison_section", "flips_figure",
-           "heatmap_figure", "per_sample_section", "risk_coverage_figure", "select_point", "wrong_table"]
+           "fmt3", "heatmap_figure", "img_tag", "per_sample_section", "risk_coverage_figure", "select_point",
+           "wrong_table"]

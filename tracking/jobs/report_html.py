@@ -11,9 +11,7 @@ The same PNGs are written beside it in ``<name>_files/``.
 
 from __future__ import annotations
 
-import base64
 import html
-import math
 import os
 import re
 import time
@@ -29,6 +27,8 @@ from tracking.errors import TokcalError
 from tracking.jobs.report_analysis import (
     check_compare_step,
     comparison_section,
+    fmt3,
+    img_tag,
     per_sample_section,
 )
 
@@ -98,15 +98,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "series"
 
 
-def _fmt(v: float) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
-
-
-def _img(data: bytes, alt: str, cls: str = "") -> str:
-    b64 = base64.b64encode(data).decode("ascii")
-    return f'<img class="{cls}" alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
-
-
 _STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1400px;
 padding:0 16px;color:#222}
@@ -172,7 +163,7 @@ def write_report(series: Sequence[Series], output: str | os.PathLike[str], *, ti
              f"<h1>{html.escape(title)}</h1><div class=meta>{len(series)} series: {names} · generated "
              f"{time.strftime('%Y-%m-%d %H:%M')} by tokcal report · PNGs in {html.escape(files.name)}/</div>",
              comparison_section(series, compare_step, save),
-             "<h2>Evolution over steps</h2>", _img(evo, "decision metrics over steps", "wide")]
+             "<h2>Evolution over steps</h2>", img_tag(evo, "decision metrics over steps", "wide")]
     used: set[str] = set()
     for s in series:
         slug = _slug(s.name)
@@ -200,7 +191,7 @@ def _table(s: Series) -> str:
         vals = [p.scalar(TABLE[0][1])] + [p.scalar(f"avg_p_{label_key(lab)}") for lab in s.labels]
         vals += [p.scalar(k) for _, k in TABLE[1:]]
         cls = " class=back" if p.backfilled else ""
-        cells = "".join(f"<td>{_fmt(v)}</td>" for v in vals)
+        cells = "".join(f"<td>{fmt3(v)}</td>" for v in vals)
         rows.append(f"<tr{cls}><td>{p.step}</td>{cells}<td>{'backfilled' if p.backfilled else 'live'}</td></tr>")
     return "".join(rows) + "</table>"
 
@@ -212,15 +203,15 @@ def _steps_block(s: Series, slug: str, save) -> str:
         imgs = []
         if m.reliability is not None:
             fig = reliability_diagram(m.reliability, ece=p.scalar("decision_ece"), title=f"Reliability @ {where}")
-            imgs.append(_img(save(f"{slug}/step_{p.step:06d}_reliability.png", _png(fig, STEP_DPI)), f"reliability {where}"))
+            imgs.append(img_tag(save(f"{slug}/step_{p.step:06d}_reliability.png", _png(fig, STEP_DPI)), f"reliability {where}"))
         if m.positive_reliability is not None:
             fig = reliability_diagram(m.positive_reliability, title=f"P({m.labels[0]}) calibration @ {where}",
                                       xlabel=f"mean q({m.labels[0]})")
-            imgs.append(_img(save(f"{slug}/step_{p.step:06d}_reliability_positive.png", _png(fig, STEP_DPI)),
+            imgs.append(img_tag(save(f"{slug}/step_{p.step:06d}_reliability_positive.png", _png(fig, STEP_DPI)),
                              f"positive-class reliability {where}"))
         if m.histograms:
             fig = histogram_figure(m.histograms, title=f"Histograms @ {where}")
-            imgs.append(_img(save(f"{slug}/step_{p.step:06d}_histograms.png", _png(fig, STEP_DPI)), f"histograms {where}"))
+            imgs.append(img_tag(save(f"{slug}/step_{p.step:06d}_histograms.png", _png(fig, STEP_DPI)), f"histograms {where}"))
         if not imgs:
             continue
         label = f"step {p.step}" + (" (backfilled)" if p.backfilled else "")
