@@ -405,6 +405,13 @@ def test_compare_step(tmp_path, capsys):
     assert table.count("step 50") == 1 and html.escape(late[1].name) not in table
     assert f"left out (no evaluation at or before step 50): {html.escape(late[1].name)}" in text
     assert "No per-sample record at or before step 50" in text
+    # records without decisions: a note, no figures
+    from tracking.core.per_sample import PerSample
+
+    empty = PerSample(LABELS, np.zeros(0, int), np.zeros(0, int), np.zeros((0, 2)))
+    bare = type(full).of("bare", [type(p)(p.step, p.metrics, per_sample=empty) for p in full.points])
+    text = write_report([bare], tmp_path / "e.html", step_figures=False).read_text(encoding="utf-8")
+    assert "the per-sample records hold no decisions" in text and "class=per-sample " not in text
     # one series: no comparison
     one = write_report([full], tmp_path / "one.html", step_figures=False).read_text(encoding="utf-8")
     assert "id=comparison" not in one and "class=per-sample " in one

@@ -56,6 +56,7 @@ COMPARE_ROWS: tuple[tuple[str, str, int], ...] = (
 )
 ANALYSIS_DPI = 72  # one figure of each kind per series: modest
 TEXT_CHARS = 300  # prompt text shown per wrong decision
+LINE_SHARE = 0.02  # the comparison's reliability lines join the bins holding at least this share
 _COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
 
 Save = Callable[[str, bytes], bytes]
@@ -132,19 +133,23 @@ def comparison_figure(chosen: Sequence[tuple[Series, Point]]) -> Figure:
         name = f"{s.name} @ {p.step}"
         b = p.metrics.reliability
         if b is not None:
-            counts = np.asarray(b.counts)
-            keep = counts > 0
-            x, y = np.asarray(b.confidence)[keep], np.asarray(b.accuracy)[keep]
-            rel.plot(x, y, "-", color=color, lw=1.2, label=f"{name} (ECE {fmt3(p.scalar('decision_ece'))})")
-            # marker area by the bin's share of the decisions: the big bins are what the ECE weighs
-            rel.scatter(x, y, s=8 + 200 * counts[keep] / max(1, counts.sum()), color=color, alpha=0.7, zorder=3)
+            share = np.asarray(b.counts) / max(1, int(np.sum(b.counts)))
+            conf, acc = np.asarray(b.confidence), np.asarray(b.accuracy)
+            # every non-empty bin as a marker, its area the bin's share of the decisions (what the
+            # ECE weighs); the line only through bins with at least LINE_SHARE, so that a bin of
+            # one or two decisions does not draw a spike
+            line = share >= LINE_SHARE
+            rel.plot(conf[line], acc[line], "-", color=color, lw=1.5,
+                     label=f"{name} (ECE {fmt3(p.scalar('decision_ece'))})")
+            rel.scatter(conf[share > 0], acc[share > 0], s=8 + 200 * share[share > 0], color=color, alpha=0.6,
+                        zorder=3)
         curve = _curve_of(p)
         if curve is not None:
             any_curve = True
             rc.plot(curve.coverage, curve.risk, "o-", color=color, ms=3, lw=1.5,
                     label=f"{name} (AURC {fmt3(p.scalar('decision_aurc'))})")
     rel.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence (top label, per bin)", ylabel="accuracy",
-            title="Reliability (marker area: share of decisions)")
+            title=f"Reliability (marker area: share of decisions; line: bins >= {LINE_SHARE:.0%})")
     rc.set(xlim=(0, 1.02), xlabel="coverage (most confident kept)", ylabel="risk (error rate of the kept)",
            title="Risk-coverage")
     if not any_curve:
@@ -203,7 +208,7 @@ def heatmap_figure(records: Sequence[tuple[int, PerSample]], title: str) -> Figu
     ax = fig.subplots()
     cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="#d9d9d9")
     im = ax.imshow(np.ma.masked_invalid(h.q_true), aspect="auto", cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-    ticks = np.unique(np.linspace(0, t - 1, min(t, 12)).round().astype(int))
+    ticks = np.arange(t) if t <= 16 else np.unique(np.linspace(0, t - 1, 12).round().astype(int))
     ax.set_xticks(ticks, [f"{h.steps[i]:g}" for i in ticks], fontsize=8)
     learned = int(np.sum(~np.isnan(h.first_learned)))
     never = int(h.never_learned.sum())
@@ -288,6 +293,9 @@ def wrong_table(step: int, rec: PerSample, k: int = TOP_WRONG) -> str:
 def per_sample_section(s: Series, slug: str, compare_step: int | None, save: Save) -> str:
     """The per-sample views of one series, or a one-line note saying why there are none."""
     with_rec = [p for p in s.points if p.per_sample is not None]
+    if with_rec and not any(len(p.per_sample) for p in with_rec if p.per_sample is not None):
+        return ("<p class='note skipped per-sample-skipped'>Per-sample views skipped: the per-sample records "
+                "hold no decisions (no answer position was found in any sample).</p>")
     if not with_rec:
         return ("<p class='note skipped per-sample-skipped'>Per-sample views skipped: this source holds no "
                 "per-sample records (logged before tokcal kept them, with log_per_sample off, or read from "
