@@ -281,7 +281,12 @@ def test_wandb_rows(tmp_path, monkeypatch):
     Run.config = {}
     assert read_wandb(f"me/tokcal-report/{tracker.run_id}")[0].labels == ["accept", "reject"]  # keys only
     out = write_report(series, tmp_path / "w.html")
-    assert "No reliability bins" in out.read_text(encoding="utf-8")
+    text = out.read_text(encoding="utf-8")
+    assert "No reliability bins" in text
+    # each series gets its per-sample views, or the note saying why not
+    with_records = sum(any(p.per_sample is not None for p in s.points) for s in series)
+    assert text.count("class=per-sample ") == with_records
+    assert text.count("per-sample-skipped") == len(series) - with_records
 
 
 # ------------------------------------------------------------------ per-sample analysis
