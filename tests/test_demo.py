@@ -80,7 +80,11 @@ def test_demo_learns_and_leaves_run_and_report(demo):
     assert [p.backfilled for p in series[0].points] == [False] * 13
     assert [p.backfilled for p in series[1].points] == [True] * 13
     html = (folder / "report.html").read_text(encoding="utf-8")
-    assert html.count("backfilled</td>") == 13 and html.count("<img") == 1 + 2 * 13 * 3
+    # comparison + evolution, 3 per step, and per series (live callback and backfill both keep
+    # per-sample records) the heatmap, flips and risk-coverage
+    assert html.count("backfilled</td>") == 13 and html.count("<img") == 2 + 2 * 13 * 3 + 2 * 3
+    assert html.count("class=per-sample ") == 2 and "per-sample-skipped" not in html
+    assert all(p.per_sample is not None and len(p.per_sample) > 0 for s in series for p in s.points)
     assert (folder / "report_files" / "evolution.png").stat().st_size > 10_000
     # checkpoint-0 is the random start, the others the Trainer's
     assert sorted(int(p.name.split("-")[1]) for p in (folder / "train").glob("checkpoint-*")) == STEPS
@@ -134,7 +138,7 @@ def test_demo_report_renders_in_chromium(demo, chromium, tmp_path):  # noqa: F81
 
     folder, _, _ = demo
     seen = check_images(chromium, folder / "report.html", tmp_path)
-    assert seen["images"] == 1 + 2 * 13 * 3 and seen["bad"] == [] and seen["sliders"] == 2
+    assert seen["images"] == 2 + 2 * 13 * 3 + 2 * 3 and seen["bad"] == [] and seen["sliders"] == 2
     png = screenshot(chromium, folder / "report.html", tmp_path / "shot.png", tmp_path, size=(1280, 1900))
     if os.environ.get("TOKCAL_UPDATE_DOCS") == "1":
         from PIL import Image

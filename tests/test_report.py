@@ -4,6 +4,7 @@ loads with every image decoded."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -108,8 +109,9 @@ def test_local_store(tmp_path, capsys):
     assert "7 steps (0..120), 3 backfilled" in printed and "2 steps (0..120), 2 backfilled" in printed
     assert_self_contained(out, 2)
     text = out.read_text(encoding="utf-8")
-    # evolution + per step (7 + 2): top-label and positive reliability, histograms
-    assert text.count("<img") == 1 + 3 * 9
+    # comparison (2 series) + evolution + per step (7 + 2): top-label and positive reliability, histograms
+    assert text.count("<img") == 2 + 3 * 9
+    assert text.count("per-sample-skipped") == 2  # no per-sample records were logged
     assert text.count("backfilled</td>") == 5 and text.count("live</td>") == 4
     per_step = sorted(p.name for p in (out.parent / "report_files").glob("*/step_000020_*.png"))
     assert per_step == ["step_000020_histograms.png", "step_000020_reliability.png",
@@ -216,7 +218,9 @@ def test_opens_in_headless_chromium(chromium, extract_files, mlflow_server, monk
     seen = check_images(chromium, out, tmp_path)
     n_steps = 2 * (7 + 2) + 2
     assert seen["title"] == "tokcal report"
-    assert seen["images"] == 1 + 3 * n_steps and seen["bad"] == []
+    # comparison, evolution, 3 per step, and the extract series' per-sample views (its lines carry
+    # `index`): heatmap, flips and risk-coverage; the local and MLflow runs logged no records
+    assert seen["images"] == 2 + 3 * n_steps + 3 and seen["bad"] == []
     assert min(seen["widths"]) > 100
     assert seen["sliders"] == 5 and "js" in seen["js"]
     assert seen["steps"] == n_steps and seen["visible_steps"] == 5  # one step per slider is shown
@@ -277,4 +281,174 @@ def test_wandb_rows(tmp_path, monkeypatch):
     Run.config = {}
     assert read_wandb(f"me/tokcal-report/{tracker.run_id}")[0].labels == ["accept", "reject"]  # keys only
     out = write_report(series, tmp_path / "w.html")
-    assert "No reliability bins" in out.read_text(encoding="utf-8")
+    text = out.read_text(encoding="utf-8")
+    assert "No reliability bins" in text
+    # each series gets its per-sample views, or the note saying why not
+    with_records = sum(any(p.per_sample is not None for p in s.points) for s in series)
+    assert text.count("class=per-sample ") == with_records
+    assert text.count("per-sample-skipped") == len(series) - with_records
+
+
+# ------------------------------------------------------------------ per-sample analysis
+
+SIM_STEPS = [0, 50, 100, 150, 200, 250, 300, 350]
+ANALYSIS = ("#comparison", "#compare-table", "div.per-sample", "img.heatmap", "img.flips", "img.risk-coverage",
+            "table.wrong", ".per-sample-skipped", "table.wrong td.text")
+
+
+def simulated_store(store, n: int = 60):
+    """Two runs with per-sample records (one leaves samples out at step 100, one keeps no
+    text) and one old-style run without them, all in one local store."""
+    from tests.helpers.simulated_runs import simulate_run
+
+    runs = []
+    for seed, skill, drop, text in ((1, 0.8, 100, True), (2, 1.3, None, False)):
+        with open_tracker("local", local_dir=store) as tracker:
+            runs.append((tracker.run_id, simulate_run(tracker, seed=seed, steps=SIM_STEPS, n=n, skill=skill,
+                                                      drop_at=drop, text=text)))
+    with open_tracker("local", local_dir=store) as tracker:
+        for step in (0, 100):
+            tracker.log_evaluation(fake_metrics(step), step)
+        old = tracker.run_id
+    return runs, old
+
+
+def wrong_rows(page_text: str, slug: str) -> list[list[str]]:
+    """The cells of the most-confidently-wrong table of the series ``slug``, row by row."""
+    section = page_text.split(f'id="per-sample-{slug}"')[1].split("</div>")[0]
+    body = section.split("<table class=wrong>")[1].split("</table>")[0]
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in body.split("<tr>")[2:]]
+
+
+def assert_wrong_table(rows, rec, step: int) -> None:
+    """The table against a brute-force loop over the record's decisions."""
+    from tests.test_per_sample_views import brute_wrong
+
+    want = brute_wrong([(step, rec)], 10)
+    assert len(rows) == len(want) > 0
+    for cells, (conf, st, key, pred, text) in zip(rows, want):
+        i = int(np.flatnonzero(rec.keys == key)[0])
+        assert cells[1] == f"#{rec.index[i]}" and cells[2] == str(st) == str(step)
+        assert cells[3] == LABELS[rec.gt[i]] and cells[4] == LABELS[pred] != cells[3]
+        assert cells[5] == f"{conf:.3f}"
+        assert cells[6:8] == [f"{rec.probs[i, 0]:.3f}", f"{rec.probs[i, 1]:.3f}"]
+        assert cells[8] == f"{rec.probs[i].sum():.3f}"
+        if text is not None:
+            assert cells[9] == text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def test_per_sample_views_in_chromium(chromium, tmp_path):  # noqa: F811
+    """Two simulated runs with per-sample records and one without, from a real local store:
+    comparison, heatmap, flips, risk-coverage and the wrong list; every image decodes."""
+    from tests.test_per_sample_views import brute_heatmap
+    from tracking.core.per_sample_views import learning_heatmap
+
+    store = tmp_path / "tokcal"
+    runs, old = simulated_store(store)
+    out = tmp_path / "report.html"
+    assert main(["report", str(store), "--output", str(out), "--no-step-figures"]) == 0
+    seen = check_images(chromium, out, tmp_path, ANALYSIS)
+    assert seen["bad"] == [] and seen["images"] == 2 + 3 * 2 and min(seen["widths"]) > 100
+    texts = min(10, int((~runs[0][1].records[SIM_STEPS[-1]].correct).sum()))  # only the first run keeps text
+    assert texts > 0
+    assert seen["selectors"] == {"#comparison": 1, "#compare-table": 1, "div.per-sample": 2, "img.heatmap": 2,
+                                 "img.flips": 2, "img.risk-coverage": 2, "table.wrong": 2,
+                                 ".per-sample-skipped": 1, "table.wrong td.text": texts}
+    text = out.read_text(encoding="utf-8")
+    assert "&lt;proof&gt;" in text and "<proof>" not in text  # the kept review text, escaped
+
+    series = {s.source.rsplit("/", 1)[-1]: s for s in read_sources([str(store)])}
+    assert series[old].points[0].per_sample is None
+    order = [s.source.rsplit("/", 1)[-1] for s in read_sources([str(store)])]
+    for run_id, sim in runs:
+        # what the report draws, from the records read back, against a loop over what was logged
+        h = learning_heatmap([(p.step, p.per_sample) for p in series[run_id].points])
+        rows, _ = brute_heatmap([(st, sim.records[st]) for st in sim.steps])
+        assert h.keys.tolist() == [r[1] for r in rows]
+        np.testing.assert_allclose(h.q_true, np.array([r[2] for r in rows]), rtol=1e-12, equal_nan=True)
+        assert_wrong_table(wrong_rows(text, f"local-{run_id}-eval"), sim.records[SIM_STEPS[-1]], SIM_STEPS[-1])
+    assert np.isnan(learning_heatmap([(p.step, p.per_sample) for p in series[runs[0][0]].points]).q_true).any()
+
+    # the comparison table: the last evaluation of each series, metrics as logged
+    table = text.split("id=compare-table>")[1].split("</table>")[0]
+    assert table.count("step 350") == 2 and table.count("step 100") == 1
+    acc = re.search(r'data-metric="decision_accuracy"><th>accuracy</th>(.*?)</tr>', table).group(1)
+    from sklearn.metrics import accuracy_score
+
+    want = {rid: accuracy_score(sim.records[350].gt, sim.records[350].probs.argmax(axis=1)) for rid, sim in runs}
+    want[old] = fake_metrics(100).scalars["eval_decision_accuracy"]
+    cells = [re.sub("<.*?>", "", c) for c in re.findall(r"<td>(.*?)</td>", acc)]
+    assert cells == [f"{want[rid]:.3f}" for rid in order]
+
+
+def test_compare_step(tmp_path, capsys):
+    store = tmp_path / "tokcal"
+    runs, _ = simulated_store(store, n=30)
+    out = tmp_path / "r.html"
+    assert main(["report", str(store), "--output", str(out), "--no-step-figures", "--compare-step", "120"]) == 0
+    text = out.read_text(encoding="utf-8")
+    table = text.split("id=compare-table>")[1].split("</table>")[0]
+    assert table.count("step 100") == 3  # at or before 120: 100 in every run
+    assert "at or before step 120" in text
+    for run_id, sim in runs:
+        assert_wrong_table(wrong_rows(text, f"local-{run_id}-eval"), sim.records[100], 100)
+    # before every evaluation, or negative: one-line errors, nothing written
+    capsys.readouterr()
+    for bad in ("-1", "-5"):
+        assert main(["report", str(store), "--output", str(tmp_path / "x.html"), "--compare-step", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "expected --compare-step to be a step >= 0" in err and len(err.splitlines()) == 1
+    late = [type(s).of(s.name, [p for p in s.points if p.step >= 100]) for s in read_sources([str(store)])]
+    with pytest.raises(TokcalError, match=r"at or after the first evaluation \(step 100\), got 50"):
+        write_report(late, tmp_path / "y.html", compare_step=50)
+    assert not (tmp_path / "x.html").exists() and not (tmp_path / "y.html").exists()
+    # a series that starts after the chosen step is left out of the comparison, with a note
+    full = read_sources([str(store)])[0]
+    text = write_report([full, late[1]], tmp_path / "z.html", compare_step=50,
+                        step_figures=False).read_text(encoding="utf-8")
+    table = text.split("id=compare-table>")[1].split("</table>")[0]
+    assert table.count("step 50") == 1 and html.escape(late[1].name) not in table
+    assert f"left out (no evaluation at or before step 50): {html.escape(late[1].name)}" in text
+    assert "No per-sample record at or before step 50" in text
+    # records without decisions: a note, no figures
+    from tracking.core.per_sample import PerSample
+
+    empty = PerSample(LABELS, np.zeros(0, int), np.zeros(0, int), np.zeros((0, 2)))
+    bare = type(full).of("bare", [type(p)(p.step, p.metrics, per_sample=empty) for p in full.points])
+    text = write_report([bare], tmp_path / "e.html", step_figures=False).read_text(encoding="utf-8")
+    assert "the per-sample records hold no decisions" in text and "class=per-sample " not in text
+    # one series: no comparison
+    one = write_report([full], tmp_path / "one.html", step_figures=False).read_text(encoding="utf-8")
+    assert "id=comparison" not in one and "class=per-sample " in one
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    assert "--compare-step 400" in capsys.readouterr().out
+
+
+def test_per_sample_views_from_mlflow(mlflow_server, monkeypatch, tmp_path):
+    """A run on a real MLflow server with per-sample records, next to a local one: the
+    MLflow series gets the per-sample views, its numbers from the records read back."""
+    from tests.helpers.simulated_runs import simulate_run
+    from tests.test_per_sample_views import brute_heatmap
+    from tracking.core.per_sample_views import learning_heatmap
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = open_tracker("mlflow", tracking_uri=mlflow_server, experiment="tokcal-report-ps", run_name="ps",
+                           spool=False)
+    sim = simulate_run(tracker, seed=4, steps=SIM_STEPS[:5], n=80, drop_at=50)
+    tracker.close()
+    store = tmp_path / "tokcal"
+    with open_tracker("local", local_dir=store) as local:
+        simulate_run(local, seed=5, steps=SIM_STEPS[:3], n=40, text=False)
+    out = tmp_path / "report.html"
+    assert main(["report", f"mlflow:{tracker.run_id}", str(store), "--tracking-uri", mlflow_server,
+                 "--output", str(out), "--no-step-figures"]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert text.count("class=per-sample ") == 2 and "per-sample-skipped" not in text
+    assert 'id="per-sample-mlflow-ps-eval"' in text
+    (s,) = read_mlflow(tracker.run_id, mlflow_server)
+    h = learning_heatmap([(p.step, p.per_sample) for p in s.points])
+    rows, _ = brute_heatmap([(st, sim.records[st]) for st in sim.steps])
+    np.testing.assert_allclose(h.q_true, np.array([r[2] for r in rows]), rtol=1e-12, equal_nan=True)
+    assert_wrong_table(wrong_rows(text, "mlflow-ps-eval"), sim.records[200], 200)
+    assert "id=comparison" in text

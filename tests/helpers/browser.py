@@ -34,7 +34,9 @@ window.addEventListener('load', function () {
     visible_steps: Array.prototype.filter.call(document.querySelectorAll('.step'),
       function (e) { return e.offsetParent !== null; }).length,
     steps: document.querySelectorAll('.step').length,
-    js: document.documentElement.className, title: document.title});
+    js: document.documentElement.className, title: document.title,
+    selectors: SELECTORS.reduce(function (acc, sel) {
+      acc[sel] = document.querySelectorAll(sel).length; return acc; }, {})});
   document.body.appendChild(out);
 });
 </script>"""
@@ -81,11 +83,13 @@ def _run(chrome: str, args: list[str], profile: Path, timeout: float = 120) -> s
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
-def check_images(chrome: str, page: Path, work: Path) -> dict:
-    """Load ``page`` (a copy with the check script) and return what the script saw."""
+def check_images(chrome: str, page: Path, work: Path, selectors: tuple[str, ...] = ()) -> dict:
+    """Load ``page`` (a copy with the check script) and return what the script saw;
+    ``selectors`` (CSS) are counted in the loaded DOM, under ``"selectors"``."""
     text = page.read_text(encoding="utf-8")
     probe = page.with_name(f"{page.stem}.check.html")
-    probe.write_text(text.replace("</body>", _CHECK + "</body>"), encoding="utf-8")
+    check = _CHECK.replace("SELECTORS", json.dumps(list(selectors)))
+    probe.write_text(text.replace("</body>", check + "</body>"), encoding="utf-8")
     proc = _run(chrome, ["--virtual-time-budget=15000", "--dump-dom", probe.resolve().as_uri()], work / "profile-dom")
     found = re.search(r'<pre id="tokcal-check">(.*?)</pre>', proc.stdout, re.DOTALL)
     assert found, f"the page's check script left nothing (rc {proc.returncode}):\n{proc.stderr[-2000:]}"

@@ -20,18 +20,24 @@ EXAMPLE = r"""examples:
   tokcal report ckpt-100.jsonl ckpt-200.jsonl --output report.html
   tokcal report a.jsonl b.jsonl --steps 100 200 --output report.html
 
+  # compare two runs at the evaluation at or before step 400 (default: each run's last)
+  tokcal report out-lr1e-5/tokcal out-lr3e-5/tokcal --compare-step 400 --output compare.html
+
 Writes report.html (images embedded: it opens from disk, offline, with no server) and the same
-PNGs in report_files/ beside it.
+PNGs in report_files/ beside it. With two series or more it starts with their comparison; runs
+that kept per-sample records (the default) get a trajectory heatmap, flips per step and the most
+confidently wrong decisions.
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
-        help="an HTML report: decision metrics over steps, reliability diagrams, histograms",
+        help="an HTML report: decision metrics over steps, reliability diagrams, histograms, per-sample analysis",
         description="Draw the evolution over steps (decision mass, P per label, confidence, accuracy, ECE) "
-        "of one or more runs overlaid, each step's reliability diagram and histograms, into one "
-        "self-contained HTML file plus PNGs.",
+        "of one or more runs overlaid, their comparison at one evaluation, each step's reliability diagram "
+        "and histograms, and per run its per-sample analysis (trajectory heatmap, flips, risk-coverage, "
+        "most confidently wrong decisions), into one self-contained HTML file plus PNGs.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -46,19 +52,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", nargs="+", type=int, metavar="N", help="the step of each extract file, in order")
     p.add_argument("--labels", nargs="+", metavar="LABEL", help="extract files: the labels, positive first")
     p.add_argument("--title", default="tokcal report", help="the page title")
+    p.add_argument("--compare-step", type=int, metavar="N",
+                   help="compare the runs (and list wrong decisions) at each one's last evaluation at or "
+                        "before step N (default: each run's last evaluation)")
     p.add_argument("--no-step-figures", action="store_true",
                    help="leave out the per-step reliability diagrams and histograms (faster)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from tracking.errors import TokcalError
     from tracking.io import check_outputs
     from tracking.jobs.report import read_sources, write_report
 
     t0 = time.perf_counter()
+    if args.compare_step is not None and args.compare_step < 0:
+        raise TokcalError(f"expected --compare-step to be a step >= 0, got {args.compare_step}")
     check_outputs({"--output": args.output}, [s for s in args.sources if Path(s).is_file()])
     series = read_sources(args.sources, tracking_uri=args.tracking_uri, steps=args.steps, labels=args.labels)
-    out = write_report(series, args.output, title=args.title, step_figures=not args.no_step_figures)
+    out = write_report(series, args.output, title=args.title, step_figures=not args.no_step_figures,
+                       compare_step=args.compare_step)
     for s in series:
         back = sum(p.backfilled for p in s.points)
         print(f"{s.name}: {len(s.points)} steps ({s.steps[0]}..{s.steps[-1]}), {back} backfilled")

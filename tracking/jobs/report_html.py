@@ -1,5 +1,9 @@
 """The report's figures and its one self-contained HTML file (see :mod:`tracking.jobs.report`).
 
+The page: the comparison of the series (two or more; :mod:`tracking.jobs.report_analysis`),
+the evolution over steps, then per series its table, its per-sample analysis (trajectory
+heatmap, flips, risk-coverage, most confidently wrong) and each step's figures.
+
 Everything the page shows is inside it: PNGs as base64 ``data:`` URIs, the style and a few
 lines of script (a step slider per series; without script every step shows in a grid).
 The same PNGs are written beside it in ``<name>_files/``.
@@ -7,9 +11,7 @@ The same PNGs are written beside it in ``<name>_files/``.
 
 from __future__ import annotations
 
-import base64
 import html
-import math
 import os
 import re
 import time
@@ -22,6 +24,13 @@ from matplotlib.figure import Figure
 
 from tracking.core.plots import figure_to_png, histogram_figure, reliability_diagram
 from tracking.errors import TokcalError
+from tracking.jobs.report_analysis import (
+    check_compare_step,
+    comparison_section,
+    fmt3,
+    img_tag,
+    per_sample_section,
+)
 
 if TYPE_CHECKING:
     from tracking.jobs.report import Series
@@ -89,15 +98,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "series"
 
 
-def _fmt(v: float) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
-
-
-def _img(data: bytes, alt: str, cls: str = "") -> str:
-    b64 = base64.b64encode(data).decode("ascii")
-    return f'<img class="{cls}" alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
-
-
 _STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1400px;
 padding:0 16px;color:#222}
@@ -109,6 +109,8 @@ text-align:right} th{background:#f4f4f4} tr.back td{color:#8a5a00}
 .js .steps:not(.grid) .step{display:none} .js .steps:not(.grid) .step.on{display:block}
 .ctl{display:none;margin:6px 0} .js .ctl{display:block} .ctl input[type=range]{width:420px;vertical-align:middle}
 .note{color:#8a5a00}
+img.flips,img.risk-coverage{display:inline-block;max-width:49%} table.wrong td.text{text-align:left;max-width:520px;
+font-size:11px;color:#444} table.compare th{text-align:left} h4{margin:10px 0 2px;font-size:14px}
 """
 
 _SCRIPT = """
@@ -125,18 +127,22 @@ document.querySelectorAll('.steps').forEach(function(box){
 
 
 def write_report(series: Sequence[Series], output: str | os.PathLike[str], *, title: str = "tokcal report",
-                 step_figures: bool = True) -> Path:
+                 step_figures: bool = True, compare_step: int | None = None) -> Path:
     """Write ``output`` (HTML) and its PNGs in ``<output stem>_files/``; returns the HTML path.
 
     Args:
         series: what to draw (see :func:`tracking.jobs.report.read_sources`).
         step_figures: draw each step's reliability diagrams and histograms (the slowest part).
+        compare_step: compare (and list the wrong decisions of) each series' last evaluation
+            at or before this step; default: the last evaluation.
 
     Raises:
-        TokcalError: nothing to draw, or ``output`` is a folder.
+        TokcalError: nothing to draw, ``output`` is a folder, or ``compare_step`` precedes
+            every evaluation.
     """
     if not series or not any(s.points for s in series):
         raise TokcalError("nothing to report: expected at least one evaluation")
+    check_compare_step(series, compare_step)
     out = Path(output)
     if out.is_dir():
         raise TokcalError(f"expected an output file path (report.html), got a folder: {out}")
@@ -156,7 +162,8 @@ def write_report(series: Sequence[Series], output: str | os.PathLike[str], *, ti
              f"<style>{_STYLE}</style></head><body>",
              f"<h1>{html.escape(title)}</h1><div class=meta>{len(series)} series: {names} · generated "
              f"{time.strftime('%Y-%m-%d %H:%M')} by tokcal report · PNGs in {html.escape(files.name)}/</div>",
-             "<h2>Evolution over steps</h2>", _img(evo, "decision metrics over steps", "wide")]
+             comparison_section(series, compare_step, save),
+             "<h2>Evolution over steps</h2>", img_tag(evo, "decision metrics over steps", "wide")]
     used: set[str] = set()
     for s in series:
         slug = _slug(s.name)
@@ -166,6 +173,7 @@ def write_report(series: Sequence[Series], output: str | os.PathLike[str], *, ti
         parts.append(f"<h2>{html.escape(s.name)}</h2><div class=meta>{html.escape(s.source)}</div>")
         parts += [f"<p class=note>{html.escape(n)}</p>" for n in s.notes]
         parts.append(_table(s))
+        parts.append(per_sample_section(s, slug, compare_step, save))
         if step_figures:
             parts.append(_steps_block(s, slug, save))
     parts.append(f"<script>{_SCRIPT}</script></body></html>")
@@ -183,7 +191,7 @@ def _table(s: Series) -> str:
         vals = [p.scalar(TABLE[0][1])] + [p.scalar(f"avg_p_{label_key(lab)}") for lab in s.labels]
         vals += [p.scalar(k) for _, k in TABLE[1:]]
         cls = " class=back" if p.backfilled else ""
-        cells = "".join(f"<td>{_fmt(v)}</td>" for v in vals)
+        cells = "".join(f"<td>{fmt3(v)}</td>" for v in vals)
         rows.append(f"<tr{cls}><td>{p.step}</td>{cells}<td>{'backfilled' if p.backfilled else 'live'}</td></tr>")
     return "".join(rows) + "</table>"
 
@@ -195,15 +203,15 @@ def _steps_block(s: Series, slug: str, save) -> str:
         imgs = []
         if m.reliability is not None:
             fig = reliability_diagram(m.reliability, ece=p.scalar("decision_ece"), title=f"Reliability @ {where}")
-            imgs.append(_img(save(f"{slug}/step_{p.step:06d}_reliability.png", _png(fig, STEP_DPI)), f"reliability {where}"))
+            imgs.append(img_tag(save(f"{slug}/step_{p.step:06d}_reliability.png", _png(fig, STEP_DPI)), f"reliability {where}"))
         if m.positive_reliability is not None:
             fig = reliability_diagram(m.positive_reliability, title=f"P({m.labels[0]}) calibration @ {where}",
                                       xlabel=f"mean q({m.labels[0]})")
-            imgs.append(_img(save(f"{slug}/step_{p.step:06d}_reliability_positive.png", _png(fig, STEP_DPI)),
+            imgs.append(img_tag(save(f"{slug}/step_{p.step:06d}_reliability_positive.png", _png(fig, STEP_DPI)),
                              f"positive-class reliability {where}"))
         if m.histograms:
             fig = histogram_figure(m.histograms, title=f"Histograms @ {where}")
-            imgs.append(_img(save(f"{slug}/step_{p.step:06d}_histograms.png", _png(fig, STEP_DPI)), f"histograms {where}"))
+            imgs.append(img_tag(save(f"{slug}/step_{p.step:06d}_histograms.png", _png(fig, STEP_DPI)), f"histograms {where}"))
         if not imgs:
             continue
         label = f"step {p.step}" + (" (backfilled)" if p.backfilled else "")
