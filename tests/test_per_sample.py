@@ -137,7 +137,9 @@ def test_local_store_round_trip(tmp_path: Path):
         tracker.log_evaluation(metrics_of(rec), step, per_sample=rec)
     tracker.log_evaluation(metrics_of(recs[10], "eval_holdout_"), 10)  # no record
     assert (tracker.directory / file_name(20, "eval_")).is_file()
-    by_name = {s.name.split("·")[-1].strip(): s for s in read_local(tracker.directory)}
+    series = read_local(tracker.directory)
+    assert {s.name for s in series} == {f"local r ({tracker.run_id}) · eval", f"local r ({tracker.run_id}) · eval_holdout"}
+    by_name = {s.name.split("·")[-1].strip(): s for s in series}
     for p in by_name["eval"].points:
         same(recs[p.step], p.per_sample)
     assert by_name["eval_holdout"].points[0].per_sample is None
@@ -222,6 +224,39 @@ def test_wandb_offline_run_file_and_line_plots(tmp_path: Path, monkeypatch):
         assert query["name"] == "runSets"
         [table_arg] = [f for f in query["fields"] if f["name"] == "summaryTable"][0]["args"]
         assert table_arg["value"] == f"{key}_table"
+
+
+def test_report_reads_wandb_records_through_the_api(tmp_path: Path, monkeypatch):
+    """``read_wandb`` lists the run's files and downloads its records, through ``wandb.Api``
+    serving this offline run's own files (the W&B service cannot be reached here)."""
+    wandb = pytest.importorskip("wandb")
+    from tests.helpers.wandb_reader import OfflineRun, find_run_file
+    from tracking.trackers.wandb import read_wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+        (tmp_path / name.lower()).mkdir()
+    try:
+        tracker = open_tracker("wandb", project="p", spool=False)
+        tracker.log_config({"tokcal": {"spec": {"labels": LABELS}}})
+        recs = {30: random_record(11, ids=True), 10: random_record(12)}
+        for step, rec in recs.items():
+            tracker.log_evaluation(metrics_of(rec), step, per_sample=rec)
+        tracker.log_evaluation(metrics_of(recs[10]), 20)  # one without a record
+        tracker.close()
+        run = OfflineRun(find_run_file(tmp_path / "wandb_dir"), name="w")
+    finally:
+        if wandb.run is not None:
+            wandb.run.finish()
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setattr(wandb, "Api", lambda timeout=None: type("Api", (), {"run": lambda self, path: run})())
+    [series] = read_wandb("me/p/" + run.id)
+    assert series.steps == [10, 20, 30]
+    same(recs[10], series.points[0].per_sample)
+    assert series.points[1].per_sample is None
+    same(recs[30], series.points[2].per_sample)
 
 
 # ------------------------------------------------------------------ live and backfilled

@@ -236,7 +236,7 @@ def test_wandb_rows(tmp_path, monkeypatch):
     """What the W&B backend logs, read back through the public API's rows. Offline here:
     the rows come from the real offline run file, the API object is a stand-in."""
     wandb = pytest.importorskip("wandb")
-    from tests.helpers.wandb_reader import find_run_file, history_rows, read_config
+    from tests.helpers.wandb_reader import OfflineRun, find_run_file
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -249,14 +249,7 @@ def test_wandb_rows(tmp_path, monkeypatch):
     logged = log_run(tracker)
     tracker.close()
     run_file = find_run_file(tmp_path / "wandb_dir")
-    rows = history_rows(run_file)
-
-    class Run:
-        name = "w"
-        config = read_config(run_file)
-
-        def scan_history(self):
-            return iter(rows)
+    run = OfflineRun(run_file, name="w")
 
     class Api:
         def __init__(self, timeout=None):
@@ -264,7 +257,7 @@ def test_wandb_rows(tmp_path, monkeypatch):
 
         def run(self, path):
             assert path == f"me/tokcal-report/{tracker.run_id}"
-            return Run()
+            return run
 
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setattr(wandb, "Api", Api)
@@ -278,7 +271,7 @@ def test_wandb_rows(tmp_path, monkeypatch):
             assert p.backfilled == (p.step in BACKFILLED or p.metrics.prefix == "eval_holdout_")
             want = logged[(p.metrics.prefix, p.step)].scalars
             assert p.metrics.scalars == pytest.approx({k: v for k, v in want.items() if not np.isnan(v)})
-    Run.config = {}
+    run.config = {}
     assert read_wandb(f"me/tokcal-report/{tracker.run_id}")[0].labels == ["accept", "reject"]  # keys only
     out = write_report(series, tmp_path / "w.html")
     text = out.read_text(encoding="utf-8")

@@ -24,7 +24,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_config", "read_records", "history_rows", "find_run_file", "WandbFileError"]
+__all__ = ["OfflineRun", "read_config", "read_records", "history_rows", "find_run_file", "WandbFileError"]
 
 HEADER = struct.Struct("<4sHB")
 IDENT, MAGIC, VERSION = b":W&B", 0xBEE1, 0
@@ -148,3 +148,43 @@ def read_config(path: str | Path) -> dict[str, Any]:
         for item in cfg.remove:
             config.pop(item.key, None)
     return config
+
+
+class OfflineRun:
+    """What ``wandb.Api().run(path)`` gives for the online copy of an offline run, served from
+    the offline run's own files: its history rows, config and run files (``files/``). The
+    W&B service cannot be reached from the tests; this is the data ``wandb sync`` uploads.
+    """
+
+    def __init__(self, run_file: str | Path, name: str | None = None) -> None:
+        self.run_file = Path(run_file)
+        self.id = self.run_file.stem.removeprefix("run-")
+        self.name = name
+        self.config = read_config(self.run_file)
+        self._rows = history_rows(self.run_file)
+        self._files = self.run_file.parent / "files"
+
+    def scan_history(self, keys: Any = None) -> Any:
+        return iter(self._rows)
+
+    def files(self) -> list[Any]:
+        return [_File(self._files, p.relative_to(self._files).as_posix())
+                for p in sorted(self._files.rglob("*")) if p.is_file()]
+
+    def file(self, name: str) -> Any:
+        if not (self._files / name).is_file():
+            raise FileNotFoundError(f"no file {name} in run {self.id}")
+        return _File(self._files, name)
+
+
+class _File:
+    def __init__(self, root: Path, name: str) -> None:
+        self.root, self.name = root, name
+
+    def download(self, root: str = ".", replace: bool = False) -> Any:
+        import shutil
+
+        target = Path(root) / self.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.root / self.name, target)
+        return open(target, "rb")

@@ -320,8 +320,17 @@ def read_local(path: str | os.PathLike[str]) -> list[Series]:
             point = Point(int(rec["step"]), m, is_backfilled(rec.get("tags")), read_per_sample(run_dir, rec))
             by_prefix.setdefault(m.prefix, []).append(point)
         for prefix, points in sorted(by_prefix.items()):
-            out.append(Series.of(f"local {run_dir.name} · {prefix.rstrip('_')}", points, str(run_dir)))
+            out.append(Series.of(f"local {_run_label(run_dir)} · {prefix.rstrip('_')}", points, str(run_dir)))
     return out
+
+
+def _run_label(run_dir: Path) -> str:
+    """A run's ``run_name`` from ``run.json`` (with its id), else its folder's name."""
+    try:
+        name = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8")).get("run_name")
+    except (OSError, ValueError, AttributeError):  # no run.json (an evaluations.jsonl alone) or a broken one
+        name = None
+    return f"{name} ({run_dir.name})" if isinstance(name, str) and name else run_dir.name
 
 
 def read_per_sample(run_dir: Path, record: dict[str, Any]) -> PerSample | None:
