@@ -85,6 +85,7 @@ def main() -> None:
                     help="README whose benchmark table to refresh (default: README.md when --docs is the default)")
     ap.add_argument("--workdir", type=Path, default=common.DEFAULT_WORKDIR)
     a = ap.parse_args()
+    a.commit = git_commit()  # before anything is written: the page and the plot are outputs, not changes
     only = [s.strip() for s in a.only.split(",") if s.strip()] or list(SCRIPTS)
     unknown = [s for s in only if s not in SCRIPTS]
     if unknown:
@@ -185,13 +186,14 @@ def write_docs(a: argparse.Namespace, runs: list[dict[str, Any]], total: float, 
         if KEEP_MARKER in old:
             kept = old.split(KEEP_MARKER, 1)[1].strip("\n")
     args = " ".join(shlex.quote(x) for x in sys.argv[1:])
+    commit = getattr(a, "commit", None) or git_commit()
     lines = [
         "# Benchmarks",
         "",
         "Written by `make bench` (`benchmarks/run_all.py`); rerun it to refresh this page. Each script also",
         "runs alone (`--help` for its flags; the same flags on a GPU: `--device cuda --dtype bfloat16`).",
         "",
-        f"- when: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, commit {git_commit()}",
+        f"- when: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, commit {commit}",
         "- command: `make bench`" + (f" with `BENCH_ARGS='{args}'`" if args else "") + f" (profile {a.profile})",
         (f"- machine: {info.get('cpu')}, {info.get('cores')} cores, {info.get('memory')} memory, GPU "
          f"{info.get('gpu', 'none')}, torch threads {info.get('torch threads', '?')}"),
