@@ -43,7 +43,7 @@ PROFILES: dict[str, dict[str, list[str]]] = {
         "bench_callback_eval": ["--samples", "16", "--tokens", "580", "--repeats", "5"],
         "bench_scoring": ["--samples", "32", "--tokens", "580", "--memory-seq", "1024", "--repeats", "5"],
         "bench_scaling": ["--sizes", "64,128,256,512,1024", "--tokens", "128", "--lengths", "256,512,1024,2048,4096",
-                          "--length-samples", "8", "--repeats", "2"],
+                          "--length-samples", "8", "--repeats", "3"],
         "bench_backfill": ["--counts", "1,4,16", "--samples", "32", "--tokens", "256"],
         "bench_logging": ["--decisions", "10000", "--repeats", "5"],
     },
