@@ -142,6 +142,7 @@ def main() -> None:
         # set-up, the first batch) weighs on the smallest set only, so the cost per token is
         # compared with it taken out.
         fixed, _, r2_line = fit_line([r["tokens"] for r in rows], [r["wall"] for r in rows])
+        fixed = max(fixed, 0.0)  # a fixed cost below zero is noise
         per_token = [max(r["wall"] - fixed, 1e-12) / r["tokens"] for r in rows]
         spread = max(per_token) / min(per_token)
         raw = max(r["wall"] / r["tokens"] for r in rows) / min(r["wall"] / r["tokens"] for r in rows)
