@@ -201,6 +201,23 @@ def test_checkpoints_with_the_same_tokenizer_files_share_one_tokenizer(run_dir: 
     assert first.chat_template != template
 
 
+def test_each_checkpoints_model_is_freed_and_nothing_stays_frozen(run_dir: Path, tmp_path: Path):
+    import gc
+
+    from transformers import PreTrainedModel
+
+    def models() -> int:
+        return sum(isinstance(o, PreTrainedModel) for o in gc.get_objects())
+
+    gc.collect()
+    before = models()
+    report = backfill([linked(tmp_path, run_dir)], run_dir / "eval.jsonl", LocalTracker(tmp_path / "runs"),
+                      output_dir=tmp_path / "o", progress=False)
+    assert report.ok and len(report.logged) == len(STEPS)
+    assert models() == before  # no collection here: backfill freed every checkpoint's model itself
+    assert gc.get_freeze_count() == 0  # what it froze for its faster collections is collectable again
+
+
 def test_default_jsonl_beside_checkpoint(run_dir: Path, expected, tmp_path: Path):
     ckpt = tmp_path / "checkpoint-2"
     shutil.copytree(run_dir / "checkpoint-2", ckpt)
