@@ -44,7 +44,7 @@ from tracking.core.metrics import DecisionMetrics
 from tracking.core.per_sample import PerSample
 from tracking.core.per_sample import file_name as per_sample_name
 from tracking.core.spec import label_key
-from tracking.errors import TokcalError, require
+from tracking.errors import TokcalError, first_line, require
 from tracking.trackers.base import (
     BACKFILL_TAG,
     BINS_COLUMNS,
@@ -359,9 +359,8 @@ def read_wandb(path: str) -> list[Series]:
         run = wandb.Api(timeout=30).run(path)
         rows = list(run.scan_history())
     except Exception as exc:  # no network, no login, no such run
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise TokcalError(f"could not read W&B run {path} (reading W&B needs the network and "
-                          f"'wandb login'): {reason}") from exc
+                          f"'wandb login'): {first_line(exc)}") from exc
     merged: dict[int, dict[str, float]] = {}  # step -> tokcal's names (eval/x -> eval_x)
     flags: set[tuple[str, int]] = set()  # (prefix, step) of backfilled rows
     tag = f"tag_{BACKFILL_TAG}"
@@ -404,7 +403,7 @@ def _record_files(run: Any) -> dict[tuple[str, int], str]:
     try:
         names = [f.name for f in run.files()]
     except Exception as exc:  # no network, no permission
-        raise TokcalError(f"could not list the files of W&B run {run.id}: {_reason(exc)}") from exc
+        raise TokcalError(f"could not list the files of W&B run {run.id}: {first_line(exc)}") from exc
     return {(m.group(2), int(m.group(1))): n for n in names if (m := _RECORD_FILE.match(n))}
 
 
@@ -417,12 +416,8 @@ def _download_record(run: Any, name: str) -> PerSample:
             run.file(name).download(root=tmp, replace=True).close()
             data = (Path(tmp) / name).read_bytes()
         except Exception as exc:  # no network, file gone
-            raise TokcalError(f"could not read {name} of W&B run {run.id}: {_reason(exc)}") from exc
+            raise TokcalError(f"could not read {name} of W&B run {run.id}: {first_line(exc)}") from exc
     return PerSample.from_json(data, where=f"W&B run {run.id}: {name}")
-
-
-def _reason(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
 def _config_labels(config: Any) -> list[str] | None:
