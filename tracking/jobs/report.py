@@ -64,9 +64,10 @@ def step_from_name(path: str | os.PathLike[str]) -> int | None:
     return int(parent.group(1)) if parent else None
 
 
-def extract_metrics(rows: Sequence[dict[str, Any]], labels: Sequence[str] | None = None, *,
-                    n_bins: int = 15, where: str = "extract") -> DecisionMetrics:
-    """Metrics recomputed from ``tokcal extract`` lines (``p_<label>``, ``gt`` ...)."""
+def extract_arrays(rows: Sequence[dict[str, Any]], labels: Sequence[str] | None = None, *,
+                   where: str = "extract") -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The labels, (N, K) probabilities and (N,) true label indices of ``tokcal extract``
+    lines (``p_<label>``, ``gt`` ...); ``labels`` default to the ``p_`` columns, named as in ``gt``."""
     if not rows:
         raise TokcalError(f"{where} has no decisions")
     keys = [k[2:] for k in rows[0] if k.startswith("p_")]
@@ -81,20 +82,30 @@ def extract_metrics(rows: Sequence[dict[str, Any]], labels: Sequence[str] | None
         gt = np.array([lk.index(label_key(str(r["gt"]))) for r in rows])
     except (KeyError, ValueError) as exc:
         raise TokcalError(f"{where}: every line needs 'gt', one of {list(labels)}") from exc
-    return compute_metrics(probs, gt, list(labels), n_bins=n_bins)
+    return list(labels), probs, gt
 
 
-def extract_per_sample(rows: Sequence[dict[str, Any]], labels: Sequence[str]) -> PerSample | None:
+def extract_metrics(rows: Sequence[dict[str, Any]], labels: Sequence[str] | None = None, *,
+                    n_bins: int = 15, where: str = "extract") -> DecisionMetrics:
+    """Metrics recomputed from ``tokcal extract`` lines (``p_<label>``, ``gt`` ...)."""
+    names, probs, gt = extract_arrays(rows, labels, where=where)
+    return compute_metrics(probs, gt, names, n_bins=n_bins)
+
+
+def extract_per_sample(rows: Sequence[dict[str, Any]], labels: Sequence[str] | None = None, *,
+                       where: str = "extract") -> PerSample | None:
     """The per-sample record of ``tokcal extract``/``backfill`` lines that carry ``index``
     (older files without it: ``None``)."""
-    if not rows or any("index" not in r for r in rows):
+    return _per_sample_of(rows, *extract_arrays(rows, labels, where=where))
+
+
+def _per_sample_of(rows: Sequence[dict[str, Any]], labels: list[str], probs: np.ndarray,
+                   gt: np.ndarray) -> PerSample | None:
+    if any("index" not in r for r in rows):
         return None
-    lk = [label_key(x) for x in labels]
     ids = [r.get("sample_id") for r in rows]
     index = [int(r["index"]) for r in rows]
-    return PerSample(list(labels), index, [lk.index(label_key(str(r["gt"]))) for r in rows],
-                     [[float(r[f"p_{k}"]) for k in lk] for r in rows], [int(r.get("turn", 0)) for r in rows],
-                     None if ids == index else ids)
+    return PerSample(labels, index, gt, probs, [int(r.get("turn", 0)) for r in rows], None if ids == index else ids)
 
 
 def read_extract(files: Sequence[str | os.PathLike[str]], steps: Sequence[int] | None = None, *,
@@ -123,8 +134,9 @@ def read_extract(files: Sequence[str | os.PathLike[str]], steps: Sequence[int] |
             raise TokcalError(f"{seen[step]} and {f} are both step {step}; pass --steps")
         seen[step] = f
         rows = read_records(f)
-        metrics = extract_metrics(rows, labels, n_bins=n_bins, where=str(f))
-        points.append(Point(int(step), metrics, per_sample=extract_per_sample(rows, metrics.labels)))
+        names, probs, gt = extract_arrays(rows, labels, where=str(f))  # parsed once for both
+        points.append(Point(int(step), compute_metrics(probs, gt, names, n_bins=n_bins),
+                            per_sample=_per_sample_of(rows, names, probs, gt)))
     return Series.of(name, points, ", ".join(map(str, files)))
 
 
@@ -189,5 +201,5 @@ def read_sources(sources: Sequence[str], *, tracking_uri: str | None = None, ste
             raise TokcalError(f"{s.name} has no evaluations")
     return out
 
-__all__ = ["BACKFILL_TAG", "Point", "Series", "extract_metrics", "read_extract", "read_local", "read_mlflow",
-           "read_source", "read_sources", "read_wandb", "step_from_name", "write_report"]
+__all__ = ["BACKFILL_TAG", "Point", "Series", "extract_arrays", "extract_metrics", "extract_per_sample", "read_extract",
+           "read_local", "read_mlflow", "read_source", "read_sources", "read_wandb", "step_from_name", "write_report"]
