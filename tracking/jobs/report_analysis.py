@@ -57,7 +57,8 @@ COMPARE_ROWS: tuple[tuple[str, str, int], ...] = (
 ANALYSIS_DPI = 72  # one figure of each kind per series: modest
 TEXT_CHARS = 300  # prompt text shown per wrong decision
 LINE_SHARE = 0.02  # the comparison's reliability lines join the bins holding at least this share
-_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
+#: One colour per series, the same on every figure of the page.
+COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
 
 Save = Callable[[str, bytes], bytes]
 
@@ -91,8 +92,10 @@ def check_compare_step(series: Sequence[Series], compare_step: int | None) -> No
         raise TokcalError(f"expected --compare-step at or after the first evaluation (step {first}), got {compare_step}")
 
 
-def _png(fig: Figure) -> bytes:
-    fig.set_dpi(ANALYSIS_DPI)
+def png(fig: Figure, dpi: int | None = None) -> bytes:
+    """The figure as PNG bytes, at ``dpi`` when given (else the figure's own)."""
+    if dpi is not None:
+        fig.set_dpi(dpi)
     return figure_to_png(fig)
 
 
@@ -129,7 +132,7 @@ def comparison_figure(chosen: Sequence[tuple[Series, Point]]) -> Figure:
     rel.plot([0, 1], [0, 1], ":", color="#888", lw=1, label="perfect calibration")
     any_curve = False
     for i, (s, p) in enumerate(chosen):
-        color = _COLORS[i % len(_COLORS)]
+        color = COLORS[i % len(COLORS)]
         name = f"{s.name} @ {p.step}"
         b = p.metrics.reliability
         if b is not None:
@@ -173,8 +176,8 @@ def comparison_section(series: Sequence[Series], compare_step: int | None, save:
     if missing:
         parts.append(f"<p class=note>left out (no evaluation at or before step {compare_step}): "
                      f"{html.escape(', '.join(missing))}</p>")
-    png = save("comparison.png", _png(comparison_figure(chosen)))
-    parts.append(img_tag(png, "reliability and risk-coverage curves of each series", "wide comparison"))
+    data = save("comparison.png", png(comparison_figure(chosen), ANALYSIS_DPI))
+    parts.append(img_tag(data, "reliability and risk-coverage curves of each series", "wide comparison"))
     parts.append(_compare_table(chosen))
     parts.append("<p class=meta>Bold: the best value of a row (higher, or lower for ECE, Brier, NLL and AURC).</p>"
                  "</section>")
@@ -306,16 +309,16 @@ def per_sample_section(s: Series, slug: str, compare_step: int | None, save: Sav
                      "these views use those.</p>")
     records = [(p.step, p.per_sample) for p in with_rec if p.per_sample is not None]
     name = s.name
-    heat = save(f"{slug}/per_sample_heatmap.png", _png(heatmap_figure(records, name)))
+    heat = save(f"{slug}/per_sample_heatmap.png", png(heatmap_figure(records, name), ANALYSIS_DPI))
     parts.append(img_tag(heat, f"trajectory heatmap {name}", "wide heatmap"))
     if len(with_rec) > 1:
-        flips = save(f"{slug}/per_sample_flips.png", _png(flips_figure(records, name)))
+        flips = save(f"{slug}/per_sample_flips.png", png(flips_figure(records, name), ANALYSIS_DPI))
         parts.append(img_tag(flips, f"flips per step {name}", "flips"))
     else:
         parts.append("<p class=meta>One evaluation with per-sample records: no flips yet.</p>")
     selected = select_point(s, compare_step)
     if selected is not None:
-        rc = save(f"{slug}/risk_coverage.png", _png(risk_coverage_figure(s.points, selected, name)))
+        rc = save(f"{slug}/risk_coverage.png", png(risk_coverage_figure(s.points, selected, name), ANALYSIS_DPI))
         parts.append(img_tag(rc, f"risk-coverage {name}", "risk-coverage"))
     at = [p for p in with_rec if selected is not None and p.step <= selected.step]
     if at:

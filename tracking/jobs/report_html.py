@@ -22,14 +22,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
-from tracking.core.plots import figure_to_png, histogram_figure, reliability_diagram
+from tracking.core.plots import histogram_figure, reliability_diagram
 from tracking.errors import TokcalError
 from tracking.jobs.report_analysis import (
+    COLORS,
     check_compare_step,
     comparison_section,
     fmt3,
     img_tag,
     per_sample_section,
+    png,
 )
 
 if TYPE_CHECKING:
@@ -50,7 +52,6 @@ TABLE: tuple[tuple[str, str], ...] = (("mass", "decision_prob_mass"), ("confiden
 #: Nothing outside the file may load: images are data: URIs, style and script are inline.
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 STEP_DPI = 60  # per-step figures: small, there are many
-_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
 _STYLES = ["-", "--", ":", "-."]
 
 
@@ -63,7 +64,7 @@ def evolution_figure(series: Sequence[Series]) -> Figure:
     axes = fig.subplots(2, 3).ravel()
     for ax, (title, name) in zip(axes, PANELS):
         for i, s in enumerate(series):
-            color = _COLORS[i % len(_COLORS)]
+            color = COLORS[i % len(COLORS)]
             steps = np.array(s.steps)
             back = np.array([p.backfilled for p in s.points], dtype=bool)
             lines = [(f"avg_p_{label_key(lab)}", f"{s.name}: P({lab})", _STYLES[j % len(_STYLES)])
@@ -86,12 +87,6 @@ def evolution_figure(series: Sequence[Series]) -> Figure:
     fig.suptitle("Decision metrics over training (hollow markers: backfilled points)", fontsize=11)
     fig.tight_layout()
     return fig
-
-
-def _png(fig: Figure, dpi: int | None = None) -> bytes:
-    if dpi is not None:
-        fig.set_dpi(dpi)
-    return figure_to_png(fig)
 
 
 def _slug(text: str) -> str:
@@ -155,7 +150,7 @@ def write_report(series: Sequence[Series], output: str | os.PathLike[str], *, ti
         path.write_bytes(data)
         return data
 
-    evo = save("evolution.png", _png(evolution_figure(series)))
+    evo = save("evolution.png", png(evolution_figure(series)))
     names = ", ".join(html.escape(s.name) for s in series)
     parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>",
              f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
@@ -203,15 +198,15 @@ def _steps_block(s: Series, slug: str, save) -> str:
         imgs = []
         if m.reliability is not None:
             fig = reliability_diagram(m.reliability, ece=p.scalar("decision_ece"), title=f"Reliability @ {where}")
-            imgs.append(img_tag(save(f"{slug}/step_{p.step:06d}_reliability.png", _png(fig, STEP_DPI)), f"reliability {where}"))
+            imgs.append(img_tag(save(f"{slug}/step_{p.step:06d}_reliability.png", png(fig, STEP_DPI)), f"reliability {where}"))
         if m.positive_reliability is not None:
             fig = reliability_diagram(m.positive_reliability, title=f"P({m.labels[0]}) calibration @ {where}",
                                       xlabel=f"mean q({m.labels[0]})")
-            imgs.append(img_tag(save(f"{slug}/step_{p.step:06d}_reliability_positive.png", _png(fig, STEP_DPI)),
+            imgs.append(img_tag(save(f"{slug}/step_{p.step:06d}_reliability_positive.png", png(fig, STEP_DPI)),
                              f"positive-class reliability {where}"))
         if m.histograms:
             fig = histogram_figure(m.histograms, title=f"Histograms @ {where}")
-            imgs.append(img_tag(save(f"{slug}/step_{p.step:06d}_histograms.png", _png(fig, STEP_DPI)), f"histograms {where}"))
+            imgs.append(img_tag(save(f"{slug}/step_{p.step:06d}_histograms.png", png(fig, STEP_DPI)), f"histograms {where}"))
         if not imgs:
             continue
         label = f"step {p.step}" + (" (backfilled)" if p.backfilled else "")
