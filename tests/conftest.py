@@ -12,6 +12,7 @@ import pytest  # noqa: E402
 
 from tests.helpers.mlflow_server import mlflow_server, mlflow_server_process  # noqa: F401
 from tests.helpers.models import *  # noqa: F401,F403  (tokenizer and tiny-checkpoint fixtures)
+from tests.helpers.wandb_reader import wandb_offline  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

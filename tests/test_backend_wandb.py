@@ -47,21 +47,7 @@ def test_tokcal_key_inverts_wandb_key():
     assert tokcal_key("eval/decision_ece") == "eval_decision_ece" and tokcal_key("_runtime") == "_runtime"
 
 
-@pytest.fixture
-def offline(tmp_path, monkeypatch):
-    """W&B offline, with every file it writes under tmp_path."""
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
-        monkeypatch.setenv(name, str(tmp_path / name.lower()))
-        (tmp_path / name.lower()).mkdir()
-    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
-    yield tmp_path / "wandb_dir"
-    if wandb.run is not None:
-        wandb.run.finish()
-
-
-def test_rows_histograms_images_tables(offline):
+def test_rows_histograms_images_tables(wandb_offline):
     m200, m100 = make_metrics(0), make_metrics(1)
     tracker = open_tracker("wandb", project="tokcal-tests", run_name="t1", spool=False)
     info = tracker.describe()
@@ -72,7 +58,7 @@ def test_rows_histograms_images_tables(offline):
     assert tracker.logged_steps("eval_decision_ece") == set()  # offline: not available
     tracker.close()
 
-    run_file = find_run_file(offline)
+    run_file = find_run_file(wandb_offline)
     rows = [r for r in history_rows(run_file) if "eval/decision_ece" in r]
     assert [r["train/global_step"] for r in rows] == [200, 100]
     for row, m in zip(rows, (m200, m100)):
@@ -101,7 +87,7 @@ def test_rows_histograms_images_tables(offline):
     assert read_config(run_file)["tokcal"] == {"spec": {"labels": ["Accept", "Reject"]}, "n_bins": 15}
 
 
-def test_reuses_the_active_run(offline):
+def test_reuses_the_active_run(wandb_offline):
     run = wandb.init(project="tokcal-tests")  # what the Trainer's W&B integration does
     tracker = open_tracker("wandb", spool=False)
     assert tracker.run_id == run.id
@@ -112,8 +98,8 @@ def test_reuses_the_active_run(offline):
     run.finish()
 
 
-def test_offline_run_cannot_be_resumed(offline):
+def test_offline_run_cannot_be_resumed(wandb_offline):
     with pytest.raises(TokcalError, match=r"W&B cannot resume an offline run: expected WANDB_MODE=online"):
         open_tracker("wandb", project="tokcal-tests", run_id="abc123", spool=False)
     assert wandb.run is None
-    assert not list(offline.rglob("*.wandb"))  # no second run was started silently
+    assert not list(wandb_offline.rglob("*.wandb"))  # no second run was started silently

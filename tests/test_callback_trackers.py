@@ -45,22 +45,18 @@ def test_report_to_mlflow_logs_into_the_trainers_run(base_ckpt, tmp_path, mlflow
     assert mlflow.active_run() is None
 
 
-def test_report_to_wandb_offline_rows_carry_global_step(base_ckpt, tmp_path, monkeypatch):
+def test_report_to_wandb_offline_rows_carry_global_step(base_ckpt, tmp_path, monkeypatch, wandb_offline):
     wandb = pytest.importorskip("wandb")
     from tests.helpers.wandb_reader import find_run_file, history_rows
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_PROJECT", "tokcal-test")
-    for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
-        monkeypatch.setenv(name, str(tmp_path / name.lower()))
-        (tmp_path / name.lower()).mkdir()
     out = tmp_path / "out"
     try:
         train_tiny(base_ckpt, out, callbacks=[DecisionTrackingCallback()], report_to="wandb")
     finally:
         if wandb.run is not None:
             wandb.run.finish()
-    rows = history_rows(find_run_file(tmp_path / "wandb_dir"))
+    rows = history_rows(find_run_file(wandb_offline))
     ours = [r for r in rows if "eval/decision_ece" in r]
     assert [r["train/global_step"] for r in ours] == [4, 8, 12]
     # Same run as the Trainer's own eval/loss rows.

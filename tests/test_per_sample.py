@@ -171,25 +171,16 @@ def test_mlflow_server_round_trip(mlflow_server: str, no_mlflow_env):
         np.testing.assert_allclose(p.metrics.risk_coverage.risk, metrics_of(recs[p.step]).risk_coverage.risk)
 
 
-def test_wandb_offline_run_file_and_line_plots(tmp_path: Path, monkeypatch):
-    wandb = pytest.importorskip("wandb")
+def test_wandb_offline_run_file_and_line_plots(wandb_offline: Path):
+    pytest.importorskip("wandb")
     from tests.helpers.wandb_reader import find_run_file, history_rows, read_config, read_records
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
-        monkeypatch.setenv(name, str(tmp_path / name.lower()))
-        (tmp_path / name.lower()).mkdir()
-    try:
-        tracker = open_tracker("wandb", project="tokcal-per-sample", spool=False)
-        recs = {4: random_record(7, ids=True), 2: random_record(8, turns=True)}
-        for step, rec in recs.items():
-            tracker.log_evaluation(metrics_of(rec), step, per_sample=rec)
-        tracker.close()
-        run_file = find_run_file(tmp_path / "wandb_dir")
-    finally:
-        if wandb.run is not None:
-            wandb.run.finish()
+    tracker = open_tracker("wandb", project="tokcal-per-sample", spool=False)
+    recs = {4: random_record(7, ids=True), 2: random_record(8, turns=True)}
+    for step, rec in recs.items():
+        tracker.log_evaluation(metrics_of(rec), step, per_sample=rec)
+    tracker.close()
+    run_file = find_run_file(wandb_offline)
     rows = [r for r in history_rows(run_file) if "eval/decision_ece" in r]
     assert [r["train/global_step"] for r in rows] == [4, 2]
     files = run_file.parent / "files"
@@ -226,30 +217,21 @@ def test_wandb_offline_run_file_and_line_plots(tmp_path: Path, monkeypatch):
         assert table_arg["value"] == f"{key}_table"
 
 
-def test_report_reads_wandb_records_through_the_api(tmp_path: Path, monkeypatch):
+def test_report_reads_wandb_records_through_the_api(wandb_offline: Path, monkeypatch):
     """``read_wandb`` lists the run's files and downloads its records, through ``wandb.Api``
     serving this offline run's own files (the W&B service cannot be reached here)."""
     wandb = pytest.importorskip("wandb")
     from tests.helpers.wandb_reader import OfflineRun, find_run_file
     from tracking.trackers.wandb import read_wandb
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
-        monkeypatch.setenv(name, str(tmp_path / name.lower()))
-        (tmp_path / name.lower()).mkdir()
-    try:
-        tracker = open_tracker("wandb", project="p", spool=False)
-        tracker.log_config({"tokcal": {"spec": {"labels": LABELS}}})
-        recs = {30: random_record(11, ids=True), 10: random_record(12)}
-        for step, rec in recs.items():
-            tracker.log_evaluation(metrics_of(rec), step, per_sample=rec)
-        tracker.log_evaluation(metrics_of(recs[10]), 20)  # one without a record
-        tracker.close()
-        run = OfflineRun(find_run_file(tmp_path / "wandb_dir"), name="w")
-    finally:
-        if wandb.run is not None:
-            wandb.run.finish()
+    tracker = open_tracker("wandb", project="p", spool=False)
+    tracker.log_config({"tokcal": {"spec": {"labels": LABELS}}})
+    recs = {30: random_record(11, ids=True), 10: random_record(12)}
+    for step, rec in recs.items():
+        tracker.log_evaluation(metrics_of(rec), step, per_sample=rec)
+    tracker.log_evaluation(metrics_of(recs[10]), 20)  # one without a record
+    tracker.close()
+    run = OfflineRun(find_run_file(wandb_offline), name="w")
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setattr(wandb, "Api", lambda timeout=None: type("Api", (), {"run": lambda self, path: run})())
     [series] = read_wandb("me/p/" + run.id)

@@ -232,23 +232,17 @@ def test_opens_in_headless_chromium(chromium, extract_files, mlflow_server, monk
         assert len(img.convert("L").getcolors(maxcolors=1 << 16) or range(999)) > 50  # not a blank page
 
 
-def test_wandb_rows(tmp_path, monkeypatch):
+def test_wandb_rows(tmp_path, monkeypatch, wandb_offline):
     """What the W&B backend logs, read back through the public API's rows. Offline here:
     the rows come from the real offline run file, the API object is a stand-in."""
     wandb = pytest.importorskip("wandb")
     from tests.helpers.wandb_reader import OfflineRun, find_run_file
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
-        (tmp_path / name.lower()).mkdir()
-        monkeypatch.setenv(name, str(tmp_path / name.lower()))
-    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
     tracker = open_tracker("wandb", project="tokcal-report", run_name="w", spool=False)
     tracker.log_config({"tokcal": {"spec": {"labels": LABELS, "prefix": "\\boxed{"}}})  # as the callback does
     logged = log_run(tracker)
     tracker.close()
-    run_file = find_run_file(tmp_path / "wandb_dir")
+    run_file = find_run_file(wandb_offline)
     run = OfflineRun(run_file, name="w")
 
     class Api:

@@ -24,7 +24,9 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OfflineRun", "read_config", "read_records", "history_rows", "find_run_file", "WandbFileError"]
+import pytest
+
+__all__ = ["OfflineRun", "wandb_offline", "read_config", "read_records", "history_rows", "find_run_file", "WandbFileError"]
 
 HEADER = struct.Struct("<4sHB")
 IDENT, MAGIC, VERSION = b":W&B", 0xBEE1, 0
@@ -188,3 +190,21 @@ class _File:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.root / self.name, target)
         return open(target, "rb")
+
+
+@pytest.fixture
+def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """W&B offline, with every file it writes under ``tmp_path``; yields the folder that
+    holds the runs (``find_run_file`` looks there). A run left open is finished afterwards."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        (tmp_path / name.lower()).mkdir()
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    yield tmp_path / "wandb_dir"
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.run.finish()
