@@ -1,7 +1,7 @@
 """Backfill time against the number of checkpoints, split into load, score and log; then a
 rerun over the same steps, which must load and score nothing.
 
-``tracking.jobs.backfill.backfill`` as ``tokcal backfill`` runs it, into a fresh local run
+``tokcal.jobs.backfill.backfill`` as ``tokcal backfill`` runs it, into a fresh local run
 for each count of ``--counts`` checkpoints (copies of one random Qwen2 with the real
 151,936 vocabulary, ``checkpoint-100``, ``checkpoint-200``, ...), on ``--samples``
 records of about ``--tokens`` tokens. The split comes from timing wrappers around the job's
@@ -31,8 +31,8 @@ EXAMPLE = "python benchmarks/bench_backfill.py --counts 1,2,4,8,16 --samples 32 
 @contextmanager
 def timed_steps() -> Iterator[dict[str, list[float]]]:
     """Time the backfill job's load, score and log steps where the job looks them up."""
-    from tracking.jobs import backfill as job
-    from tracking.jobs import checkpoints, extract
+    from tokcal.jobs import backfill as job
+    from tokcal.jobs import checkpoints, extract
 
     spent: dict[str, list[float]] = defaultdict(list)
     originals = [(checkpoints, "load_checkpoint", "load"), (extract, "score_examples", "score"),
@@ -81,9 +81,9 @@ def make_checkpoints(base: Path, where: Path, n: int) -> tuple[list[Path], bool]
 
 def run_backfill(checkpoints: list[Path], data: Path, local_dir: Path, run_id: str | None, device: str,
                  dtype: str, max_tokens: int) -> tuple[float, dict[str, list[float]], Any, str]:
-    from tracking.jobs.backfill import backfill
-    from tracking.jobs.settings import TrackingSettings
-    from tracking.trackers import open_tracker
+    from tokcal.jobs.backfill import backfill
+    from tokcal.jobs.settings import TrackingSettings
+    from tokcal.trackers import open_tracker
 
     tracker = open_tracker("local", local_dir=str(local_dir), run_id=run_id)
     with timed_steps() as spent:

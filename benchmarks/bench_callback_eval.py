@@ -41,9 +41,9 @@ def first_plan(resolved: Any, local_dir: str) -> Any:
     import torch
     from transformers import TrainerCallback
 
-    from tracking.core.positions import find_answer_positions
-    from tracking.core.scores import DecisionScores
-    from tracking.trackers import open_tracker
+    from tokcal.core.positions import find_answer_positions
+    from tokcal.core.scores import DecisionScores
+    from tokcal.trackers import open_tracker
 
     class FirstPlan(TrainerCallback):
         def __init__(self) -> None:
@@ -90,8 +90,8 @@ def main() -> None:
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
-    from callbacks import DecisionTrackingCallback
-    from tracking.core.spec import DecisionSpec
+    from tokcal import DecisionTrackingCallback
+    from tokcal.core.spec import DecisionSpec
 
     path = common.checkpoint(a.workdir, shape=a.shape, seed=a.seed, dtype=a.dtype)
     base, tok = common.load(path, a.device, a.dtype)

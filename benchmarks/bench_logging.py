@@ -36,7 +36,7 @@ def scores(n: int, seed: int = 0) -> Any:
     """``n`` binary decisions with some miscalibration and decision mass below 1."""
     import numpy as np
 
-    from tracking.core.scores import DecisionScores
+    from tokcal.core.scores import DecisionScores
 
     rng = np.random.default_rng(seed)
     p = rng.dirichlet(np.ones(2) * 0.7, size=n) * rng.uniform(0.6, 1.0, size=(n, 1))
@@ -57,7 +57,7 @@ def repeat(fn: Callable[[int], Any], repeats: int) -> tuple[float, float]:
 
 
 def open_backend(name: str, root: Path) -> Any:
-    from tracking.trackers import open_tracker
+    from tokcal.trackers import open_tracker
 
     if name == "local":
         return open_tracker("local", local_dir=str(root / "local"))
@@ -79,8 +79,8 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print the top functions of the local backend's call")
     common.add_output_args(ap)
     a = ap.parse_args()
-    from tracking.core.per_sample import PerSample
-    from tracking.core.plots import figure_to_array, figure_to_png, metric_figures
+    from tokcal.core.per_sample import PerSample
+    from tokcal.core.plots import figure_to_array, figure_to_png, metric_figures
 
     s = scores(a.decisions)
     metrics = s.metrics()

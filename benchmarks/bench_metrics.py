@@ -26,7 +26,7 @@ def main() -> None:
     ap = common.parser(__doc__, "python benchmarks/bench_metrics.py --repeat 3")
     ap.add_argument("--repeat", type=int, default=3, help="runs per size; the best is printed (default: 3)")
     args = ap.parse_args()
-    from tracking.core.metrics import compute_metrics
+    from tokcal.core.metrics import compute_metrics
 
     print(f"{'N':>9} {'K':>2} {'best s':>8} {'us/decision':>12}")
     for k, labels in [(2, ["Accept", "Reject"]), (4, ["A", "B", "C", "D"])]:

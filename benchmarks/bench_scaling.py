@@ -1,6 +1,6 @@
 """How tokcal's scoring time grows: with the eval-set size and with the sequence length.
 
-``tracking.core.scoring.score`` on a random Qwen2 with the real 151,936 vocabulary:
+``tokcal.core.scoring.score`` on a random Qwen2 with the real 151,936 vocabulary:
 
 - eval-set size: ``--sizes`` samples of about ``--tokens`` tokens (the same batches rule);
 - sequence length: ``--length-samples`` samples of about each of ``--lengths`` tokens.
@@ -84,7 +84,7 @@ def sweep(points: list[tuple[int, list[Any]]], model: Any, tok: Any, resolved: A
     points share their batch shapes (``warm_each=False``); batches of at most
     ``--max-tokens`` padded tokens (one row at least). Rows come back smallest first; with
     ``body``, each also has the body-only forward's time on the same batches."""
-    from tracking.core.scoring import score
+    from tokcal.core.scoring import score
 
     out = []
     for i, (label, examples) in enumerate(sorted(points, key=lambda p: -p[0])):
@@ -121,7 +121,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per point, median (default: 3)")
     a = ap.parse_args()
     torch = common.setup_torch(a)
-    from tracking.core.spec import DecisionSpec
+    from tokcal.core.spec import DecisionSpec
 
     path = common.checkpoint(a.workdir, shape=a.shape, seed=a.seed, dtype=a.dtype)
     model, tok = common.load(path, a.device, a.dtype)

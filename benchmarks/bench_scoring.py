@@ -3,7 +3,7 @@
 Every variant runs in a fresh process on the same checkpoint (a random Qwen2 with the real
 151,936 vocabulary) and the same samples, in the same batches where it batches:
 
-- ``tokcal``: ``tracking.core.scoring.score`` (logits at the answer positions only);
+- ``tokcal``: ``tokcal.core.scoring.score`` (logits at the answer positions only);
 - ``body only``: the model body over the same batches, no LM head: the limit of any scorer
   that must run the model;
 - ``body + head`` (in the in-turns loop only): the body, then the LM head and a log-softmax
@@ -53,9 +53,9 @@ def _loop(variant: str, model: Any, tok: Any, examples: list[Any], a: Any) -> tu
     import numpy as np
     import torch
 
-    from tracking.core.positions import find_answer_positions
-    from tracking.core.scoring import score
-    from tracking.core.spec import DecisionSpec
+    from tokcal.core.positions import find_answer_positions
+    from tokcal.core.scoring import score
+    from tokcal.core.spec import DecisionSpec
 
     resolved = DecisionSpec().resolve(tok)
     batches = common.batches(examples, tok, a.max_tokens)

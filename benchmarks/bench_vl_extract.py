@@ -7,7 +7,7 @@ with Qwen's vision tokens, and generated PNG pages (2 per record, 448x640 and 64
 ``max_pixels`` 28*28*256, so 256 image tokens per page). Each variant runs in a fresh
 process and reports wall time and the growth of its peak resident set over the loaded model
 (CPU) or torch's peak allocation (CUDA). ``tokcal`` is ``score_checkpoint`` with an
-:class:`~tracking.data.sources.ImageDataFile` (pages decoded per batch, logits at the answer
+:class:`~tokcal.data.sources.ImageDataFile` (pages decoded per batch, logits at the answer
 positions only); ``naive`` scores the very batches tokcal builds with ``model(**batch).logits``
 and a softmax at the answer positions, holding the batches in memory as a list.
 
@@ -45,8 +45,8 @@ def build(root: Path, n_records: int) -> tuple[Path, Path]:
     from PIL import Image, ImageDraw
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from tracking.data.synthetic import review_records
-    from tracking.demo.tokenizer import corpus, save_tokenizer, train_tokenizer
+    from tokcal.data.synthetic import review_records
+    from tokcal.demo.tokenizer import corpus, save_tokenizer, train_tokenizer
 
     recs = review_records(n_records, seed=7)
     tok = train_tokenizer(corpus(recs))
@@ -106,12 +106,12 @@ def child(variant: str, ckpt: str, data: str, max_tokens: int, device: str) -> d
 
     import torch
 
-    from tracking.core.positions import find_answer_positions
-    from tracking.core.spec import DecisionSpec
-    from tracking.data.batches import LazyBatches
-    from tracking.data.sources import ImageDataFile
-    from tracking.jobs.checkpoints import load_checkpoint
-    from tracking.jobs.extract import score_examples
+    from tokcal.core.positions import find_answer_positions
+    from tokcal.core.spec import DecisionSpec
+    from tokcal.data.batches import LazyBatches
+    from tokcal.data.sources import ImageDataFile
+    from tokcal.jobs.checkpoints import load_checkpoint
+    from tokcal.jobs.extract import score_examples
 
     warnings.simplefilter("ignore")
     model, processor = load_checkpoint(ckpt, device=device, processor_options={})

@@ -1,10 +1,10 @@
 """What the benchmark scripts share: flags, the model and data, timing, memory, the report.
 
-The model is a random Qwen2 of a named shape (:data:`tracking.demo.model.QWEN2_SHAPES`)
+The model is a random Qwen2 of a named shape (:data:`tokcal.demo.model.QWEN2_SHAPES`)
 with the real Qwen2.5 tokenizer and its 151,936-row vocabulary, saved once under
 ``--workdir`` so that every script, child process and lm-evaluation-harness load the same
 checkpoint. The data are the synthetic accept/reject reviews of
-:mod:`tracking.data.synthetic`, lengthened with more review sentences to about
+:mod:`tokcal.data.synthetic`, lengthened with more review sentences to about
 ``--tokens`` tokens each.
 
 Nothing here imports from ``tests/``.
@@ -91,9 +91,9 @@ def checkpoint(workdir: Path, *, shape: str = "tiny", seed: int = 0, dtype: str 
     path = Path(workdir) / f"qwen2-{shape}-{dtype}-seed{seed}"
     if (path / "config.json").is_file() and (path / "tokenizer.json").is_file():
         return path
-    from tracking.demo.model import build_qwen2
-    from tracking.demo.qwen import qwen25_tokenizer
-    from tracking.demo.tokenizer import save_tokenizer
+    from tokcal.demo.model import build_qwen2
+    from tokcal.demo.qwen import qwen25_tokenizer
+    from tokcal.demo.tokenizer import save_tokenizer
 
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -127,8 +127,8 @@ def load(path: Path, device: str = "cpu", dtype: str = "float32") -> tuple[Any, 
 
 def review_records(n: int, tokens: int, tokenizer: Any, *, seed: int = 0) -> list[dict[str, Any]]:
     """``n`` synthetic reviews of about ``tokens`` tokens each (0.9x to 1.1x, so batches pad
-    as real ones do): :func:`tracking.data.synthetic.review_records` with more sentences."""
-    from tracking.data import synthetic
+    as real ones do): :func:`tokcal.data.synthetic.review_records` with more sentences."""
+    from tokcal.data import synthetic
 
     records = synthetic.review_records(n, seed=seed)
     rng = random.Random(seed + 1)
@@ -150,14 +150,14 @@ def review_records(n: int, tokens: int, tokenizer: Any, *, seed: int = 0) -> lis
 
 def review_examples(n: int, tokens: int, tokenizer: Any, *, seed: int = 0) -> list[Any]:
     """:func:`review_records` tokenised as SFT does (labels on the assistant turn)."""
-    from tracking.data.conversation import tokenize_records
+    from tokcal.data.conversation import tokenize_records
 
     return tokenize_records(review_records(n, tokens, tokenizer, seed=seed), tokenizer)
 
 
 def batches(examples: Sequence[Any], tokenizer: Any, max_tokens: int) -> list[dict[str, Any]]:
     """tokcal's length-sorted, right-padded batches: the same for every variant."""
-    from tracking.data.batches import make_batches, pad_id_of
+    from tokcal.data.batches import make_batches, pad_id_of
 
     return make_batches(examples, pad_id_of(tokenizer), max_tokens=max_tokens)
 

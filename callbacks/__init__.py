@@ -1,5 +1,5 @@
 """Trainer glue for tokcal."""
 
-from callbacks.decision import DecisionTrackingCallback
+from tokcal.callbacks.decision import DecisionTrackingCallback
 
 __all__ = ["DecisionTrackingCallback"]

@@ -25,21 +25,21 @@ from transformers import (
     TrainingArguments,
 )
 
-from tracking.core.capture import DecisionCapture
-from tracking.core.distributed import all_gather
-from tracking.core.metrics import DecisionMetrics
-from tracking.core.per_sample import PerSample
-from tracking.core.scores import DecisionScores
-from tracking.core.scoring import in_own_forward, score_batches
-from tracking.core.spec import DecisionSpec, ResolvedSpec
-from tracking.core.trajectories import (
+from tokcal.core.capture import DecisionCapture
+from tokcal.core.distributed import all_gather
+from tokcal.core.metrics import DecisionMetrics
+from tokcal.core.per_sample import PerSample
+from tokcal.core.scores import DecisionScores
+from tokcal.core.scoring import in_own_forward, score_batches
+from tokcal.core.spec import DecisionSpec, ResolvedSpec
+from tokcal.core.trajectories import (
     TrajectoryState,
     correct_from_probs,
     decision_keys,
     flip_scalars,
 )
-from tracking.errors import TokcalError
-from tracking.jobs.settings import TrackingSettings
+from tokcal.errors import TokcalError
+from tokcal.jobs.settings import TrackingSettings
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +88,14 @@ class DecisionTrackingCallback(TrainerCallback):
             Used to resolve the decision tokens; defaults to the Trainer's `processing_class`
             (a processor's `.tokenizer` for vision-language models).
         **options:
-            Any field of [`~tracking.jobs.settings.TrackingSettings`]: `every`, `n_bins`,
+            Any field of [`~tokcal.jobs.settings.TrackingSettings`]: `every`, `n_bins`,
             `hist_bins`, `log_per_sample`, `log_samples`, `sample_text`, `max_samples`, `scorer`,
             `project`, `entity`, `tracking_uri`, `run_id`, `local_dir`.
 
     Example:
 
     ```python
-    from callbacks import DecisionTrackingCallback
+    from tokcal import DecisionTrackingCallback
 
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
                       processing_class=tokenizer, callbacks=[DecisionTrackingCallback()])
@@ -310,7 +310,7 @@ class DecisionTrackingCallback(TrainerCallback):
         """Score the eval dataloader with logits at answer positions only (fallback).
 
         Under a process group every rank runs the model on every batch (see
-        :func:`~tracking.core.scoring.score_batches`); when no rank's first batch has labels,
+        :func:`~tokcal.core.scoring.score_batches`); when no rank's first batch has labels,
         the eval set has none and the pass stops there.
         """
         if model is None or dataloader is None:
@@ -351,7 +351,7 @@ class DecisionTrackingCallback(TrainerCallback):
         self._training = self._training or training
         if self._slots:
             return
-        from tracking.trackers.base import backend_class
+        from tokcal.trackers.base import backend_class
 
         names = self.settings.backends_for(getattr(args, "report_to", None))
         local_dir = self.settings.local_dir or str(Path(args.output_dir) / "tokcal")
@@ -369,7 +369,7 @@ class DecisionTrackingCallback(TrainerCallback):
             atexit.register(self._exit_hook)
 
     def _open_slot(self, slot: _Slot, kwargs: dict[str, Any]) -> None:
-        from tracking.trackers import open_tracker
+        from tokcal.trackers import open_tracker
 
         try:
             t = open_tracker(slot.name, **kwargs)
@@ -381,7 +381,7 @@ class DecisionTrackingCallback(TrainerCallback):
         self.trackers.append(t)
 
     def _write_state(self, output_dir: str) -> None:
-        from tracking.jobs.state import STATE_FILE, write_state
+        from tokcal.jobs.state import STATE_FILE, write_state
 
         try:
             write_state(output_dir, [t.describe() for t in self.trackers], self.settings)

@@ -26,7 +26,7 @@ tokcal keys (all optional except the switch; a key that is off is never passed o
 Launch:
 
     tokcal train CONFIG.yaml [key=value ...]                        # one process
-    torchrun --nproc_per_node 8 -m callbacks.llamafactory CONFIG.yaml  # DDP / DeepSpeed
+    torchrun --nproc_per_node 8 -m tokcal.callbacks.llamafactory CONFIG.yaml  # DDP / DeepSpeed
 
 The evaluation LLaMA-Factory runs after training (``do_eval`` with ``val_size``) is
 logged only when it adds a step: with ``load_best_model_at_end`` or a step already
@@ -50,8 +50,8 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from callbacks.decision import DecisionTrackingCallback
-from tracking.errors import TokcalError
+from tokcal.callbacks.decision import DecisionTrackingCallback
+from tokcal.errors import TokcalError
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,12 @@ RENAMED = {"decision_bins": "n_bins"}
 SPEC_KEYS = {"decision_labels": "labels", "decision_prefix": "prefix", "decision_variants": "variants",
              "decision_lowercase": "lowercase"}
 CONFIG_KEY = "decision_config"
-MODULE = "callbacks.llamafactory"
+MODULE = "tokcal.callbacks.llamafactory"
 PIP_HINT = "pip install 'tokcal[llamafactory]'"
 
 
 def _settings_fields() -> set[str]:
-    from tracking.jobs.settings import TrackingSettings
+    from tokcal.jobs.settings import TrackingSettings
 
     return {f.name for f in dataclasses.fields(TrackingSettings)} - {"spec"}
 
@@ -92,9 +92,9 @@ def split_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
     """``(llamafactory_args, tokcal_options)`` from a LLaMA-Factory config mapping.
 
     ``tokcal_options`` is ``None`` when ``track_decision_probs`` is absent or false; it is
-    otherwise a mapping with ``spec`` (a :class:`~tracking.core.spec.DecisionSpec` or ``None``),
+    otherwise a mapping with ``spec`` (a :class:`~tokcal.core.spec.DecisionSpec` or ``None``),
     ``config`` (a tokcal YAML path or ``None``) and tracking options for
-    :class:`~callbacks.decision.DecisionTrackingCallback`.
+    :class:`~tokcal.callbacks.decision.DecisionTrackingCallback`.
 
     Raises:
         TokcalError: a ``decision_*`` key tokcal does not know (with the known ones), or
@@ -105,7 +105,7 @@ def split_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
         >>> lf, opts["n_bins"]
         ({'stage': 'sft'}, 10)
     """
-    from tracking.core.spec import DecisionSpec
+    from tokcal.core.spec import DecisionSpec
 
     known = set(tokcal_keys())
     lf_args = {k: v for k, v in config.items() if k != SWITCH and not str(k).startswith(PREFIX)}
@@ -159,7 +159,7 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
     ``llamafactory-cli train CONFIG.yaml key=value`` does (values parsed as YAML)."""
     import yaml
 
-    from tracking.config import load_json_object, load_yaml
+    from tokcal.config import load_json_object, load_yaml
 
     p = Path(path)
     data = load_json_object(p) if p.suffix == ".json" else load_yaml(p)
@@ -175,7 +175,7 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
 
 
 class LlamaFactoryDecisionCallback(DecisionTrackingCallback):
-    """:class:`~callbacks.decision.DecisionTrackingCallback` plus LLaMA-Factory's final
+    """:class:`~tokcal.callbacks.decision.DecisionTrackingCallback` plus LLaMA-Factory's final
     evaluation rule: the evaluation ``do_eval`` runs after training is logged only when it
     adds a step (see the module docstring)."""
 
@@ -207,7 +207,7 @@ class LlamaFactoryDecisionCallback(DecisionTrackingCallback):
 
 def require_llamafactory() -> Any:
     """``llamafactory``, or a one-line error with the pip command."""
-    from tracking.errors import MissingDependencyError, require
+    from tokcal.errors import MissingDependencyError, require
 
     try:
         return require("llamafactory", "llamafactory")
@@ -264,7 +264,7 @@ def _hint_torchrun() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m callbacks.llamafactory CONFIG.yaml [key=value ...]`` (a torchrun module)."""
+    """``python -m tokcal.callbacks.llamafactory CONFIG.yaml [key=value ...]`` (a torchrun module)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: torchrun --nproc_per_node N -m {MODULE} CONFIG.yaml [key=value ...]\n\n"

@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from tracking.core.positions import IGNORE_INDEX
-from tracking.data.batches import LazyBatches, group_by_length
-from tracking.data.conversation import Example
-from tracking.data.sources import EvalSource
-from tracking.errors import TokcalError
+from tokcal.core.positions import IGNORE_INDEX
+from tokcal.data.batches import LazyBatches, group_by_length
+from tokcal.data.conversation import Example
+from tokcal.data.sources import EvalSource
+from tokcal.errors import TokcalError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class EvalSet:
     """An eval set tokenised by LLaMA-Factory.
 
     Attributes:
-        examples: one :class:`~tracking.data.conversation.Example` per eval row, in the Trainer's order
+        examples: one :class:`~tokcal.data.conversation.Example` per eval row, in the Trainer's order
             (``sample_id`` is the row index).
         tokenizer: LLaMA-Factory's tokenizer (the template has fixed its eos/pad tokens);
             score with this one, as the callback did in training.
@@ -98,7 +98,7 @@ class EvalSet:
 
 def data_args_dict(config: Mapping[str, Any]) -> dict[str, Any]:
     """The config with tokcal's keys dropped and the training-only keys neutralised."""
-    from callbacks.llamafactory import PREFIX, SWITCH
+    from tokcal.callbacks.llamafactory import PREFIX, SWITCH
 
     out = {k: v for k, v in config.items() if k != SWITCH and not str(k).startswith(PREFIX)}
     for key, value in TRAINING_ONLY.items():
@@ -111,7 +111,7 @@ def data_args_dict(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _lf_internals() -> tuple[Any, ...]:
-    from callbacks.llamafactory import require_llamafactory
+    from tokcal.callbacks.llamafactory import require_llamafactory
 
     require_llamafactory()
     try:
@@ -158,7 +158,7 @@ def load_eval_set(
             ``eval_name``, or LLaMA-Factory refusing the config or a row (its message,
             e.g. a missing image or a placeholder count that differs from the images).
     """
-    from callbacks.llamafactory import load_config
+    from tokcal.callbacks.llamafactory import load_config
 
     name = str(config) if not isinstance(config, Mapping) else "<config>"
     data = load_config(config, overrides) if not isinstance(config, Mapping) else dict(config)
@@ -236,7 +236,7 @@ def load_eval_set(
 
 def _check_images(examples: Sequence[Example], name: str) -> None:
     """Every image of every row opens (header and structure only, no decoding)."""
-    from tracking.data.images import image_size
+    from tokcal.data.images import image_size
 
     seen: set[str] = set()
     for e in examples:

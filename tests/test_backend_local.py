@@ -8,16 +8,16 @@ import sys
 import numpy as np
 import pytest
 
-from tracking.cli.main import main
-from tracking.core.metrics import DecisionMetrics, compute_metrics
-from tracking.errors import MissingDependencyError, TokcalError
-from tracking.trackers import (
+from tokcal.cli.main import main
+from tokcal.core.metrics import DecisionMetrics, compute_metrics
+from tokcal.errors import MissingDependencyError, TokcalError
+from tokcal.trackers import (
     LocalTracker,
     open_tracker,
     read_local_store,
     redact,
 )
-from tracking.trackers.local import EVALUATIONS_FILE, scalar_history
+from tokcal.trackers.local import EVALUATIONS_FILE, scalar_history
 
 
 def make_metrics(seed: int, n: int = 64) -> DecisionMetrics:

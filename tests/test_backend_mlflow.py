@@ -9,10 +9,10 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow")
 
-from tracking.core.metrics import DecisionMetrics, compute_metrics  # noqa: E402
-from tracking.errors import TokcalError  # noqa: E402
-from tracking.trackers import open_tracker  # noqa: E402
-from tracking.trackers.base import BINS_COLUMNS  # noqa: E402
+from tokcal.core.metrics import DecisionMetrics, compute_metrics  # noqa: E402
+from tokcal.errors import TokcalError  # noqa: E402
+from tokcal.trackers import open_tracker  # noqa: E402
+from tokcal.trackers.base import BINS_COLUMNS  # noqa: E402
 
 IMAGE_KEYS = ("eval_decision_reliability", "eval_decision_reliability_positive", "eval_decision_histograms")
 
@@ -115,8 +115,8 @@ def test_reopening_a_run_recorded_with_a_hidden_password(tmp_path, no_mlflow_env
     for the real URI through one rule (flag, else MLFLOW_TRACKING_URI), each naming its file."""
     import json
 
-    from tracking.trackers.spool import sync_spool
-    from tracking.trackers.targets import tracker_targets
+    from tokcal.trackers.spool import sync_spool
+    from tokcal.trackers.targets import tracker_targets
 
     real, hidden = "http://alice:hunter2@127.0.0.1:9/", "http://alice:***@127.0.0.1:9/"
     state = {"trackers": [{"backend": "mlflow", "run_id": "r" * 32, "tracking_uri": hidden}]}

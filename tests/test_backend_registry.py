@@ -14,16 +14,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tracking.cli.main import main
-from tracking.core.metrics import DecisionMetrics, compute_metrics
-from tracking.core.per_sample import PerSample
-from tracking.core.trajectories import trajectories
-from tracking.errors import TokcalError
-from tracking.jobs.backfill import MARKER
-from tracking.jobs.report import read_source
-from tracking.jobs.settings import TrackingSettings
-from tracking.trackers import SpoolingTracker, open_tracker
-from tracking.trackers.base import (
+from tokcal.cli.main import main
+from tokcal.core.metrics import DecisionMetrics, compute_metrics
+from tokcal.core.per_sample import PerSample
+from tokcal.core.trajectories import trajectories
+from tokcal.errors import TokcalError
+from tokcal.jobs.backfill import MARKER
+from tokcal.jobs.report import read_source
+from tokcal.jobs.settings import TrackingSettings
+from tokcal.trackers import SpoolingTracker, open_tracker
+from tokcal.trackers.base import (
     DEFAULT_LOCAL_DIR,
     Point,
     Series,
@@ -36,7 +36,7 @@ from tracking.trackers.base import (
     register_backend,
     unregister_backend,
 )
-from tracking.trackers.targets import open_targets, tracker_targets
+from tokcal.trackers.targets import open_targets, tracker_targets
 
 LABELS = ["Accept", "Reject"]
 
@@ -192,10 +192,10 @@ def test_outage_spool_sync_and_report(jsonl_backend, tmp_path, capsys):
 
 @pytest.mark.slow  # trains and scores a tiny model
 def test_callback_backfill_and_report(jsonl_backend, tiny_bpe_checkpoint, tmp_path, capsys):
-    from callbacks import DecisionTrackingCallback
+    from tokcal import DecisionTrackingCallback
     from tests.helpers.training import train_tiny
-    from tracking.core.spec import DecisionSpec
-    from tracking.jobs.extract import score_checkpoint
+    from tokcal.core.spec import DecisionSpec
+    from tokcal.jobs.extract import score_checkpoint
 
     out = tmp_path / "out"
     train_tiny(tiny_bpe_checkpoint, out, callbacks=[DecisionTrackingCallback(backend="jsonl")], max_steps=4,

@@ -15,11 +15,11 @@ from tests.helpers.wandb_reader import (  # noqa: E402
     read_config,
     read_records,
 )
-from tracking.core.metrics import DecisionMetrics, compute_metrics  # noqa: E402
-from tracking.errors import TokcalError  # noqa: E402
-from tracking.trackers import open_tracker  # noqa: E402
-from tracking.trackers.base import BINS_COLUMNS  # noqa: E402
-from tracking.trackers.wandb import tokcal_key, wandb_key  # noqa: E402
+from tokcal.core.metrics import DecisionMetrics, compute_metrics  # noqa: E402
+from tokcal.errors import TokcalError  # noqa: E402
+from tokcal.trackers import open_tracker  # noqa: E402
+from tokcal.trackers.base import BINS_COLUMNS  # noqa: E402
+from tokcal.trackers.wandb import tokcal_key, wandb_key  # noqa: E402
 
 
 def make_metrics(seed: int, n: int = 64) -> DecisionMetrics:

@@ -16,13 +16,13 @@ import pytest
 
 from tests.helpers.mlflow_server import free_port
 from tests.helpers.training import train_tiny
-from tracking.cli.main import main
-from tracking.core.spec import DecisionSpec
-from tracking.jobs.backfill import MARKER, backfill
-from tracking.jobs.checkpoints import resolve_checkpoints
-from tracking.jobs.extract import score_checkpoint
-from tracking.jobs.settings import TrackingSettings
-from tracking.trackers.local import LocalTracker, read_local_store
+from tokcal.cli.main import main
+from tokcal.core.spec import DecisionSpec
+from tokcal.jobs.backfill import MARKER, backfill
+from tokcal.jobs.checkpoints import resolve_checkpoints
+from tokcal.jobs.extract import score_checkpoint
+from tokcal.jobs.settings import TrackingSettings
+from tokcal.trackers.local import LocalTracker, read_local_store
 
 pytestmark = pytest.mark.slow  # a real (tiny) training run and several scoring passes
 
@@ -180,7 +180,7 @@ def test_library_tokenises_once_and_again_for_another_template(run_dir: Path, tm
 
 
 def test_checkpoints_with_the_same_tokenizer_files_share_one_tokenizer(run_dir: Path, tmp_path: Path):
-    from tracking.jobs.checkpoints import load_tokenizer
+    from tokcal.jobs.checkpoints import load_tokenizer
 
     first = load_tokenizer(run_dir / "checkpoint-2")
     assert load_tokenizer(run_dir / "checkpoint-4") is first and load_tokenizer(run_dir / "checkpoint-6") is first
@@ -275,7 +275,7 @@ def test_wandb_offline_refused_before_scoring(run_dir: Path, tmp_path: Path, cap
 def test_wandb_rows_carry_global_step(run_dir: Path, expected, tmp_path: Path, monkeypatch):
     """The resume itself needs a server; the rows are checked in an offline run file."""
     from tests.helpers.wandb_reader import find_run_file, history_rows
-    from tracking.trackers.wandb import WandbTracker
+    from tokcal.trackers.wandb import WandbTracker
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
@@ -345,7 +345,7 @@ def test_torchrun_two_processes_equal_one(run_dir: Path, tmp_path: Path):
               "--max-tokens", "200", "--quiet"]  # 200 tokens: one or two rows a batch, so both ranks work
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     proc = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "tracking.cli.main", "backfill",
+        [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "tokcal.cli.main", "backfill",
          *common, "--run-id", two.run_id, "--output-dir", str(tmp_path / "two")],
         env=env, capture_output=True, text=True, timeout=180,
     )
@@ -361,7 +361,7 @@ def test_torchrun_two_processes_equal_one(run_dir: Path, tmp_path: Path):
 
 
 def test_output_folder_with_a_final_model_stands_for_its_checkpoints(tmp_path: Path):
-    from tracking.jobs.checkpoints import resolve_checkpoints
+    from tokcal.jobs.checkpoints import resolve_checkpoints
 
     out = tmp_path / "out"
     for step in (2, 4):

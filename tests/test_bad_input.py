@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracking.cli.main import main
-from tracking.data.records import to_messages
-from tracking.data.sources import DataFile
-from tracking.errors import TokcalError
+from tokcal.cli.main import main
+from tokcal.data.records import to_messages
+from tokcal.data.sources import DataFile
+from tokcal.errors import TokcalError
 
 GOOD = {"messages": [{"role": "user", "content": "Paper?"}, {"role": "assistant", "content": "\\boxed{Accept}"}]}
 
@@ -91,7 +91,7 @@ def test_backfill_output_dir_under_a_file_is_refused_before_scoring(tmp_path, ca
     data = _write(tmp_path / "eval.jsonl", [GOOD])
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    from tracking.trackers import open_tracker
+    from tokcal.trackers import open_tracker
 
     with open_tracker("local", local_dir=tmp_path / "store") as run:
         run_id = run.run_id

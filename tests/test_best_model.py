@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from transformers import EarlyStoppingCallback
 
-from callbacks import DecisionTrackingCallback
+from tokcal import DecisionTrackingCallback
 from tests.helpers.models import make_tiny_checkpoint
 from tests.helpers.processes import torchrun_cmd
 from tests.helpers.tokenizers import small_bpe_tokenizer
 from tests.helpers.training import train_tiny
-from tracking.core.spec import DecisionSpec
-from tracking.jobs.extract import score_checkpoint
+from tokcal.core.spec import DecisionSpec
+from tokcal.jobs.extract import score_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from callbacks import DecisionTrackingCallback
+from tokcal import DecisionTrackingCallback
 from tests.helpers.models import make_tiny_checkpoint
 from tests.helpers.tokenizers import small_bpe_tokenizer
 from tests.helpers.training import train_tiny
-from tracking.core.spec import DecisionSpec
-from tracking.errors import TokcalError
-from tracking.jobs.extract import score_checkpoint
-from tracking.jobs.state import read_state
-from tracking.trackers.local import read_local_store
+from tokcal.core.spec import DecisionSpec
+from tokcal.errors import TokcalError
+from tokcal.jobs.extract import score_checkpoint
+from tokcal.jobs.state import read_state
+from tokcal.trackers.local import read_local_store
 
 KEYS = ["eval_avg_p_accept", "eval_avg_p_reject", "eval_decision_prob_mass", "eval_decision_confidence",
         "eval_decision_accuracy", "eval_decision_ece", "eval_decision_brier", "eval_decision_nll"]
@@ -195,7 +195,7 @@ def test_no_decision_in_the_answers_warns_once_with_what_it_saw(base_ckpt, tmp_p
     )
 
     from tests.helpers.training import as_dataset
-    from tracking.data.synthetic import review_records
+    from tokcal.data.synthetic import review_records
 
     tok = AutoTokenizer.from_pretrained(str(base_ckpt))
     cb = DecisionTrackingCallback(DecisionSpec(labels=("Yes", "No")), backend="local")
@@ -231,7 +231,7 @@ def test_eval_set_without_labels_warns(base_ckpt, tmp_path):
     )
 
     from tests.helpers.training import as_dataset
-    from tracking.data.synthetic import review_records
+    from tokcal.data.synthetic import review_records
 
     tok = AutoTokenizer.from_pretrained(str(base_ckpt))
     rows = [{k: v for k, v in r.items() if k != "labels"} for r in as_dataset(review_records(4, seed=3), tok)]

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 import torch
 
-from callbacks import DecisionTrackingCallback
+from tokcal import DecisionTrackingCallback
 from tests.helpers.models import make_tiny_checkpoint
 from tests.helpers.tokenizers import small_bpe_tokenizer
 from tests.helpers.training import as_dataset, train_tiny, write_records
-from tracking.core.spec import DecisionSpec
-from tracking.jobs.extract import score_checkpoint
-from tracking.jobs.state import read_state
-from tracking.trackers.local import read_local_store
+from tokcal.core.spec import DecisionSpec
+from tokcal.jobs.extract import score_checkpoint
+from tokcal.jobs.state import read_state
+from tokcal.trackers.local import read_local_store
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +108,7 @@ def test_labels_popped_by_the_trainer_still_reach_the_hook(base_ckpt, tmp_path, 
 
 def mixed_eval_set(tok: Any) -> tuple[list[dict], list[dict]]:
     """13 records; the second batch of 4 (rows 4-7) carries no labels."""
-    from tracking.data.synthetic import review_records
+    from tokcal.data.synthetic import review_records
 
     recs = review_records(N_EVAL, seed=7)
     rows = as_dataset(recs, tok)
@@ -169,7 +169,7 @@ def test_no_labels_anywhere_says_so_with_label_smoothing_too(base_ckpt, tmp_path
         TrainingArguments,
     )
 
-    from tracking.data.synthetic import review_records
+    from tokcal.data.synthetic import review_records
 
     tok = AutoTokenizer.from_pretrained(str(base_ckpt))
     rows = [{k: v for k, v in r.items() if k != "labels"} for r in as_dataset(review_records(8, seed=3), tok)]

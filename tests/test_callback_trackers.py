@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from callbacks import DecisionTrackingCallback
+from tokcal import DecisionTrackingCallback
 from tests.helpers.models import make_tiny_checkpoint
 from tests.helpers.tokenizers import small_bpe_tokenizer
 from tests.helpers.training import train_tiny
-from tracking.core.spec import DecisionSpec
-from tracking.jobs.extract import score_checkpoint
-from tracking.jobs.state import read_state
+from tokcal.core.spec import DecisionSpec
+from tokcal.jobs.extract import score_checkpoint
+from tokcal.jobs.state import read_state
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,13 @@ import pytest
 trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
-from callbacks import DecisionTrackingCallback  # noqa: E402
+from tokcal import DecisionTrackingCallback  # noqa: E402
 from tests.helpers.models import make_tiny_checkpoint  # noqa: E402
 from tests.helpers.tokenizers import small_bpe_tokenizer  # noqa: E402
-from tracking.core.scoring import score  # noqa: E402
-from tracking.data.synthetic import review_records  # noqa: E402
-from tracking.jobs.state import read_state  # noqa: E402
-from tracking.trackers.local import read_local_store  # noqa: E402
+from tokcal.core.scoring import score  # noqa: E402
+from tokcal.data.synthetic import review_records  # noqa: E402
+from tokcal.jobs.state import read_state  # noqa: E402
+from tokcal.trackers.local import read_local_store  # noqa: E402
 
 
 def prompt_completion(records: list[dict]) -> "datasets.Dataset":

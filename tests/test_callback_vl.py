@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from callbacks import DecisionTrackingCallback
+from tokcal import DecisionTrackingCallback
 from tests.helpers.tokenizers import qwen25_tokenizer
 from tests.helpers.vision import (
     VLCollator,
@@ -23,11 +23,11 @@ from tests.helpers.vision import (
     make_tiny_vl_checkpoint,
     page_records,
 )
-from tracking.core.spec import DecisionSpec
-from tracking.data.sources import ImageDataFile
-from tracking.jobs.extract import score_checkpoint
-from tracking.jobs.state import read_state
-from tracking.trackers.local import read_local_store
+from tokcal.core.spec import DecisionSpec
+from tokcal.data.sources import ImageDataFile
+from tokcal.jobs.extract import score_checkpoint
+from tokcal.jobs.state import read_state
+from tokcal.trackers.local import read_local_store
 
 pytestmark = pytest.mark.slow  # trains a (tiny) vision-language model
 
@@ -59,7 +59,7 @@ def train_vl(base: Path, pages: Path, out: Path, *, callbacks=(), report_to="non
         TrainingArguments,
     )
 
-    from tracking.jobs.checkpoints import load_processor
+    from tokcal.jobs.checkpoints import load_processor
 
     def rows(name: str) -> list[dict]:
         recs = [json.loads(x) for x in (pages / name / f"{name}.jsonl").read_text().splitlines()]
@@ -162,7 +162,7 @@ def test_own_pass_takes_every_batch_key_and_answer_logits_only(runs, pages, tmp_
 def test_backfill_into_the_same_runs_equals_live(runs, pages, mlflow_server, capsys):
     from mlflow.tracking import MlflowClient
 
-    from tracking.cli.main import main
+    from tokcal.cli.main import main
 
     _, _, out = runs
     eval_file = pages / "eval" / "eval.jsonl"

@@ -1,4 +1,4 @@
-"""tracking.core.classification against scikit-learn and brute-force loops.
+"""tokcal.core.classification against scikit-learn and brute-force loops.
 
 Conventions checked here (the module docstring states them): precision of a label never
 predicted and recall of a label never true are NaN (sklearn ``zero_division=np.nan``);
@@ -27,7 +27,7 @@ from sklearn.metrics import (
     matthews_corrcoef as sk_mcc,
 )
 
-from tracking.core.classification import (
+from tokcal.core.classification import (
     balanced_accuracy,
     best_threshold,
     confusion_matrix,
@@ -35,7 +35,7 @@ from tracking.core.classification import (
     matthews_corrcoef,
     precision_recall,
 )
-from tracking.errors import TokcalError
+from tokcal.errors import TokcalError
 
 # sklearn warns about one-label and absent-label inputs, which are the edge cases tested here.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:sklearn.*")

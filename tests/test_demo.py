@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.browser import chromium  # noqa: F401  (session fixture)
-from tracking.demo.run import MARKER, prepare_folder
-from tracking.errors import TokcalError
+from tokcal.demo.run import MARKER, prepare_folder
+from tokcal.errors import TokcalError
 
 STEPS = list(range(0, 241, 20))
 
@@ -26,7 +26,7 @@ def demo(tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo") / "tokcal-demo"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "tracking.cli.main", "demo", "--output", str(folder)],
+    proc = subprocess.run([sys.executable, "-m", "tokcal.cli.main", "demo", "--output", str(folder)],
                           capture_output=True, text=True, timeout=900, env=env)
     seconds = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -73,7 +73,7 @@ def test_demo_learns_and_leaves_run_and_report(demo):
     assert len([p for p in bins if "bins_step_" in p]) == 13
 
     # The report: both series, a backfilled marker for every holdout step, the PNGs beside it.
-    from tracking.jobs.report import read_mlflow
+    from tokcal.jobs.report import read_mlflow
 
     series = read_mlflow(rid, uri)
     assert [s.name for s in series] == ["mlflow tokcal-demo · eval", "mlflow tokcal-demo · eval_holdout"]
@@ -97,7 +97,7 @@ def test_refuses_a_folder_it_did_not_make(tmp_path):
     with pytest.raises(TokcalError, match="not made by 'tokcal demo'.*--force"):
         prepare_folder(mine)
     assert (mine / "thesis.tex").read_text() == "keep me"
-    from tracking.cli.main import main
+    from tokcal.cli.main import main
 
     assert main(["demo", "--output", str(mine)]) == 2
     # --force writes the demo there but removes only the demo's own entries.
@@ -122,7 +122,7 @@ def test_reruns_into_its_own_folder(tmp_path):
 
 
 def test_help_has_an_example(capsys):
-    from tracking.cli.main import main
+    from tokcal.cli.main import main
 
     for cmd in ("demo", "report"):
         with pytest.raises(SystemExit):

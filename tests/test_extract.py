@@ -12,7 +12,7 @@ import pytest
 from tests.helpers.models import make_tiny_checkpoint
 from tests.helpers.oracle import independent_probs
 from tests.helpers.tokenizers import qwen25_tokenizer, small_bpe_tokenizer
-from tracking.cli.main import main
+from tokcal.cli.main import main
 
 REVIEWS = [
     "The method is novel and the experiments are thorough.",
@@ -90,10 +90,10 @@ def test_logits_are_computed_at_answer_positions_only(qwen_ckpt):
     """The scorer asks the model for D rows of logits, never batch x seq x vocab."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tracking.core.scoring import score
-    from tracking.core.spec import DecisionSpec
-    from tracking.data.batches import make_batches
-    from tracking.data.conversation import tokenize_records
+    from tokcal.core.scoring import score
+    from tokcal.core.spec import DecisionSpec
+    from tokcal.data.batches import make_batches
+    from tokcal.data.conversation import tokenize_records
 
     model = AutoModelForCausalLM.from_pretrained(str(qwen_ckpt)).eval()
     tok = AutoTokenizer.from_pretrained(str(qwen_ckpt))

@@ -22,7 +22,7 @@ from tests.helpers.vision import (
     page_records,
     write_pages,
 )
-from tracking.cli.main import main
+from tokcal.cli.main import main
 
 pytestmark = pytest.mark.slow  # scores a (tiny) vision-language model
 
@@ -168,10 +168,10 @@ def test_extract_equals_full_forward_with_all_processor_outputs(vl_ckpt, data, t
 def test_left_padding_and_mixed_sizes_in_one_batch(vl_ckpt, data):
     """Batches mix pages of several sizes within the token budget; left and right padding
     both equal the reference."""
-    from tracking.core.spec import DecisionSpec
-    from tracking.data.sources import ImageDataFile
-    from tracking.jobs.checkpoints import load_checkpoint
-    from tracking.jobs.extract import score_checkpoint
+    from tokcal.core.spec import DecisionSpec
+    from tokcal.data.sources import ImageDataFile
+    from tokcal.jobs.checkpoints import load_checkpoint
+    from tokcal.jobs.extract import score_checkpoint
 
     recs = [json.loads(x) for x in (data / "eval.jsonl").read_text().splitlines()]
     ref = reference_probs(vl_ckpt, recs, data)
@@ -200,8 +200,8 @@ def test_images_are_decoded_per_batch(vl_ckpt, data, monkeypatch):
     """Checking and tokenising read headers only; each batch decodes its own pages when built."""
     import PIL.Image
 
-    from tracking.data.sources import ImageDataFile
-    from tracking.jobs.checkpoints import load_checkpoint
+    from tokcal.data.sources import ImageDataFile
+    from tokcal.jobs.checkpoints import load_checkpoint
 
     _, processor = load_checkpoint(vl_ckpt, processor_options={})
     decoded: list[str] = []
@@ -227,7 +227,7 @@ def test_images_are_decoded_per_batch(vl_ckpt, data, monkeypatch):
 
 
 def test_image_dir_resolves_relative_paths(data, tmp_path):
-    from tracking.data.sources import ImageDataFile, open_data_file
+    from tokcal.data.sources import ImageDataFile, open_data_file
 
     recs = [json.loads(x) for x in (data / "eval.jsonl").read_text().splitlines()]
     elsewhere = write_jsonl(tmp_path / "eval.jsonl", recs)
@@ -299,7 +299,7 @@ def _have_torchvision() -> bool:
 def test_processor_without_torchvision_warns_once(vl_ckpt, monkeypatch):
     import warnings
 
-    from tracking.jobs import checkpoints
+    from tokcal.jobs import checkpoints
 
     monkeypatch.setattr(checkpoints, "_warned_no_video", False)
     monkeypatch.setattr(checkpoints, "_KEEP_LOADED", 0)  # load twice: the warning, not the cache, is once

@@ -15,14 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Lowest first. A module may import its own layer and any below it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("tracking.errors", "tracking.io", "tracking.config")),
-    ("core", ("tracking.core",)),
-    ("data", ("tracking.data",)),
-    ("trackers", ("tracking.trackers",)),
-    ("jobs", ("tracking.jobs",)),
-    ("integrations", ("callbacks",)),
-    ("demo", ("tracking.demo",)),
-    ("cli", ("tracking.cli",)),
+    ("foundation", ("tokcal.errors", "tokcal.io", "tokcal.config")),
+    ("core", ("tokcal.core",)),
+    ("data", ("tokcal.data",)),
+    ("trackers", ("tokcal.trackers",)),
+    ("jobs", ("tokcal.jobs",)),
+    ("integrations", ("tokcal.callbacks",)),
+    ("demo", ("tokcal.demo",)),
+    ("cli", ("tokcal.cli", "tokcal.__main__")),
 ]
 
 
@@ -35,9 +35,10 @@ def _layer(module: str) -> int | None:
 
 def _modules() -> dict[str, Path]:
     out = {}
-    for pkg in ("tracking", "callbacks"):
-        for path in sorted((ROOT / pkg).rglob("*.py")):
-            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    # the source folder of each package (pyproject.toml's package-dir)
+    for folder, package in (("tracking", "tokcal"), ("callbacks", "tokcal.callbacks")):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = [package, *path.relative_to(ROOT / folder).with_suffix("").parts]
             if parts[-1] == "__init__":
                 parts = parts[:-1]
             out[".".join(parts)] = path
@@ -75,7 +76,7 @@ def _graph() -> dict[str, set[str]]:
 
 
 def test_every_module_has_a_layer() -> None:
-    facades = {"tracking"}  # the public API re-exports lazily, by name
+    facades = {"tokcal"}  # the public API re-exports lazily, by name
     missing = [m for m in _modules() if m not in facades and _layer(m) is None]
     assert not missing, f"modules outside every layer (add them to LAYERS): {missing}"
 
@@ -120,17 +121,17 @@ def test_no_import_cycles() -> None:
 def test_the_layer_check_sees_a_wrong_import(tmp_path: Path) -> None:
     """The check itself can fail: a core module that imports a tracker is reported."""
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from tracking.trackers.base import Tracker\n", encoding="utf-8")
-    imported = _imports(bad, "tracking.core.bad")
-    assert "tracking.trackers.base" in imported
-    assert _layer("tracking.trackers.base") > _layer("tracking.core.bad")
+    bad.write_text("def f():\n    from tokcal.trackers.base import Tracker\n", encoding="utf-8")
+    imported = _imports(bad, "tokcal.core.bad")
+    assert "tokcal.trackers.base" in imported
+    assert _layer("tokcal.trackers.base") > _layer("tokcal.core.bad")
 
 
 @pytest.mark.parametrize("argv", [[], ["extract"], ["backfill"], ["sync"], ["report"], ["train"], ["demo"]])
 def test_help_imports_neither_torch_nor_transformers(argv: list[str]) -> None:
     code = (
         "import sys\n"
-        "from tracking.cli.main import main\n"
+        "from tokcal.cli.main import main\n"
         f"try:\n    main({argv + ['--help']!r})\nexcept SystemExit:\n    pass\n"
         "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from callbacks.llamafactory import (
+from tokcal.callbacks.llamafactory import (
     LlamaFactoryDecisionCallback,
     load_config,
     make_callback,
     split_config,
     tokcal_keys,
 )
-from tracking.core.spec import DecisionSpec
-from tracking.errors import TokcalError
+from tokcal.core.spec import DecisionSpec
+from tokcal.errors import TokcalError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "llamafactory_tiny_cpu.yaml"
@@ -101,7 +101,7 @@ def test_overrides_parse_like_llamafactory_cli(tmp_path: Path) -> None:
 
 
 def test_train_dry_run_shows_both_sides(capsys) -> None:
-    from tracking.cli.main import main
+    from tokcal.cli.main import main
 
     assert main(["train", str(TINY), "report_to=mlflow", "--dry-run"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -112,7 +112,7 @@ def test_train_dry_run_shows_both_sides(capsys) -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("llamafactory") is not None, reason="llamafactory is installed")
 def test_without_llamafactory_the_error_names_the_pip_command(capsys) -> None:
-    from tracking.cli.main import main
+    from tokcal.cli.main import main
 
     assert main(["train", str(TINY)]) == 2
     assert "pip install 'tokcal[llamafactory]'" in capsys.readouterr().err
@@ -120,7 +120,7 @@ def test_without_llamafactory_the_error_names_the_pip_command(capsys) -> None:
 
 @pytest.mark.parametrize("cmd", ["extract", "backfill"])
 def test_data_or_llamafactory_config(cmd: str, tmp_path: Path, capsys) -> None:
-    from tracking.cli.main import main
+    from tokcal.cli.main import main
 
     head = ["extract", "--checkpoint", str(tmp_path), "--output", str(tmp_path / "o.jsonl")] if cmd == "extract" \
         else ["backfill", str(tmp_path)]

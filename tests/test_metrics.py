@@ -1,4 +1,4 @@
-"""tracking.core.metrics against independent implementations.
+"""tokcal.core.metrics against independent implementations.
 
 References: scikit-learn (AUROC, AP, Brier, log loss, calibration_curve), torchmetrics
 (binary / multiclass calibration error, norm "l1" and "max"), torch LBFGS (temperature),
@@ -53,14 +53,14 @@ from torchmetrics.functional.classification import (
     multiclass_calibration_error,
 )
 
-from tracking.core.metrics import (
+from tokcal.core.metrics import (
     DecisionMetrics,
     bin_edges,
     calibration_errors,
     compute_metrics,
     reliability_bins,
 )
-from tracking.errors import TokcalError
+from tokcal.errors import TokcalError
 
 LABELS = {2: ["Accept", "Reject"], 3: ["A", "B", "C"], 4: ["A", "B", "C", "D"]}
 

@@ -1,4 +1,4 @@
-"""The per-sample record of every evaluation (``tracking.core.per_sample``): its format,
+"""The per-sample record of every evaluation (``tokcal.core.per_sample``): its format,
 every backend storing it and reading it back (local store, a real MLflow server, W&B
 offline files), the live callback and backfill giving the same ids, and flips from it."""
 
@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tracking.core.metrics import compute_metrics
-from tracking.core.per_sample import PerSample, file_name
-from tracking.core.scores import DecisionScores
-from tracking.core.trajectories import TURN_BITS, decision_keys, trajectories
-from tracking.errors import TokcalError
-from tracking.trackers import open_tracker
-from tracking.trackers.local import LocalTracker, read_local, read_local_store
+from tokcal.core.metrics import compute_metrics
+from tokcal.core.per_sample import PerSample, file_name
+from tokcal.core.scores import DecisionScores
+from tokcal.core.trajectories import TURN_BITS, decision_keys, trajectories
+from tokcal.errors import TokcalError
+from tokcal.trackers import open_tracker
+from tokcal.trackers.local import LocalTracker, read_local, read_local_store
 
 LABELS = ["Accept", "Reject"]
 
@@ -156,7 +156,7 @@ def no_mlflow_env(monkeypatch):
 
 def test_mlflow_server_round_trip(mlflow_server: str, no_mlflow_env):
     pytest.importorskip("mlflow")
-    from tracking.trackers.mlflow import read_mlflow
+    from tokcal.trackers.mlflow import read_mlflow
 
     tracker = open_tracker("mlflow", tracking_uri=mlflow_server, experiment="tokcal-per-sample", spool=False)
     recs = {200: random_record(5, turns=True), 100: random_record(6)}
@@ -222,7 +222,7 @@ def test_report_reads_wandb_records_through_the_api(wandb_offline: Path, monkeyp
     serving this offline run's own files (the W&B service cannot be reached here)."""
     wandb = pytest.importorskip("wandb")
     from tests.helpers.wandb_reader import OfflineRun, find_run_file
-    from tracking.trackers.wandb import read_wandb
+    from tokcal.trackers.wandb import read_wandb
 
     tracker = open_tracker("wandb", project="p", spool=False)
     tracker.log_config({"tokcal": {"spec": {"labels": LABELS}}})
@@ -251,10 +251,10 @@ def test_live_and_backfilled_records_join_and_flips_agree(tiny_bpe_checkpoint: P
     flips the callback logged equal a direct computation from backfill's JSONL files and
     the flips backfill logged."""
     from tests.helpers.training import train_tiny
-    from callbacks.decision import DecisionTrackingCallback
-    from tracking.data.records import read_records
-    from tracking.jobs.backfill import backfill
-    from tracking.jobs.report import extract_per_sample
+    from tokcal.callbacks.decision import DecisionTrackingCallback
+    from tokcal.data.records import read_records
+    from tokcal.jobs.backfill import backfill
+    from tokcal.jobs.report import extract_per_sample
 
     out = tmp_path / "out"
     train_tiny(tiny_bpe_checkpoint, out, callbacks=[DecisionTrackingCallback(backend="local")],

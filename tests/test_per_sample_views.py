@@ -1,4 +1,4 @@
-"""The report's per-sample numbers (tracking.core.per_sample_views) against brute-force
+"""The report's per-sample numbers (tokcal.core.per_sample_views) against brute-force
 loops over the decisions, on random evaluations where samples come and go and confidences
 tie, and on the edge cases (one evaluation, one sample, all correct, nothing wrong)."""
 
@@ -9,15 +9,15 @@ import math
 import numpy as np
 import pytest
 
-from tracking.core.per_sample import PerSample
-from tracking.core.per_sample_views import (
+from tokcal.core.per_sample import PerSample
+from tokcal.core.per_sample_views import (
     confidently_wrong,
     learning_heatmap,
     sample_risk_coverage,
     sample_trajectories,
 )
-from tracking.core.selective import risk_coverage_curve
-from tracking.errors import TokcalError
+from tokcal.core.selective import risk_coverage_curve
+from tokcal.errors import TokcalError
 
 LABELS = ["Accept", "Reject", "Revise"]
 
@@ -182,7 +182,7 @@ def test_edge_cases():
 
 
 def test_risk_coverage_matches_compute_metrics():
-    from tracking.core.metrics import compute_metrics
+    from tokcal.core.metrics import compute_metrics
 
     for seed in range(4):
         _, rec = random_evals(seed + 300, n_steps=1, keep=1.0, k=2)[0]

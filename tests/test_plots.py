@@ -1,4 +1,4 @@
-"""tracking.core.plots: figures of sane shape, bars that show the numbers, no pyplot state."""
+"""tokcal.core.plots: figures of sane shape, bars that show the numbers, no pyplot state."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from tracking.core.metrics import Histogram, compute_metrics, reliability_bins
-from tracking.core.plots import (
+from tokcal.core.metrics import Histogram, compute_metrics, reliability_bins
+from tokcal.core.plots import (
     figure_to_array,
     figure_to_png,
     histogram_figure,
@@ -127,14 +127,14 @@ def test_plots_do_not_use_pyplot():
         """
         import sys
         import numpy as np
-        from tracking.core.metrics import compute_metrics
-        from tracking.core.plots import figure_to_array, figure_to_png, metric_figures
+        from tokcal.core.metrics import compute_metrics
+        from tokcal.core.plots import figure_to_array, figure_to_png, metric_figures
         m = compute_metrics(np.array([[0.7, 0.2], [0.4, 0.5], [0.1, 0.8]]), np.array([0, 0, 1]), ["Accept", "Reject"])
         figs = metric_figures(m)
         assert set(figs) == {"reliability", "reliability_positive", "histograms"}
         assert figure_to_png(figs["reliability"]).startswith(b"\\x89PNG")
         figure_to_array(figs["histograms"])
-        assert "matplotlib.pyplot" not in sys.modules, "tracking.core.plots imported pyplot"
+        assert "matplotlib.pyplot" not in sys.modules, "tokcal.core.plots imported pyplot"
         print("ok")
         """
     )

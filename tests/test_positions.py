@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from tracking.core.positions import IGNORE_INDEX as X
-from tracking.core.positions import find_answer_positions
-from tracking.core.spec import DecisionSpec, ResolvedSpec
+from tokcal.core.positions import IGNORE_INDEX as X
+from tokcal.core.positions import find_answer_positions
+from tokcal.core.spec import DecisionSpec, ResolvedSpec
 
 # Token ids of a made-up vocabulary: 7 = "\\", 8 = "boxed", 9 = "{", 20/21 = Accept/accept,
 # 30 = Reject, 99 = "}", 5 = some word.

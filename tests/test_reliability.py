@@ -18,19 +18,19 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from callbacks import DecisionTrackingCallback
+from tokcal import DecisionTrackingCallback
 from tests.helpers.mlflow_server import MlflowServer, free_port
 from tests.helpers.training import train_tiny
-from tracking.cli.main import main
-from tracking.core.metrics import DecisionMetrics, compute_metrics
-from tracking.core.spec import DecisionSpec
-from tracking.io import exclusive_lock
-from tracking.jobs.backfill import backfill
-from tracking.jobs.extract import score_checkpoint
-from tracking.jobs.settings import TrackingSettings
-from tracking.jobs.state import STATE_FILE, read_state, write_state
-from tracking.trackers import open_tracker
-from tracking.trackers.local import LocalTracker, read_local_store
+from tokcal.cli.main import main
+from tokcal.core.metrics import DecisionMetrics, compute_metrics
+from tokcal.core.spec import DecisionSpec
+from tokcal.io import exclusive_lock
+from tokcal.jobs.backfill import backfill
+from tokcal.jobs.extract import score_checkpoint
+from tokcal.jobs.settings import TrackingSettings
+from tokcal.jobs.state import STATE_FILE, read_state, write_state
+from tokcal.trackers import open_tracker
+from tokcal.trackers.local import LocalTracker, read_local_store
 
 ROOT = Path(__file__).resolve().parents[1]
 MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID",
@@ -75,7 +75,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bpe_checkpoint: Path)
 
 
 def backfill_cmd(*argv: object) -> list[str]:
-    return [sys.executable, "-m", "tracking.cli.main", "backfill", *map(str, argv), "--quiet"]
+    return [sys.executable, "-m", "tokcal.cli.main", "backfill", *map(str, argv), "--quiet"]
 
 
 def sub_env(tmp_path: Path) -> dict[str, str]:
@@ -383,7 +383,7 @@ FAILING_SCRIPT = textwrap.dedent("""
     import sys
     from pathlib import Path
     from transformers import TrainerCallback
-    from callbacks import DecisionTrackingCallback
+    from tokcal import DecisionTrackingCallback
     from tests.helpers.training import train_tiny
 
     base, out, uri, experiment, mode = sys.argv[1:]

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from tests.helpers.browser import check_images, chromium, screenshot  # noqa: F401  (fixture)
-from tracking.cli.main import main
-from tracking.core.metrics import compute_metrics
-from tracking.data.synthetic import review_records
-from tracking.errors import TokcalError
-from tracking.jobs.backfill import MARKER
-from tracking.jobs.report import (
+from tokcal.cli.main import main
+from tokcal.core.metrics import compute_metrics
+from tokcal.data.synthetic import review_records
+from tokcal.errors import TokcalError
+from tokcal.jobs.backfill import MARKER
+from tokcal.jobs.report import (
     read_extract,
     read_mlflow,
     read_source,
@@ -27,7 +27,7 @@ from tracking.jobs.report import (
     step_from_name,
     write_report,
 )
-from tracking.trackers import open_tracker
+from tokcal.trackers import open_tracker
 
 LABELS = ["Accept", "Reject"]
 
@@ -328,7 +328,7 @@ def test_per_sample_views_in_chromium(chromium, tmp_path):  # noqa: F811
     """Two simulated runs with per-sample records and one without, from a real local store:
     comparison, heatmap, flips, risk-coverage and the wrong list; every image decodes."""
     from tests.test_per_sample_views import brute_heatmap
-    from tracking.core.per_sample_views import learning_heatmap
+    from tokcal.core.per_sample_views import learning_heatmap
 
     store = tmp_path / "tokcal"
     runs, old = simulated_store(store)
@@ -398,7 +398,7 @@ def test_compare_step(tmp_path, capsys):
     assert f"left out (no evaluation at or before step 50): {html.escape(late[1].name)}" in text
     assert "No per-sample record at or before step 50" in text
     # records without decisions: a note, no figures
-    from tracking.core.per_sample import PerSample
+    from tokcal.core.per_sample import PerSample
 
     empty = PerSample(LABELS, np.zeros(0, int), np.zeros(0, int), np.zeros((0, 2)))
     bare = type(full).of("bare", [type(p)(p.step, p.metrics, per_sample=empty) for p in full.points])
@@ -417,7 +417,7 @@ def test_per_sample_views_from_mlflow(mlflow_server, monkeypatch, tmp_path):
     MLflow series gets the per-sample views, its numbers from the records read back."""
     from tests.helpers.simulated_runs import simulate_run
     from tests.test_per_sample_views import brute_heatmap
-    from tracking.core.per_sample_views import learning_heatmap
+    from tokcal.core.per_sample_views import learning_heatmap
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tracker = open_tracker("mlflow", tracking_uri=mlflow_server, experiment="tokcal-report-ps", run_name="ps",

@@ -1,4 +1,4 @@
-"""tracking.core.selective against brute force.
+"""tokcal.core.selective against brute force.
 
 The tie rule (decisions with equal confidence form an unordered group; the risk at a cut
 inside a group is the expected risk over every order of the group) is checked by
@@ -15,8 +15,8 @@ import math
 import numpy as np
 import pytest
 
-from tracking.core.metrics import DecisionMetrics, compute_metrics
-from tracking.core.selective import (
+from tokcal.core.metrics import DecisionMetrics, compute_metrics
+from tokcal.core.selective import (
     RiskCoverage,
     accuracy_at_coverage,
     aurc,
@@ -25,7 +25,7 @@ from tracking.core.selective import (
     selective_risks,
     selective_summary,
 )
-from tracking.errors import TokcalError
+from tokcal.errors import TokcalError
 
 
 def risks_by_enumeration(conf, correct):

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-import tracking.core.spec as spec_mod
+import tokcal.core.spec as spec_mod
 from tests.helpers.tokenizers import QWEN2_PATTERN, train_small_bpe_backend, wrap_chatml
-from tracking.core.spec import DecisionSpec, ResolvedSpec
-from tracking.errors import TokcalError
+from tokcal.core.spec import DecisionSpec, ResolvedSpec
+from tokcal.errors import TokcalError
 
 REPO = Path(__file__).resolve().parents[1]
 

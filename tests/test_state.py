@@ -1,12 +1,12 @@
-"""``tokcal.json``: its one writer and reader (tracking.jobs.state)."""
+"""``tokcal.json``: its one writer and reader (tokcal.jobs.state)."""
 
 from __future__ import annotations
 
 import json
 
-from tracking.core.spec import DecisionSpec
-from tracking.jobs.settings import TrackingSettings
-from tracking.jobs.state import (
+from tokcal.core.spec import DecisionSpec
+from tokcal.jobs.settings import TrackingSettings
+from tokcal.jobs.state import (
     STATE_FILE,
     find_state,
     read_state,

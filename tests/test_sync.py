@@ -11,11 +11,11 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow")
 
-from tracking.cli.main import main  # noqa: E402
-from tracking.core.metrics import DecisionMetrics, compute_metrics  # noqa: E402
-from tracking.core.per_sample import PerSample  # noqa: E402
-from tracking.trackers import SpoolingTracker, open_tracker  # noqa: E402
-from tracking.trackers.mlflow import read_mlflow  # noqa: E402
+from tokcal.cli.main import main  # noqa: E402
+from tokcal.core.metrics import DecisionMetrics, compute_metrics  # noqa: E402
+from tokcal.core.per_sample import PerSample  # noqa: E402
+from tokcal.trackers import SpoolingTracker, open_tracker  # noqa: E402
+from tokcal.trackers.mlflow import read_mlflow  # noqa: E402
 
 
 def make_metrics(seed: int, n: int = 64) -> DecisionMetrics:
@@ -48,7 +48,7 @@ def test_outage_spool_and_sync(mlflow_server_process, tmp_path, monkeypatch, cap
         tracker.log_evaluation(metrics[20], 20, tags={"checkpoint": "ckpt-20"}, per_sample=record)  # no exception
         tracker.log_evaluation(metrics[30], 30)
         tracker.close()
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("tracking")]
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("tokcal")]
     assert len(warnings) == 1, caplog.text  # one warning, not one per failure
     assert "Replay them with: tokcal sync" in warnings[0].getMessage()
     assert "hunter2" not in caplog.text

@@ -1,4 +1,4 @@
-"""tracking.core.trajectories on a constructed sequence with a known answer, and against a
+"""tokcal.core.trajectories on a constructed sequence with a known answer, and against a
 brute-force reading of the definitions (one Python list of observations per sample)."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from tracking.core.trajectories import (
+from tokcal.core.trajectories import (
     TURN_BITS,
     TrajectoryState,
     correct_from_probs,
     decision_keys,
     trajectories,
 )
-from tracking.errors import TokcalError
+from tokcal.errors import TokcalError
 
 
 def test_constructed_sequence_known_answer():

@@ -1,16 +1,19 @@
 """tokcal: how sure is your fine-tuned LLM of its decision?
 
-The public API. Names are imported on first use, so ``import tracking`` is cheap and
+The public API. Names are imported on first use, so ``import tokcal`` is cheap and
 pulls in neither torch nor a tracking client until they are needed.
 
 Example:
     >>> import numpy as np
-    >>> from tracking import DecisionSpec, compute_metrics
+    >>> from tokcal import DecisionSpec, compute_metrics
     >>> m = compute_metrics(np.array([[0.9, 0.05], [0.2, 0.7]]), np.array([0, 1]), DecisionSpec().labels)
     >>> m.scalars["eval_decision_accuracy"]
     1.0
 
-The Trainer callback lives beside this package: ``from callbacks import DecisionTrackingCallback``.
+The Trainer callback: ``from tokcal import DecisionTrackingCallback`` (it loads transformers).
+
+This package's source is the repository's ``tracking/`` folder, and ``tokcal.callbacks`` is its
+``callbacks/`` folder: see docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -22,22 +25,24 @@ __version__ = "0.1.0"
 
 # name -> module that defines it
 _EXPORTS: dict[str, str] = {
-    "DecisionSpec": "tracking.core.spec",
-    "DecisionScores": "tracking.core.scores",
-    "DecisionMetrics": "tracking.core.metrics",
-    "compute_metrics": "tracking.core.metrics",
-    "TokcalError": "tracking.errors",
-    "TrackingSettings": "tracking.jobs.settings",
-    "open_tracker": "tracking.trackers",
-    "Tracker": "tracking.trackers.base",
-    "EvalSource": "tracking.data.sources",
-    "DataFile": "tracking.data.sources",
-    "score_checkpoint": "tracking.jobs.extract",
-    "backfill": "tracking.jobs.backfill",
+    "DecisionSpec": "tokcal.core.spec",
+    "DecisionScores": "tokcal.core.scores",
+    "DecisionMetrics": "tokcal.core.metrics",
+    "compute_metrics": "tokcal.core.metrics",
+    "TokcalError": "tokcal.errors",
+    "TrackingSettings": "tokcal.jobs.settings",
+    "open_tracker": "tokcal.trackers",
+    "Tracker": "tokcal.trackers.base",
+    "EvalSource": "tokcal.data.sources",
+    "DataFile": "tokcal.data.sources",
+    "score_checkpoint": "tokcal.jobs.extract",
+    "backfill": "tokcal.jobs.backfill",
+    "DecisionTrackingCallback": "tokcal.callbacks.decision",
 }
 
 __all__ = [
     "DataFile",
+    "DecisionTrackingCallback",
     "DecisionMetrics",
     "DecisionScores",
     "DecisionSpec",
@@ -52,22 +57,23 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load lazily
-    from tracking.core.metrics import DecisionMetrics, compute_metrics
-    from tracking.core.scores import DecisionScores
-    from tracking.core.spec import DecisionSpec
-    from tracking.data.sources import DataFile, EvalSource
-    from tracking.errors import TokcalError
-    from tracking.jobs.backfill import backfill
-    from tracking.jobs.extract import score_checkpoint
-    from tracking.jobs.settings import TrackingSettings
-    from tracking.trackers import open_tracker
-    from tracking.trackers.base import Tracker
+    from tokcal.callbacks.decision import DecisionTrackingCallback
+    from tokcal.core.metrics import DecisionMetrics, compute_metrics
+    from tokcal.core.scores import DecisionScores
+    from tokcal.core.spec import DecisionSpec
+    from tokcal.data.sources import DataFile, EvalSource
+    from tokcal.errors import TokcalError
+    from tokcal.jobs.backfill import backfill
+    from tokcal.jobs.extract import score_checkpoint
+    from tokcal.jobs.settings import TrackingSettings
+    from tokcal.trackers import open_tracker
+    from tokcal.trackers.base import Tracker
 
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'tracking' has no attribute {name!r}")
+        raise AttributeError(f"module 'tokcal' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

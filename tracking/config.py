@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tracking.errors import TokcalError
-from tracking.io import read_text
+from tokcal.errors import TokcalError
+from tokcal.io import read_text
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

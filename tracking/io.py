@@ -157,7 +157,7 @@ def read_text(path: str | Path, what: str = "file") -> str:
         TokcalError: missing, a folder, unreadable, or not UTF-8 (the message says how to
             re-encode it).
     """
-    from tracking.errors import TokcalError
+    from tokcal.errors import TokcalError
 
     p = Path(path)
     if not p.exists():
@@ -194,9 +194,9 @@ def check_outputs(outputs: dict[str, str | Path | None], inputs: Iterable[str | 
         >>> check_outputs({"--output": "data.jsonl"}, ["data.jsonl"])
         Traceback (most recent call last):
         ...
-        tracking.errors.TokcalError: --output data.jsonl is also an input; expected a new file name
+        tokcal.errors.TokcalError: --output data.jsonl is also an input; expected a new file name
     """
-    from tracking.errors import TokcalError
+    from tokcal.errors import TokcalError
 
     given = {k: Path(v) for k, v in outputs.items() if v is not None}
     read = [Path(p) for p in inputs if p is not None]
@@ -226,7 +226,7 @@ def check_writable(folder: str | Path, what: str, *, create: bool = True) -> Non
     Raises:
         TokcalError: naming ``what``, the folder and the reason.
     """
-    from tracking.errors import TokcalError
+    from tokcal.errors import TokcalError
 
     p = Path(folder)
     target = p
@@ -266,9 +266,9 @@ def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
         ...         pass
         Traceback (most recent call last):
         ...
-        tracking.errors.TokcalError: local run r1 is being written by another tokcal process ...
+        tokcal.errors.TokcalError: local run r1 is being written by another tokcal process ...
     """
-    from tracking.errors import TokcalError
+    from tokcal.errors import TokcalError
 
     try:
         import fcntl

@@ -41,16 +41,16 @@ def run_folder(store: Path) -> Path:
 
 
 def evaluations(store: Path) -> list[dict]:
-    from tracking.trackers.local import read_local_store
+    from tokcal.trackers.local import read_local_store
 
     return read_local_store(run_folder(store))
 
 
 def single_process(checkpoint: Path, data: Path, keep: list[int]):
     """``tokcal extract``'s scorer on one process, narrowed to the samples at ``keep``."""
-    from tracking.core.scores import DecisionScores
-    from tracking.core.spec import DecisionSpec
-    from tracking.jobs.extract import score_checkpoint
+    from tokcal.core.scores import DecisionScores
+    from tokcal.core.spec import DecisionSpec
+    from tokcal.jobs.extract import score_checkpoint
 
     s = score_checkpoint(checkpoint, data, DecisionSpec(), progress=False)
     sel = np.isin(s.sample_index, keep)
@@ -91,7 +91,7 @@ def test_each_sample_once_and_equal_to_single_process_scoring(zero3_run: Path, s
             pa, pr = oracle[r["sample_id"]]
             assert (r["p_accept"], r["p_reject"]) == (close(pa), close(pr)), r["sample_id"]
         # The per-sample record (on by default): every scored dataset index once, gathered from both ranks.
-        from tracking.core.per_sample import PerSample
+        from tokcal.core.per_sample import PerSample
 
         record = PerSample.from_json((run_folder(zero3_run / scorer) / e["per_sample_file"]).read_bytes())
         assert sorted(record.index.tolist()) == SCORED and len(record) == len(SCORED) and record.ids is None
@@ -107,14 +107,14 @@ def test_hook_and_own_pass_agree(zero3_run: Path) -> None:
 
 
 def test_backfill_of_the_zero3_checkpoints_on_two_ranks(zero3_run: Path, tmp_path: Path) -> None:
-    """``torchrun -m tracking.cli.main backfill`` into a copy of the hook's run (--force: the steps
+    """``torchrun -m tokcal.cli.main backfill`` into a copy of the hook's run (--force: the steps
     are there already); every record of eval.jsonl is scored, the unlabeled ones too."""
-    from tracking.trackers.local import read_local_store
+    from tokcal.trackers.local import read_local_store
 
     store = tmp_path / "hook"
     shutil.copytree(zero3_run / "hook", store)
     run = run_folder(store)
-    torchrun(["tracking.cli.main", "backfill", str(zero3_run), "--data", str(zero3_run / "eval.jsonl"),
+    torchrun(["tokcal.cli.main", "backfill", str(zero3_run), "--data", str(zero3_run / "eval.jsonl"),
               "--backend", "local", "--local-dir", str(store), "--run-id", run.name, "--force", "--quiet",
               "--output-dir", str(tmp_path / "decisions")], tmp_path / "backfill.log")
     backfilled = [e for e in read_local_store(run) if e.get("tags", {}).get("tokcal_backfill") == "true"]
@@ -127,7 +127,7 @@ def test_backfill_of_the_zero3_checkpoints_on_two_ranks(zero3_run: Path, tmp_pat
 
 
 def test_a_checkpoint_with_shards_only_names_zero_to_fp32(zero3_run: Path, tmp_path: Path, capsys) -> None:
-    from tracking.cli.main import main
+    from tokcal.cli.main import main
 
     ckpt = zero3_run / "shards" / f"checkpoint-{STEPS[-1]}"
     assert (ckpt / "zero_to_fp32.py").is_file() and list(ckpt.glob("global_step*/*zero*"))

@@ -11,7 +11,7 @@ def independent_probs(model: Any, tok: Any, recs: Sequence[dict]) -> list[tuple[
     """(id, turn, p_accept, p_reject) by a full forward of each conversation alone, for the
     default spec (Accept/Reject and their lower-case forms after ``\\boxed{``); answers
     without ``\\boxed{`` are skipped."""
-    from tracking.data.records import to_messages
+    from tokcal.data.records import to_messages
 
     # Decision ids, found in context: the token that starts at the label's character.
     def token_at(text: str, label: str) -> int:

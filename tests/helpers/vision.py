@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tests.helpers.tokenizers import save_tokenizer
-from tracking.data.synthetic import review_records
+from tokcal.data.synthetic import review_records
 
 #: The Qwen2.5-VL-Instruct chat template, verbatim.
 QWEN25_VL_CHAT_TEMPLATE = (

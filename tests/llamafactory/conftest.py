@@ -80,8 +80,8 @@ def lf_args(tiny: Path, run: Path, config: Path = CONFIG) -> list[str]:
 def local_store(run: Path) -> tuple[Path, list[dict]]:
     """The local run that the training callback recorded in ``run/tokcal.json``, and its
     evaluations."""
-    from tracking.jobs.state import read_state
-    from tracking.trackers.local import read_local_store
+    from tokcal.jobs.state import read_state
+    from tokcal.trackers.local import read_local_store
 
     (tracker,) = read_state(run / "tokcal.json")["trackers"]
     assert tracker["backend"] == "local"

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tracking.data.synthetic import review_records
+from tokcal.data.synthetic import review_records
 
 DATASET = "reviews"
 INSTRUCTION = "Decide on this paper. Answer with \\boxed{Accept} or \\boxed{Reject}."

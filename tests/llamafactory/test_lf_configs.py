@@ -17,8 +17,8 @@ CONFIGS = sorted((REPO / "configs").glob("llamafactory_*.yaml"))
 def test_config_keys_are_llamafactorys_or_tokcals(path, monkeypatch) -> None:
     from llamafactory.hparams.parser import _parse_train_args
 
-    from callbacks.llamafactory import load_config, make_callback, split_config
-    from callbacks.llamafactory_data import data_args_dict
+    from tokcal.callbacks.llamafactory import load_config, make_callback, split_config
+    from tokcal.callbacks.llamafactory_data import data_args_dict
 
     cfg = load_config(path)
     lf_args, options = split_config(cfg)
@@ -33,7 +33,7 @@ def test_config_keys_are_llamafactorys_or_tokcals(path, monkeypatch) -> None:
 
 
 def test_reference_config_is_the_owners_setup() -> None:
-    from callbacks.llamafactory import load_config
+    from tokcal.callbacks.llamafactory import load_config
 
     cfg = load_config(REPO / "configs" / "llamafactory_qwen2_5_vl_3b_full_sft_ds3.yaml")
     assert cfg["model_name_or_path"] == "Qwen/Qwen2.5-VL-3B-Instruct"
@@ -47,7 +47,7 @@ def test_reference_config_is_the_owners_setup() -> None:
 def test_unknown_key_still_fails_in_llamafactory() -> None:
     from llamafactory.hparams.parser import _parse_train_args
 
-    from callbacks.llamafactory_data import data_args_dict
+    from tokcal.callbacks.llamafactory_data import data_args_dict
 
     with pytest.raises(ValueError, match="not used by the HfArgumentParser"):
         _parse_train_args(data_args_dict({"stage": "sft", "model_name_or_path": "x", "output_dir": "o",

@@ -56,8 +56,8 @@ def test_llamafactory_outputs_unchanged(run: Path) -> None:
 
 
 def test_eval_set_is_llamafactorys_with_default_system_prompt(lf_tiny: Path, run: Path) -> None:
-    from callbacks.llamafactory import load_config
-    from callbacks.llamafactory_data import load_eval_set
+    from tokcal.callbacks.llamafactory import load_config
+    from tokcal.callbacks.llamafactory_data import load_eval_set
 
     eval_set = load_eval_set(CONFIG, tiny_overrides(lf_tiny, run))
     assert (eval_set.name, eval_set.template, len(eval_set)) == ("validation", "qwen", 12)
@@ -84,7 +84,7 @@ def test_eval_set_is_llamafactorys_with_default_system_prompt(lf_tiny: Path, run
 
 @pytest.mark.parametrize("step", STEPS)
 def test_extract_equals_callback(step: int, lf_tiny: Path, run: Path, store, tmp_path: Path) -> None:
-    from tracking.cli.main import main
+    from tokcal.cli.main import main
 
     run_dir, evals = store
     logged = next(e for e in evals if e["step"] == step)
@@ -111,19 +111,19 @@ def test_extract_equals_callback(step: int, lf_tiny: Path, run: Path, store, tmp
 
 
 def test_backfill_into_the_training_run_skips_logged_steps(lf_tiny: Path, run: Path, store, capsys) -> None:
-    from tracking.cli.main import main
+    from tokcal.cli.main import main
 
     # The output folder holds the final model too (LLaMA-Factory saves it there), so name the checkpoints.
     rc = main(["backfill", str(run / "checkpoint-*"), *lf_args(lf_tiny, run), "--quiet"])
     assert rc == 0
     assert "0 logged, 2 skipped, 0 failed" in capsys.readouterr().out
-    from tracking.trackers.local import read_local_store
+    from tokcal.trackers.local import read_local_store
 
     assert [e["step"] for e in read_local_store(store[0])] == STEPS
 
 
 def test_extract_refuses_data_and_config_together(lf_tiny: Path, run: Path, tmp_path: Path, capsys) -> None:
-    from tracking.cli.main import main
+    from tokcal.cli.main import main
 
     rc = main(["extract", "--checkpoint", str(run / "checkpoint-4"), "--data", "x.jsonl", *lf_args(lf_tiny, run),
                "--output", str(tmp_path / "d.jsonl")])

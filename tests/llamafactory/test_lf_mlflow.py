@@ -14,7 +14,7 @@ from tests.llamafactory.conftest import (
     tiny_overrides,
 )
 from tests.llamafactory.test_lf_local import STEPS
-from tracking.jobs.state import read_state
+from tokcal.jobs.state import read_state
 
 pytestmark = [needs_llamafactory, pytest.mark.slow]
 EXPERIMENT = "tokcal-lf"
@@ -82,7 +82,7 @@ def test_final_evaluation_run_has_no_decision_metrics(client, runs) -> None:
 
 def test_backfill_into_a_new_run_equals_the_callback(client, runs, run: Path, lf_tiny: Path, mlflow_server: str,
                                                      tmp_path: Path, capsys) -> None:
-    from tracking.cli.main import main
+    from tokcal.cli.main import main
 
     run_id, _ = runs
     exp = client.get_experiment_by_name(EXPERIMENT)

@@ -1,4 +1,4 @@
-"""The distributed launch: ``torchrun --nproc_per_node 2 -m callbacks.llamafactory CONFIG.yaml``
+"""The distributed launch: ``torchrun --nproc_per_node 2 -m tokcal.callbacks.llamafactory CONFIG.yaml``
 (DDP on CPU, gloo). Each rank captures its share of the eval logits; rank 0 logs all of them."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ pytestmark = [needs_llamafactory, pytest.mark.slow]
 def run(lf_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("lf-torchrun") / "out"
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "callbacks.llamafactory",
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "tokcal.callbacks.llamafactory",
            str(CONFIG), *tiny_overrides(lf_tiny, out), "report_to=none", "decision_log_samples=true"]
     proc = run_group(cmd, out.parent, lf_env(), 300)
     (out.parent / "torchrun.log").write_text(proc.stdout + proc.stderr)
@@ -39,7 +39,7 @@ def run(lf_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_two_ranks_log_every_sample_once_and_extract_agrees(run: Path, lf_tiny: Path, tmp_path: Path) -> None:
-    from tracking.cli.main import main
+    from tokcal.cli.main import main
     run_dir, evals = local_store(run)
     assert [e["step"] for e in evals] == STEPS
     assert all(e["scalars"]["eval_decision_samples"] == 12 for e in evals)  # 6 per rank, gathered on rank 0

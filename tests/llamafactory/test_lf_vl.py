@@ -51,7 +51,7 @@ def test_live_metrics_at_every_eval_step(run: Path, store) -> None:
 
 def test_extract_equals_callback(lf_tiny_vl: Path, run: Path, store, tmp_path: Path) -> None:
     """Step 2 here; the backfill below checks both steps."""
-    from tracking.cli.main import main
+    from tokcal.cli.main import main
 
     step = 2
     run_dir, evals = store
@@ -74,8 +74,8 @@ def test_extract_equals_callback(lf_tiny_vl: Path, run: Path, store, tmp_path: P
 
 
 def test_backfill_into_the_training_run_equals_live(lf_tiny_vl: Path, run: Path, store, capsys) -> None:
-    from tracking.cli.main import main
-    from tracking.trackers.local import read_local_store
+    from tokcal.cli.main import main
+    from tokcal.trackers.local import read_local_store
 
     rc = main(["backfill", str(run / "checkpoint-*"), *lf_args(lf_tiny_vl, run, VL_CONFIG), "--quiet", "--force"])
     assert rc == 0 and "2 logged, 0 skipped, 0 failed" in capsys.readouterr().out
@@ -94,7 +94,7 @@ def lf_reference(tiny: Path, run: Path) -> tuple[object, dict]:
     from llamafactory.hparams import get_train_args
     from llamafactory.model import load_tokenizer
 
-    from callbacks.llamafactory import load_config
+    from tokcal.callbacks.llamafactory import load_config
 
     cfg = load_config(VL_CONFIG, tiny_overrides(tiny, run))
     cfg = {k: v for k, v in cfg.items() if not k.startswith("decision_") and k != "track_decision_probs"}
@@ -113,9 +113,9 @@ def test_data_paths_agree_token_for_token(lf_tiny_vl: Path, tmp_path: Path) -> N
     from llamafactory.data import SFTDataCollatorWith4DAttentionMask
     from transformers import AutoModelForImageTextToText
 
-    from callbacks.llamafactory_data import load_eval_set
-    from tracking.core.positions import IGNORE_INDEX
-    from tracking.data.sources import ImageDataFile
+    from tokcal.callbacks.llamafactory_data import load_eval_set
+    from tokcal.core.positions import IGNORE_INDEX
+    from tokcal.data.sources import ImageDataFile
 
     run = tmp_path / "out"  # no training needed: only the data pipeline
     ref, mods = lf_reference(lf_tiny_vl, run)
@@ -133,7 +133,7 @@ def test_data_paths_agree_token_for_token(lf_tiny_vl: Path, tmp_path: Path) -> N
     sub = run.parent / "picked.jsonl"
     sub.write_text("".join(json.dumps(r) + "\n" for r in picked))
     source = ImageDataFile(sub, image_dir=data_dir)
-    from tracking.jobs.checkpoints import load_processor
+    from tokcal.jobs.checkpoints import load_processor
 
     processor = load_processor(lf_tiny_vl / "model")
     ours = source.examples(processor)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from callbacks import DecisionTrackingCallback
+from tokcal import DecisionTrackingCallback
 from tests.helpers.training import train_tiny
 
 

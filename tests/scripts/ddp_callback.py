@@ -3,9 +3,9 @@
 import sys
 from pathlib import Path
 
-from callbacks import DecisionTrackingCallback
+from tokcal import DecisionTrackingCallback
 from tests.helpers.training import train_tiny
-from tracking.core.distributed import destroy_distributed
+from tokcal.core.distributed import destroy_distributed
 
 if __name__ == "__main__":
     base, out = Path(sys.argv[1]), Path(sys.argv[2])

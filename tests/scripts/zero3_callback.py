@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers.training import as_dataset, write_records
-from tracking.data.synthetic import review_records
+from tokcal.data.synthetic import review_records
 
 N_EVAL = 13
 EVAL_BATCH = 2
@@ -67,8 +67,8 @@ def main(base: Path, out: Path) -> None:
         TrainingArguments,
     )
 
-    from callbacks import DecisionTrackingCallback
-    from tracking.core.distributed import destroy_distributed
+    from tokcal import DecisionTrackingCallback
+    from tokcal.core.distributed import destroy_distributed
 
     tok = AutoTokenizer.from_pretrained(str(base))
     # The model before TrainingArguments(deepspeed=...): DeepSpeed partitions it in

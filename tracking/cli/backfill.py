@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tracking.cli.common import (
+from tokcal.cli.common import (
     add_data_args,
     add_model_args,
     add_spec_args,
@@ -16,12 +16,12 @@ from tracking.cli.common import (
     source_from,
     spec_from,
 )
-from tracking.errors import TokcalError
-from tracking.trackers.base import backend_names
+from tokcal.errors import TokcalError
+from tokcal.trackers.base import backend_names
 
 if TYPE_CHECKING:
-    from tracking.core.distributed import Dist
-    from tracking.jobs.settings import TrackingSettings
+    from tokcal.core.distributed import Dist
+    from tokcal.jobs.settings import TrackingSettings
 
 EXAMPLE = r"""examples:
   # the run and the spec come from out/tokcal.json (written by the training callback)
@@ -38,7 +38,7 @@ EXAMPLE = r"""examples:
   tokcal backfill out --llamafactory-config train.yaml
 
   # several GPUs: each rank scores a share, rank 0 logs
-  torchrun --nproc_per_node 4 -m tracking.cli.main backfill out --data eval.jsonl
+  torchrun --nproc_per_node 4 -m tokcal.cli.main backfill out --data eval.jsonl
 
 Steps the run already has are skipped (--force logs them again), so running it twice adds
 nothing and an interrupted backfill goes on where it stopped. Exit status 1 when any
@@ -78,9 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracking.core.distributed import Dist, destroy_distributed, init_distributed
-    from tracking.jobs.backfill import backfill
-    from tracking.jobs.state import find_state, read_state
+    from tokcal.core.distributed import Dist, destroy_distributed, init_distributed
+    from tokcal.jobs.backfill import backfill
+    from tokcal.jobs.state import find_state, read_state
 
     source = source_from(args)
     created = init_distributed()
@@ -116,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _settings(args: argparse.Namespace, state: dict | None) -> "TrackingSettings":
     """The settings recorded in tokcal.json, with the spec and bins flags on top."""
-    from tracking.core.metrics import bin_edges
-    from tracking.jobs.state import settings_from_state
+    from tokcal.core.metrics import bin_edges
+    from tokcal.jobs.state import settings_from_state
 
     settings = settings_from_state(state)
     changes: dict = {"spec": spec_from(args, settings.spec)}
@@ -129,7 +129,7 @@ def _settings(args: argparse.Namespace, state: dict | None) -> "TrackingSettings
 
 def _open_runs(args: argparse.Namespace, state: dict | None, state_file: Path | None, dist: "Dist") -> list:
     """Find and open the run(s) on rank 0 before anything is scored; every rank stops on an error."""
-    from tracking.trackers.targets import open_targets, tracker_targets
+    from tokcal.trackers.targets import open_targets, tracker_targets
 
     trackers, error = [], None
     if dist.main:

@@ -6,7 +6,7 @@ import argparse
 import math
 from typing import Any, Mapping
 
-from tracking.core.spec import DecisionSpec, spec_from_args
+from tokcal.core.spec import DecisionSpec, spec_from_args
 
 
 def add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -44,8 +44,8 @@ def read_template(args: argparse.Namespace) -> str | None:
     """The ``--chat-template`` file's text, checked to be a Jinja template."""
     if not args.chat_template:
         return None
-    from tracking.data.conversation import check_chat_template
-    from tracking.io import read_text
+    from tokcal.data.conversation import check_chat_template
+    from tokcal.io import read_text
 
     text = read_text(args.chat_template, "chat template")
     check_chat_template(text, args.chat_template)
@@ -86,13 +86,13 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def source_from(args: argparse.Namespace) -> Any:
-    """The :class:`~tracking.data.sources.EvalSource` the options name (not yet checked).
+    """The :class:`~tokcal.data.sources.EvalSource` the options name (not yet checked).
 
     Raises:
         TokcalError: both or neither of ``--data`` and ``--llamafactory-config``, or
             ``--llamafactory-set``/``--llamafactory-eval`` without the config.
     """
-    from tracking.errors import TokcalError
+    from tokcal.errors import TokcalError
 
     cfg, data = args.llamafactory_config, args.data
     if cfg and data:
@@ -104,7 +104,7 @@ def source_from(args: argparse.Namespace) -> Any:
         raise TokcalError(f"{' and '.join(image_opts)} apply to --data; with --llamafactory-config set "
                           "media_dir/image_max_pixels/image_min_pixels in the YAML (or --llamafactory-set)")
     if cfg:
-        from callbacks.llamafactory_data import LlamaFactorySource
+        from tokcal.callbacks.llamafactory_data import LlamaFactorySource
 
         return LlamaFactorySource(cfg, args.llamafactory_set, eval_name=args.llamafactory_eval,
                                   max_samples=args.max_samples)
@@ -112,7 +112,7 @@ def source_from(args: argparse.Namespace) -> Any:
         raise TokcalError("--llamafactory-set and --llamafactory-eval need --llamafactory-config")
     if not data:
         raise TokcalError("expected --data FILE or --llamafactory-config CONFIG.yaml")
-    from tracking.data.sources import open_data_file
+    from tokcal.data.sources import open_data_file
 
     return open_data_file(data, chat_template=read_template(args), max_samples=args.max_samples,
                           image_dir=getattr(args, "image_dir", None), min_pixels=getattr(args, "min_pixels", None),

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="write into a non-empty folder the demo did not make (only its own entries are replaced)")
     p.add_argument("--seed", type=int, default=0, help="data, tokenizer and model seed (default: 0)")
-    from tracking.demo.run import DemoConfig
+    from tokcal.demo.run import DemoConfig
 
     p.add_argument("--steps", type=int, help=f"training steps (default: {DemoConfig.max_steps})")
     p.set_defaults(func=run)
@@ -60,7 +60,7 @@ def summary_table(series: list) -> str:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from tracking.demo.run import DemoConfig, run_demo
+    from tokcal.demo.run import DemoConfig, run_demo
 
     cfg = DemoConfig(seed=args.seed)
     if args.steps:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tracking.cli.common import (
+from tokcal.cli.common import (
     add_data_args,
     add_model_args,
     add_spec_args,
@@ -48,9 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracking.core.metrics import bin_edges
-    from tracking.io import check_outputs, write_json, write_jsonl
-    from tracking.jobs.extract import score_checkpoint
+    from tokcal.core.metrics import bin_edges
+    from tokcal.io import check_outputs, write_json, write_jsonl
+    from tokcal.jobs.extract import score_checkpoint
 
     spec = spec_from(args)
     bin_edges(args.bins)

@@ -8,9 +8,9 @@ import logging
 import sys
 from typing import NoReturn, Sequence
 
-from tracking.errors import TokcalError
+from tokcal.errors import TokcalError
 
-# Each module tracking.cli.<name> defines ``register(subparsers)``, which adds its parser
+# Each module tokcal.cli.<name> defines ``register(subparsers)``, which adds its parser
 # and sets ``func`` (args -> exit code).
 SUBCOMMANDS: list[str] = ["extract", "sync", "backfill", "train", "report", "demo"]
 
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs and tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        importlib.import_module(f"tracking.cli.{name}").register(sub)
+        importlib.import_module(f"tokcal.cli.{name}").register(sub)
     return parser
 
 

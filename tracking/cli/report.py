@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from tracking.trackers.base import backend_class, backend_names
+    from tokcal.trackers.base import backend_class, backend_names
 
     forms = [backend_class(name).source_form for name in backend_names()]
     p.add_argument("sources", nargs="+", metavar="SOURCE",
@@ -61,9 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracking.errors import TokcalError
-    from tracking.io import check_outputs
-    from tracking.jobs.report import read_sources, write_report
+    from tokcal.errors import TokcalError
+    from tokcal.io import check_outputs
+    from tokcal.jobs.report import read_sources, write_report
 
     t0 = time.perf_counter()
     if args.compare_step is not None and args.compare_step < 0:

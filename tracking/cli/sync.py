@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from tracking.errors import TokcalError
-from tracking.trackers.base import backend_class, backend_names
+from tokcal.errors import TokcalError
+from tokcal.trackers.base import backend_class, backend_names
 
 EPILOG = """\
 example:
@@ -48,7 +48,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tracking.jobs.sync import output_spool_dirs, pending_entries, sync_output
+    from tokcal.jobs.sync import output_spool_dirs, pending_entries, sync_output
 
     where = ", ".join(str(d) for d in output_spool_dirs(args.path))
     entries = pending_entries(args.path)

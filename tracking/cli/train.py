@@ -13,7 +13,7 @@ EXAMPLE = r"""examples:
   tokcal train train.yaml report_to=mlflow decision_every=2
 
   # several GPUs, DeepSpeed ZeRO-3: the same YAML through torchrun
-  torchrun --nproc_per_node 8 -m callbacks.llamafactory configs/llamafactory_qwen2_5_vl_3b_full_sft_ds3.yaml
+  torchrun --nproc_per_node 8 -m tokcal.callbacks.llamafactory configs/llamafactory_qwen2_5_vl_3b_full_sft_ds3.yaml
 
   # see what LLaMA-Factory gets and what tokcal keeps, without training
   tokcal train train.yaml --dry-run
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from callbacks.llamafactory import load_config, make_callback, split_config, train
+    from tokcal.callbacks.llamafactory import load_config, make_callback, split_config, train
 
     overrides = [x for x in args.overrides if x != "--dry-run"]
     dry_run = args.dry_run or len(overrides) < len(args.overrides)

@@ -1,7 +1,7 @@
 """Collecting decisions batch by batch during an evaluation, across processes.
 
 The Trainer callback feeds this from the logits its eval forward already computed; the
-own-pass fallback feeds it from :mod:`tracking.core.scoring`. :meth:`DecisionCapture.gather`
+own-pass fallback feeds it from :mod:`tokcal.core.scoring`. :meth:`DecisionCapture.gather`
 joins every process's batches in sampler order and drops the duplicates that
 distributed samplers add to even out the last batch.
 """
@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from tracking.core.distributed import all_gather
-from tracking.core.positions import IGNORE_INDEX, find_answer_positions
-from tracking.core.scores import DecisionScores, decision_probs
-from tracking.core.spec import ResolvedSpec
+from tokcal.core.distributed import all_gather
+from tokcal.core.positions import IGNORE_INDEX, find_answer_positions
+from tokcal.core.scores import DecisionScores, decision_probs
+from tokcal.core.spec import ResolvedSpec
 
 
 @dataclass

@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from tracking.errors import TokcalError
+from tokcal.errors import TokcalError
 
 
 def _labels(x: np.ndarray, name: str, n_labels: int) -> np.ndarray:

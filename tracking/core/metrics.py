@@ -12,16 +12,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tracking.core.classification import (
+from tokcal.core.classification import (
     balanced_accuracy,
     best_threshold,
     macro_f1,
     matthews_corrcoef,
     precision_recall,
 )
-from tracking.core.selective import COVERAGES, RiskCoverage, selective_summary
-from tracking.core.spec import label_key
-from tracking.errors import TokcalError
+from tokcal.core.selective import COVERAGES, RiskCoverage, selective_summary
+from tokcal.core.spec import label_key
+from tokcal.errors import TokcalError
 
 _EPS = float(np.finfo(np.float64).eps)
 _TINY = 1e-300
@@ -300,7 +300,7 @@ def compute_metrics(
 
     The scalars are listed in the README ("What is measured"). One that is undefined on
     these data is NaN (precision of a label never predicted, recall of a label never true;
-    see :mod:`tracking.core.classification`); AUROC/AUPRC are left out with a note.
+    see :mod:`tokcal.core.classification`); AUROC/AUPRC are left out with a note.
 
     Example:
         >>> m = compute_metrics(np.array([[0.9, 0.05], [0.2, 0.7]]), np.array([0, 1]),

@@ -34,8 +34,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tracking.core.trajectories import TURN_BITS, decision_keys
-from tracking.errors import TokcalError
+from tokcal.core.trajectories import TURN_BITS, decision_keys
+from tokcal.errors import TokcalError
 
 FORMAT = "tokcal-per-sample"
 VERSION = 1
@@ -91,7 +91,7 @@ class PerSample:
 
     @classmethod
     def from_scores(cls, scores: Any, text: Sequence[str] | None = None) -> "PerSample":
-        """From :class:`~tracking.core.scores.DecisionScores` (its ``sample_ids`` become ``ids``
+        """From :class:`~tokcal.core.scores.DecisionScores` (its ``sample_ids`` become ``ids``
         when they are not just the indices)."""
         index = np.asarray(scores.sample_index, dtype=np.int64)
         turn = decision_keys(index) & ((1 << TURN_BITS) - 1)
@@ -107,7 +107,7 @@ class PerSample:
     @property
     def keys(self) -> np.ndarray:
         """(N,) one join key per decision, ``index << TURN_BITS | turn`` (see
-        :func:`~tracking.core.trajectories.decision_keys`): equal for the same decision of
+        :func:`~tokcal.core.trajectories.decision_keys`): equal for the same decision of
         the same sample in any evaluation."""
         return (self.index << TURN_BITS) | self.turn
 

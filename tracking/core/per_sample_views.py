@@ -1,20 +1,20 @@
 """The numbers behind the report's per-sample views, from the per-sample records of a run.
 
 Input everywhere: the run's evaluations as ``(step, PerSample)`` pairs in step order.
-Decisions join across evaluations by :attr:`~tracking.core.per_sample.PerSample.keys`
+Decisions join across evaluations by :attr:`~tokcal.core.per_sample.PerSample.keys`
 (sample index and turn), so an evaluation may lack some samples or add new ones.
 
 * :func:`learning_heatmap`: samples x steps of q(true label) (NaN where a sample is
   absent), rows sorted by when each sample was learned;
 * :func:`confidently_wrong`: the ``k`` wrong decisions with the highest confidence;
 * :func:`sample_trajectories`: flips per step and the per-sample summary
-  (:func:`~tracking.core.trajectories.trajectories` on the records);
+  (:func:`~tokcal.core.trajectories.trajectories` on the records);
 * :func:`sample_risk_coverage`: the risk-coverage curve of one record, as
   ``compute_metrics`` draws it (for points that were read back without one).
 
 Example:
     >>> import numpy as np
-    >>> from tracking.core.per_sample import PerSample
+    >>> from tokcal.core.per_sample import PerSample
     >>> def rec(p_accept):
     ...     p = np.array(p_accept)
     ...     return PerSample(["Accept", "Reject"], index=np.arange(3), gt=np.array([0, 0, 1]),
@@ -38,10 +38,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tracking.core.per_sample import PerSample
-from tracking.core.selective import CURVE_POINTS, RiskCoverage, risk_coverage_curve
-from tracking.core.trajectories import Trajectories, trajectories
-from tracking.errors import TokcalError
+from tokcal.core.per_sample import PerSample
+from tokcal.core.selective import CURVE_POINTS, RiskCoverage, risk_coverage_curve
+from tokcal.core.trajectories import Trajectories, trajectories
+from tokcal.errors import TokcalError
 
 #: How many confidently wrong decisions the report lists by default.
 TOP_WRONG = 10
@@ -66,7 +66,7 @@ def _check(records: Sequence[tuple[int, PerSample]]) -> list[tuple[int, PerSampl
 
 
 def sample_trajectories(records: Sequence[tuple[int, PerSample]]) -> Trajectories:
-    """:func:`~tracking.core.trajectories.trajectories` of the records, joined by their keys:
+    """:func:`~tokcal.core.trajectories.trajectories` of the records, joined by their keys:
     flips to wrong / to right / forgotten per step and, per sample, when it was learned.
 
     Example:

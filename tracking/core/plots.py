@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from tracking.core.metrics import DecisionMetrics, Histogram, ReliabilityBins
+from tokcal.core.metrics import DecisionMetrics, Histogram, ReliabilityBins
 
 _BLUE, _RED, _GREEN = "#4C72B0", "#C44E52", "#55A868"
 # matplotlib's default y margin above the tallest bar (axes.ymargin).
@@ -117,7 +117,7 @@ def reliability_diagram(
     """Accuracy per bin against the diagonal, the gap shaded, counts underneath (a new figure).
 
     Example:
-        >>> from tracking.core.metrics import reliability_bins
+        >>> from tokcal.core.metrics import reliability_bins
         >>> fig = reliability_diagram(reliability_bins(np.array([0.8, 0.6]), np.array([1, 0]), 10))
         >>> len(fig.axes)
         2
@@ -161,7 +161,7 @@ def metric_figures(metrics: DecisionMetrics, *, step: int | None = None) -> dict
     :func:`histogram_figure`.
 
     Example:
-        >>> from tracking.core.metrics import compute_metrics
+        >>> from tokcal.core.metrics import compute_metrics
         >>> m = compute_metrics(np.array([[0.8, 0.1], [0.3, 0.6]]), np.array([0, 1]), ["Accept", "Reject"])
         >>> sorted(metric_figures(m, step=10))
         ['histograms', 'reliability', 'reliability_positive']

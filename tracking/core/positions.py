@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tracking.core.spec import ResolvedSpec
+from tokcal.core.spec import ResolvedSpec
 
 #: The label value of tokens that are not supervised (Hugging Face's convention).
 IGNORE_INDEX = -100

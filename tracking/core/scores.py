@@ -13,8 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from tracking.core.metrics import DecisionMetrics, compute_metrics
-from tracking.core.spec import ResolvedSpec, label_key
+from tokcal.core.metrics import DecisionMetrics, compute_metrics
+from tokcal.core.spec import ResolvedSpec, label_key
 
 
 def decision_probs(logits: torch.Tensor, resolved: ResolvedSpec) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Running a model over batches and asking it for logits at the answer positions only.
 
-Flow: ``labels`` -> :func:`~tracking.core.positions.find_answer_positions` -> logits at those
-positions (``logits_to_keep``) -> :func:`~tracking.core.scores.decision_probs` ->
-:class:`~tracking.core.scores.DecisionScores`.
+Flow: ``labels`` -> :func:`~tokcal.core.positions.find_answer_positions` -> logits at those
+positions (``logits_to_keep``) -> :func:`~tokcal.core.scores.decision_probs` ->
+:class:`~tokcal.core.scores.DecisionScores`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from tracking.core.distributed import Dist
-from tracking.core.positions import AnswerPositions, find_answer_positions
-from tracking.core.scores import DecisionScores, decision_probs
-from tracking.core.spec import ResolvedSpec
+from tokcal.core.distributed import Dist
+from tokcal.core.positions import AnswerPositions, find_answer_positions
+from tokcal.core.scores import DecisionScores, decision_probs
+from tokcal.core.spec import ResolvedSpec
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def score(
 
     Args:
         model: a causal LM (``model(**inputs).logits``).
-        batches: e.g. from :func:`tracking.data.conversation.make_batches`.
+        batches: e.g. from :func:`tokcal.data.conversation.make_batches`.
         resolved: the spec bound to the model's tokenizer.
         device: where to run; defaults to the model's device.
         progress: optional tqdm-like object; ``update(n_rows)`` is called per batch.

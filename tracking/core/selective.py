@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tracking.errors import TokcalError
+from tokcal.errors import TokcalError
 
 #: Coverages at which ``compute_metrics`` reports the accuracy.
 COVERAGES: tuple[float, ...] = (0.5, 0.8, 0.9)

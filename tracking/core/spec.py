@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from tracking.errors import TokcalError
+from tokcal.errors import TokcalError
 
 DEFAULT_LABELS: tuple[str, ...] = ("Accept", "Reject")
 DEFAULT_PREFIX = "\\boxed{"
@@ -98,7 +98,7 @@ class DecisionSpec:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "DecisionSpec":
         """Read the ``spec:`` section of a tokcal YAML (or a file that is only a spec)."""
-        from tracking.config import load_yaml
+        from tokcal.config import load_yaml
 
         data = load_yaml(path)
         return cls.from_dict(data.get("spec", data))

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tracking.errors import TokcalError
+from tokcal.errors import TokcalError
 
 #: ``decision_keys`` packs (sample index, turn) as ``index << TURN_BITS | turn``.
 TURN_BITS = 20

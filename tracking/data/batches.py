@@ -7,9 +7,9 @@ from typing import Any, Callable, Iterator, Sequence, overload
 import numpy as np
 import torch
 
-from tracking.core.positions import IGNORE_INDEX
-from tracking.data.conversation import Example
-from tracking.errors import TokcalError
+from tokcal.core.positions import IGNORE_INDEX
+from tokcal.data.conversation import Example
+from tokcal.errors import TokcalError
 
 
 def pad_id_of(tokenizer: Any) -> int:

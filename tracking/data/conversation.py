@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from tracking.core.positions import IGNORE_INDEX
-from tracking.data.records import message_text, to_messages
-from tracking.errors import TokcalError
+from tokcal.core.positions import IGNORE_INDEX
+from tokcal.data.records import message_text, to_messages
+from tokcal.errors import TokcalError
 
 
 @dataclass
@@ -116,7 +116,7 @@ def check_chat_template(template: str, where: str = "chat template") -> None:
         >>> check_chat_template("{% for m in messages %}")
         Traceback (most recent call last):
         ...
-        tracking.errors.TokcalError: chat template is not a valid Jinja template (line 1: Unexpected end of template. ...
+        tokcal.errors.TokcalError: chat template is not a valid Jinja template (line 1: Unexpected end of template. ...
     """
     import jinja2
 

@@ -21,7 +21,7 @@ own resize rules (no decoding), so length-sorted batches stay within the token b
 counting the image tokens. The pixels are decoded per batch, by the processor itself
 (``apply_chat_template(..., tokenize=True)``), when the batch is scored: memory stays flat.
 
-The eval source itself is :class:`tracking.data.sources.ImageDataFile`; this module holds
+The eval source itself is :class:`tokcal.data.sources.ImageDataFile`; this module holds
 its parts.
 
 Example:
@@ -42,11 +42,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tracking.core.positions import IGNORE_INDEX
-from tracking.data.batches import pad_id_of, pad_rows
-from tracking.data.conversation import Example, tokenize_rendered
-from tracking.data.records import message_text, to_messages
-from tracking.errors import TokcalError, first_line
+from tokcal.core.positions import IGNORE_INDEX
+from tokcal.data.batches import pad_id_of, pad_rows
+from tokcal.data.conversation import Example, tokenize_rendered
+from tokcal.data.records import message_text, to_messages
+from tokcal.errors import TokcalError, first_line
 
 #: LLaMA-Factory's image placeholder in the text of records with an ``images`` column.
 IMAGE_PLACEHOLDER = "<image>"

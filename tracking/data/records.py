@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tracking.errors import TokcalError
-from tracking.io import read_text
+from tokcal.errors import TokcalError
+from tokcal.io import read_text
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "system": "system"}

@@ -8,8 +8,8 @@ once, where the source is built:
   checkpoint's chat template and tokenised as SFT training does;
 - :class:`ImageDataFile`: the same with page images (image parts, or an ``images`` column
   with ``<image>`` placeholders), scored with the checkpoint's processor
-  (:mod:`tracking.data.images`); :func:`open_data_file` picks it when records carry images;
-- ``callbacks.llamafactory_data.LlamaFactorySource``: the eval set LLaMA-Factory builds
+  (:mod:`tokcal.data.images`); :func:`open_data_file` picks it when records carry images;
+- ``tokcal.callbacks.llamafactory_data.LlamaFactorySource``: the eval set LLaMA-Factory builds
   from a training YAML, token for token as in training.
 
 The jobs call, in this order: :meth:`EvalSource.check` (everything that can fail without
@@ -17,7 +17,7 @@ a model, before any checkpoint loads), then per checkpoint: load the model with 
 tokenizer, or with the processor when :meth:`~EvalSource.processor_options` is not ``None``
 (image sources), then :meth:`~EvalSource.tokenizer_for`, :meth:`~EvalSource.cache_key`
 (examples are built once per key), :meth:`~EvalSource.examples` and
-:meth:`~EvalSource.batches` (which may be lazy: a :class:`~tracking.data.batches.LazyBatches`).
+:meth:`~EvalSource.batches` (which may be lazy: a :class:`~tokcal.data.batches.LazyBatches`).
 
 Example:
     >>> source = DataFile("eval.jsonl")  # doctest: +SKIP
@@ -34,11 +34,11 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Sequence
 
-from tracking.data import images as img
-from tracking.data.batches import LazyBatches, group_by_length, make_batches, pad_id_of
-from tracking.data.conversation import Example, tokenize_records
-from tracking.data.records import read_records, to_messages
-from tracking.errors import TokcalError
+from tokcal.data import images as img
+from tokcal.data.batches import LazyBatches, group_by_length, make_batches, pad_id_of
+from tokcal.data.conversation import Example, tokenize_records
+from tokcal.data.records import read_records, to_messages
+from tokcal.errors import TokcalError
 
 
 class EvalSource(ABC):
@@ -83,7 +83,7 @@ class EvalSource(ABC):
 
 
 class DataFile(EvalSource):
-    """JSON or JSONL records (messages, alpaca or sharegpt), see :mod:`tracking.data.records`.
+    """JSON or JSONL records (messages, alpaca or sharegpt), see :mod:`tokcal.data.records`.
 
     Args:
         path: the data file.
@@ -142,7 +142,7 @@ class ImageDataFile(DataFile):
 
     Records: ``messages`` with ``{"type": "image", "image": PATH}`` parts, or
     LLaMA-Factory alpaca/sharegpt records with an ``images`` column and ``<image>``
-    placeholders (see :mod:`tracking.data.images`). Records without images may be mixed in.
+    placeholders (see :mod:`tokcal.data.images`). Records without images may be mixed in.
 
     Args:
         path: the data file.

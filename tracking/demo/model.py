@@ -60,7 +60,7 @@ def build_qwen2(
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from tracking.errors import TokcalError
+    from tokcal.errors import TokcalError
 
     if shape not in QWEN2_SHAPES:
         raise TokcalError(f"expected shape to be one of {sorted(QWEN2_SHAPES)}, got {shape!r}")
@@ -79,7 +79,7 @@ def build_qwen2(
 
 def save_model(model: Any, tokenizer: Any, path: str | Path) -> Path:
     """Write ``config.json``, ``model.safetensors`` and the tokenizer to ``path``."""
-    from tracking.demo.tokenizer import save_tokenizer
+    from tokcal.demo.tokenizer import save_tokenizer
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)

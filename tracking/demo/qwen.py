@@ -18,7 +18,7 @@ import importlib.resources
 from pathlib import Path
 from typing import Any
 
-from tracking.errors import MissingDependencyError
+from tokcal.errors import MissingDependencyError
 
 #: Qwen2's pre-tokenizer split regex, exactly as in its ``tokenizer.json``.
 QWEN2_PATTERN = (

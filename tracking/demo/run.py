@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracking.errors import TokcalError
-from tracking.jobs.state import STATE_FILE, read_state, settings_from_state
+from tokcal.errors import TokcalError
+from tokcal.jobs.state import STATE_FILE, read_state, settings_from_state
 
 MARKER = ".tokcal-demo"  # marks a folder the demo made, so a rerun may replace its entries
 ENTRIES = ("data", "train", "mlflow.db", "mlartifacts", "report.html", "report_files", MARKER)
@@ -57,7 +57,7 @@ class DemoResult:
     folder: Path
     tracking_uri: str
     run_id: str
-    series: list[Any] = field(default_factory=list)  # tracking.jobs.report.Series: live eval, backfilled holdout
+    series: list[Any] = field(default_factory=list)  # tokcal.jobs.report.Series: live eval, backfilled holdout
     report: Path | None = None
     seconds: float = 0.0
 
@@ -87,8 +87,8 @@ def prepare_folder(folder: Path, force: bool = False) -> None:
 
 
 def write_data(folder: Path, cfg: DemoConfig) -> dict[str, Path]:
-    """Train, eval and held-out splits of :func:`tracking.data.synthetic.review_records`."""
-    from tracking.data.synthetic import review_records
+    """Train, eval and held-out splits of :func:`tokcal.data.synthetic.review_records`."""
+    from tokcal.data.synthetic import review_records
 
     folder.mkdir(parents=True, exist_ok=True)
     splits = {"train": (cfg.n_train, cfg.seed), "eval": (cfg.n_eval, cfg.seed + 1),
@@ -107,7 +107,7 @@ def write_data(folder: Path, cfg: DemoConfig) -> dict[str, Path]:
 def mlflow_env(uri: str, experiment: str) -> Iterator[None]:
     """Point the Trainer's MLflow integration at ``uri``/``experiment``, then restore the
     environment and MLflow's process-wide tracking URI (which the integration sets)."""
-    from tracking.io import env_vars
+    from tokcal.io import env_vars
 
     try:
         from mlflow.tracking._tracking_service import utils as fluent
@@ -138,7 +138,7 @@ def quiet() -> Iterator[None]:
 
 def create_experiment(uri: str, artifacts: Path) -> str:
     """The demo experiment in the sqlite store, its artifacts kept in the demo folder."""
-    from tracking.errors import require
+    from tokcal.errors import require
 
     mlflow = require("mlflow", "mlflow")
 
@@ -159,12 +159,12 @@ def run_demo(folder: str | os.PathLike[str] = "tokcal-demo", *, cfg: DemoConfig 
 
 
 def _run(folder: str | os.PathLike[str], cfg: DemoConfig, force: bool, out: Any) -> DemoResult:
-    from tracking.demo.train import build_start_checkpoint, train
+    from tokcal.demo.train import build_start_checkpoint, train
 
     t0 = time.perf_counter()
     say = lambda text: out(f"{text} [{time.perf_counter() - t0:.0f}s]")
     folder = Path(folder)
-    from tracking.errors import require
+    from tokcal.errors import require
 
     require("mlflow", "mlflow")  # before anything is written
     prepare_folder(folder, force)
@@ -190,7 +190,7 @@ def _run(folder: str | os.PathLike[str], cfg: DemoConfig, force: bool, out: Any)
     out(f"      $ tokcal backfill {train_dir} --data {data['holdout']} --metric-prefix {HOLDOUT_PREFIX} --quiet")
     _backfill(train_dir, data["holdout"], state, out)
 
-    from tracking.jobs.report import read_mlflow, write_report
+    from tokcal.jobs.report import read_mlflow, write_report
 
     series = read_mlflow(run_id, uri)
     say("[5/5] report: the evolution over steps, reliability diagrams and histograms of both series")
@@ -201,8 +201,8 @@ def _run(folder: str | os.PathLike[str], cfg: DemoConfig, force: bool, out: Any)
 
 def _backfill(train_dir: Path, data: Path, state: dict[str, Any], out: Any) -> None:
     """What ``tokcal backfill TRAIN_DIR --data DATA --metric-prefix holdout_`` does."""
-    from tracking.jobs.backfill import backfill
-    from tracking.trackers.targets import open_targets, tracker_targets
+    from tokcal.jobs.backfill import backfill
+    from tokcal.trackers.targets import open_targets, tracker_targets
 
     trackers = open_targets(tracker_targets(state))
     try:

@@ -8,7 +8,7 @@ from typing import Any
 
 # Qwen2's split regex: transformers 5 loads a qwen2 checkpoint's tokenizer as Qwen2Tokenizer,
 # which rebuilds this pre-tokenizer, so the saved one must be the same.
-from tracking.demo.qwen import QWEN2_PATTERN
+from tokcal.demo.qwen import QWEN2_PATTERN
 
 #: ChatML without a default system prompt; ``<|im_end|>`` closes each turn (and is EOS).
 CHATML_TEMPLATE = (

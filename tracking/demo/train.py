@@ -14,9 +14,9 @@ def build_start_checkpoint(train_file: Path, path: Path, cfg: Any) -> int:
     """Train the tokenizer on the training split, build the random model and save both to
     ``path`` (``checkpoint-0``, so backfill scores the untrained model too). Returns the
     number of parameters."""
-    from tracking.data.records import read_records
-    from tracking.demo.model import build_model, save_model
-    from tracking.demo.tokenizer import corpus, train_tokenizer
+    from tokcal.data.records import read_records
+    from tokcal.demo.model import build_model, save_model
+    from tokcal.demo.tokenizer import corpus, train_tokenizer
 
     tok = train_tokenizer(corpus(read_records(train_file)), vocab_size=cfg.vocab_size)
     model = build_model(tok, hidden=cfg.hidden, layers=cfg.layers, seed=cfg.seed)
@@ -25,8 +25,8 @@ def build_start_checkpoint(train_file: Path, path: Path, cfg: Any) -> int:
 
 
 def _rows(path: Path, tokenizer: Any) -> list[dict[str, list[int]]]:
-    from tracking.data.conversation import tokenize_records
-    from tracking.data.records import read_records
+    from tokcal.data.conversation import tokenize_records
+    from tokcal.data.records import read_records
 
     return [{"input_ids": e.input_ids, "attention_mask": [1] * len(e), "labels": e.labels}
             for e in tokenize_records(read_records(path), tokenizer)]
@@ -71,7 +71,7 @@ def train(data: dict[str, Path], train_dir: Path, cfg: Any, *, tracking_uri: str
         TrainingArguments,
     )
 
-    from callbacks.decision import DecisionTrackingCallback
+    from tokcal.callbacks.decision import DecisionTrackingCallback
 
     start = train_dir / "checkpoint-0"
     tok = AutoTokenizer.from_pretrained(str(start))

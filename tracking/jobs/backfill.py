@@ -1,6 +1,6 @@
 """Backfill: rescore saved ``checkpoint-N`` folders and log each into the run at step N.
 
-The loop is four named steps: :func:`~tracking.jobs.checkpoints.resolve_checkpoints`,
+The loop is four named steps: :func:`~tokcal.jobs.checkpoints.resolve_checkpoints`,
 :func:`plan` (what can fail without loading, and which runs still need each step),
 :func:`score_one` and :func:`log_one`. The eval source is checked once and tokenised once
 (again only for a checkpoint whose tokenizer differs), and every checkpoint is scored with
@@ -9,7 +9,7 @@ adds nothing and an interrupted backfill goes on where it stopped. A bad checkpo
 reported and the others still run.
 
 Never two points for one (metric, step) unless ``force``: backfill holds each run's
-writer lock (:meth:`~tracking.trackers.base.Tracker.writer_lock`; a second backfill or
+writer lock (:meth:`~tokcal.trackers.base.Tracker.writer_lock`; a second backfill or
 sync into the same run on this machine stops at once, naming the holder's PID) and checks
 the run again right before each write. A store it cannot write is an error before
 anything is scored.
@@ -19,7 +19,7 @@ the batches; rank 0 gathers the probabilities, writes the files and logs. The ba
 the same as in one process, so the numbers are too.
 
 Example:
-    >>> from tracking.trackers import open_tracker  # doctest: +SKIP
+    >>> from tokcal.trackers import open_tracker  # doctest: +SKIP
     >>> tracker = open_tracker("mlflow", run_id="4f0c...", tracking_uri="http://127.0.0.1:5000", spool=False)  # doctest: +SKIP
     >>> report = backfill(["out"], "eval.jsonl", tracker, TrackingSettings())  # doctest: +SKIP
     >>> print(report.summary())  # doctest: +SKIP
@@ -37,20 +37,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from tracking.core.distributed import Dist
-from tracking.core.per_sample import PerSample
-from tracking.core.scores import DecisionScores
-from tracking.core.trajectories import TrajectoryState, flip_scalars
-from tracking.data.sources import EvalSource, as_source
-from tracking.errors import TokcalError, first_line
-from tracking.io import check_writable, exclusive_lock
-from tracking.jobs.checkpoints import (
+from tokcal.core.distributed import Dist
+from tokcal.core.per_sample import PerSample
+from tokcal.core.scores import DecisionScores
+from tokcal.core.trajectories import TrajectoryState, flip_scalars
+from tokcal.data.sources import EvalSource, as_source
+from tokcal.errors import TokcalError, first_line
+from tokcal.io import check_writable, exclusive_lock
+from tokcal.jobs.checkpoints import (
     check_load_options,
     inspect_checkpoint,
     resolve_checkpoints,
 )
-from tracking.jobs.settings import TrackingSettings
-from tracking.trackers.base import MARKER, Tracker
+from tokcal.jobs.settings import TrackingSettings
+from tokcal.trackers.base import MARKER, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +180,8 @@ def score_one(res: CheckpointResult, cache: ExampleCache, spec: Any, dist: Dist,
     ranks: the scores in sample order on rank 0, or the first rank's error on every rank."""
     import torch
 
-    from tracking.jobs.checkpoints import load_checkpoint
-    from tracking.jobs.extract import score_examples
+    from tokcal.jobs.checkpoints import load_checkpoint
+    from tokcal.jobs.extract import score_examples
 
     scores, error, examples, model = None, None, [], None
     try:
@@ -218,7 +218,7 @@ def log_one(res: CheckpointResult, scores: DecisionScores, trackers: Sequence[An
 
     ``history`` holds the decisions of the checkpoints scored before this one (in step
     order): from the second on, the evaluation carries the flips since the previous one."""
-    from tracking.io import write_jsonl
+    from tokcal.io import write_jsonl
 
     metrics = scores.metrics(n_bins=settings.n_bins, hist_bins=settings.hist_bins, prefix=prefix)
     record = PerSample.from_scores(scores)
@@ -266,20 +266,20 @@ def backfill(
 
     Args:
         checkpoints: output folders, checkpoint folders or globs (see
-            :func:`~tracking.jobs.checkpoints.resolve_checkpoints`).
-        data: an :class:`~tracking.data.sources.EvalSource` (a data file, LLaMA-Factory's
+            :func:`~tokcal.jobs.checkpoints.resolve_checkpoints`).
+        data: an :class:`~tokcal.data.sources.EvalSource` (a data file, LLaMA-Factory's
             pipeline, ...) or a data file path (then ``chat_template``/``max_samples`` apply).
-        trackers: a :class:`~tracking.trackers.base.Tracker` or a list of them (open them
+        trackers: a :class:`~tokcal.trackers.base.Tracker` or a list of them (open them
             with ``spool=False`` so a failed call fails its checkpoint). Under torchrun only
             rank 0's are used; other ranks may pass ``[]``.
         settings: spec, ``n_bins``, ``hist_bins``, ``log_samples``/``max_samples`` (the
-            per-sample table); usually :func:`~tracking.jobs.state.settings_from_state` plus flags.
+            per-sample table); usually :func:`~tokcal.jobs.state.settings_from_state` plus flags.
         force: log steps the run already has again.
         output_dir: where the per-decision JSONL files go (default: in each checkpoint).
         metric_prefix: the metrics' prefix, as the Trainer names them (``eval_``).
         max_tokens: padded tokens per batch.
         tags: more tags for every backfilled evaluation (:data:`MARKER` is always there).
-        **load_kw: :func:`~tracking.jobs.checkpoints.load_checkpoint` options (``tokenizer``,
+        **load_kw: :func:`~tokcal.jobs.checkpoints.load_checkpoint` options (``tokenizer``,
             ``allow_pickle``, ``device``, ``dtype``, ``trust_remote_code``).
 
     Returns:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from tracking.errors import TokcalError, first_line
+from tokcal.errors import TokcalError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def check_load_options(device: str | None = None, dtype: str | None = None, *, m
         >>> check_load_options("gpu")
         Traceback (most recent call last):
         ...
-        tracking.errors.TokcalError: expected --device cpu, cuda or cuda:N, got 'gpu'
+        tokcal.errors.TokcalError: expected --device cpu, cuda or cuda:N, got 'gpu'
     """
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise TokcalError(f"expected --max-tokens >= 1, got {max_tokens!r}")
@@ -363,7 +363,7 @@ def _adapter_base(path: Path) -> str:
 
 
 def _load_adapter(path: Path, kw: dict[str, Any]) -> Any:
-    from tracking.errors import require
+    from tokcal.errors import require
 
     peft = require("peft", "peft")
     base_path = _adapter_base(path)

@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from tracking.core.scores import DecisionScores
-from tracking.core.scoring import score
-from tracking.core.spec import DecisionSpec
-from tracking.data.batches import count_rows, make_batches, pad_id_of
-from tracking.data.conversation import Example
-from tracking.data.sources import EvalSource, as_source
-from tracking.errors import TokcalError
+from tokcal.core.scores import DecisionScores
+from tokcal.core.scoring import score
+from tokcal.core.spec import DecisionSpec
+from tokcal.data.batches import count_rows, make_batches, pad_id_of
+from tokcal.data.conversation import Example
+from tokcal.data.sources import EvalSource, as_source
+from tokcal.errors import TokcalError
 
 
 def score_examples(
@@ -80,11 +80,11 @@ def score_checkpoint(
 
     Args:
         checkpoint: the checkpoint folder.
-        data: an :class:`~tracking.data.sources.EvalSource`, or a data file path (then
+        data: an :class:`~tokcal.data.sources.EvalSource`, or a data file path (then
             ``chat_template`` and ``max_samples`` apply).
-        **load_kw: :func:`~tracking.jobs.checkpoints.load_checkpoint` options.
+        **load_kw: :func:`~tokcal.jobs.checkpoints.load_checkpoint` options.
     """
-    from tracking.jobs.checkpoints import (
+    from tokcal.jobs.checkpoints import (
         check_load_options,
         load_checkpoint,
     )

@@ -1,9 +1,9 @@
 """Reports: decision metrics over training steps, from any place tokcal logged them.
 
-Readers turn a source into :class:`~tracking.trackers.base.Series` (one per run and
-metric prefix), each a list of :class:`~tracking.trackers.base.Point` (a step and its
-:class:`~tracking.core.metrics.DecisionMetrics`). Each backend reads its own runs back
-(:meth:`~tracking.trackers.base.Tracker.read_runs`): :func:`read_local`,
+Readers turn a source into :class:`~tokcal.trackers.base.Series` (one per run and
+metric prefix), each a list of :class:`~tokcal.trackers.base.Point` (a step and its
+:class:`~tokcal.core.metrics.DecisionMetrics`). Each backend reads its own runs back
+(:meth:`~tokcal.trackers.base.Tracker.read_runs`): :func:`read_local`,
 :func:`read_mlflow` and :func:`read_wandb` are theirs. This module adds:
 
 * :func:`read_extract` - ``tokcal extract``/``backfill`` JSONL files, one per step;
@@ -28,21 +28,21 @@ from typing import Any
 
 import numpy as np
 
-from tracking.core.metrics import DecisionMetrics, compute_metrics
-from tracking.core.per_sample import PerSample
-from tracking.core.spec import label_key
-from tracking.errors import TokcalError
-from tracking.jobs.report_html import write_report
-from tracking.trackers.base import (
+from tokcal.core.metrics import DecisionMetrics, compute_metrics
+from tokcal.core.per_sample import PerSample
+from tokcal.core.spec import label_key
+from tokcal.errors import TokcalError
+from tokcal.jobs.report_html import write_report
+from tokcal.trackers.base import (
     BACKFILL_TAG,
     Point,
     Series,
     backend_class,
     backend_names,
 )
-from tracking.trackers.local import read_local
-from tracking.trackers.mlflow import read_mlflow
-from tracking.trackers.wandb import read_wandb
+from tokcal.trackers.local import read_local
+from tokcal.trackers.mlflow import read_mlflow
+from tokcal.trackers.wandb import read_wandb
 
 # ----------------------------------------------------------------------------- extract
 
@@ -120,7 +120,7 @@ def read_extract(files: Sequence[str | os.PathLike[str]], steps: Sequence[int] |
     Raises:
         TokcalError: a file cannot be read, a step cannot be told, or two files share one.
     """
-    from tracking.data.records import read_records
+    from tokcal.data.records import read_records
 
     files = [Path(f) for f in files]
     if steps is not None and len(steps) != len(files):
@@ -153,7 +153,7 @@ def read_source(source: str, *, tracking_uri: str | None = None) -> list[Series]
 
     ``tracking_uri`` is the MLflow store (``--tracking-uri``).
     """
-    from tracking.jobs.state import STATE_FILE
+    from tokcal.jobs.state import STATE_FILE
 
     overrides = {"tracking_uri": tracking_uri}
     classes = [backend_class(name) for name in backend_names()]
@@ -172,7 +172,7 @@ def read_source(source: str, *, tracking_uri: str | None = None) -> list[Series]
 
 
 def _from_state(folder: Path, overrides: dict[str, Any]) -> list[Series]:
-    from tracking.jobs.state import STATE_FILE, read_state
+    from tokcal.jobs.state import STATE_FILE, read_state
 
     state = read_state(folder / STATE_FILE)
     out: list[Series] = []

@@ -1,16 +1,16 @@
 """The report's decision-analysis views (HTML fragments and their figures), which
-:func:`tracking.jobs.report_html.write_report` places on the page:
+:func:`tokcal.jobs.report_html.write_report` places on the page:
 
 * the **comparison** (two series or more): one evaluation of each series (the last, or
   the last at or before ``compare_step``) with the reliability curves and risk-coverage
   curves overlaid, and their metrics side by side;
-* per series with per-sample records (:class:`~tracking.core.per_sample.PerSample`):
+* per series with per-sample records (:class:`~tokcal.core.per_sample.PerSample`):
   the **trajectory heatmap** (samples x steps of q(true label), sorted by when each
   sample was learned), the **flips per step**, the **risk-coverage curves** of every step
   with the selected one bold, and the **most confidently wrong** decisions at the
   selected step as a table. A series without records gets a one-line note instead.
 
-The numbers come from :mod:`tracking.core.per_sample_views`; this module only draws.
+The numbers come from :mod:`tokcal.core.per_sample_views`; this module only draws.
 """
 
 from __future__ import annotations
@@ -24,20 +24,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
-from tracking.core.per_sample import PerSample
-from tracking.core.per_sample_views import (
+from tokcal.core.per_sample import PerSample
+from tokcal.core.per_sample_views import (
     TOP_WRONG,
     confidently_wrong,
     learning_heatmap,
     sample_risk_coverage,
     sample_trajectories,
 )
-from tracking.core.plots import figure_to_png
-from tracking.core.selective import RiskCoverage
-from tracking.errors import TokcalError
+from tokcal.core.plots import figure_to_png
+from tokcal.core.selective import RiskCoverage
+from tokcal.errors import TokcalError
 
 if TYPE_CHECKING:
-    from tracking.trackers.base import Point, Series
+    from tokcal.trackers.base import Point, Series
 
 #: Rows of the comparison table: (name, scalar without prefix, +1 higher is better / -1 lower / 0 neither).
 COMPARE_ROWS: tuple[tuple[str, str, int], ...] = (
@@ -68,8 +68,8 @@ def select_point(series: Series, compare_step: int | None) -> Point | None:
     it has none there.
 
     Example:
-        >>> from tracking.core.metrics import DecisionMetrics
-        >>> from tracking.trackers.base import Point, Series
+        >>> from tokcal.core.metrics import DecisionMetrics
+        >>> from tokcal.trackers.base import Point, Series
         >>> m = DecisionMetrics(["A", "B"], "eval_", {}, None)
         >>> s = Series.of("run", [Point(10, m), Point(20, m), Point(30, m)])
         >>> select_point(s, None).step, select_point(s, 25).step, select_point(s, 5)

@@ -1,6 +1,6 @@
-"""The report's figures and its one self-contained HTML file (see :mod:`tracking.jobs.report`).
+"""The report's figures and its one self-contained HTML file (see :mod:`tokcal.jobs.report`).
 
-The page: the comparison of the series (two or more; :mod:`tracking.jobs.report_analysis`),
+The page: the comparison of the series (two or more; :mod:`tokcal.jobs.report_analysis`),
 the evolution over steps, then per series its table, its per-sample analysis (trajectory
 heatmap, flips, risk-coverage, most confidently wrong) and each step's figures.
 
@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
-from tracking.core.plots import histogram_figure, reliability_diagram
-from tracking.errors import TokcalError
-from tracking.jobs.report_analysis import (
+from tokcal.core.plots import histogram_figure, reliability_diagram
+from tokcal.errors import TokcalError
+from tokcal.jobs.report_analysis import (
     COLORS,
     check_compare_step,
     comparison_section,
@@ -35,7 +35,7 @@ from tracking.jobs.report_analysis import (
 )
 
 if TYPE_CHECKING:
-    from tracking.jobs.report import Series
+    from tokcal.jobs.report import Series
 
 #: The evolution panels: (title, scalar name without prefix, or None for P per label).
 PANELS: tuple[tuple[str, str | None], ...] = (
@@ -58,7 +58,7 @@ _STYLES = ["-", "--", ":", "-."]
 def evolution_figure(series: Sequence[Series]) -> Figure:
     """Each panel of :data:`PANELS` against the step, one colour per series; backfilled
     points are hollow, live ones filled."""
-    from tracking.core.spec import label_key
+    from tokcal.core.spec import label_key
 
     fig = Figure(figsize=(15, 7.5), dpi=90)
     axes = fig.subplots(2, 3).ravel()
@@ -126,7 +126,7 @@ def write_report(series: Sequence[Series], output: str | os.PathLike[str], *, ti
     """Write ``output`` (HTML) and its PNGs in ``<output stem>_files/``; returns the HTML path.
 
     Args:
-        series: what to draw (see :func:`tracking.jobs.report.read_sources`).
+        series: what to draw (see :func:`tokcal.jobs.report.read_sources`).
         step_figures: draw each step's reliability diagrams and histograms (the slowest part).
         compare_step: compare (and list the wrong decisions of) each series' last evaluation
             at or before this step; default: the last evaluation.
@@ -178,7 +178,7 @@ def write_report(series: Sequence[Series], output: str | os.PathLike[str], *, ti
 
 
 def _table(s: Series) -> str:
-    from tracking.core.spec import label_key
+    from tokcal.core.spec import label_key
 
     heads = ["step"] + [n for n, _ in TABLE[:1]] + [f"P({lab})" for lab in s.labels] + [n for n, _ in TABLE[1:]]
     rows = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "<th>how</th></tr>"]

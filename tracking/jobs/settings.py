@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from tracking.core.spec import DecisionSpec
-from tracking.errors import TokcalError
-from tracking.trackers.base import DEFAULT_BACKEND, backend_class, backend_names
+from tokcal.core.spec import DecisionSpec
+from tokcal.errors import TokcalError
+from tokcal.trackers.base import DEFAULT_BACKEND, backend_class, backend_names
 
 SCORERS = ("auto", "hook", "pass")
 
@@ -105,7 +105,7 @@ class TrackingSettings:
         return chosen or [DEFAULT_BACKEND]
 
     def tracker_kwargs(self, backend: str, *, local_dir: str, run_name: str | None = None) -> dict[str, Any]:
-        """:func:`~tracking.trackers.open_tracker` arguments for ``backend``: the common ones
+        """:func:`~tokcal.trackers.open_tracker` arguments for ``backend``: the common ones
         and the backend's options that these settings hold (``project``, ``tracking_uri`` ...).
 
         Example:
@@ -142,6 +142,6 @@ class TrackingSettings:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrackingSettings":
-        from tracking.config import load_yaml
+        from tokcal.config import load_yaml
 
         return cls.from_dict(load_yaml(path))

@@ -30,11 +30,12 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from tracking.jobs.settings import TrackingSettings
+from tokcal.jobs.settings import TrackingSettings
 
 STATE_FILE = "tokcal.json"
 _GLOB_CHARS = "*?["
 PATH_KEYS = ("local_dir", "spool_dir")  # tracker fields that are folders
+EVAL_SETS = "eval_sets"  # metric prefix -> identity of the eval set logged under it
 
 
 def find_state(paths: Iterable[str | os.PathLike[str]]) -> Path | None:
@@ -56,7 +57,7 @@ def find_state(paths: Iterable[str | os.PathLike[str]]) -> Path | None:
 def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a ``tokcal.json`` (``{"trackers": [...], <settings>}``), with the trackers'
     relative folders resolved against the file's folder."""
-    from tracking.config import load_json_object
+    from tokcal.config import load_json_object
 
     state = load_json_object(path)
     base = Path(path).resolve().parent
@@ -70,16 +71,17 @@ def settings_from_state(state: Mapping[str, Any] | None) -> TrackingSettings:
     """The tracking settings recorded in ``tokcal.json`` (defaults when there is none)."""
     if not state:
         return TrackingSettings()
-    return TrackingSettings.from_dict({k: v for k, v in state.items() if k != "trackers"})
+    return TrackingSettings.from_dict({k: v for k, v in state.items() if k not in ("trackers", EVAL_SETS)})
 
 
 def write_state(output_dir: str | os.PathLike[str], trackers: Sequence[Mapping[str, Any]],
-                settings: TrackingSettings) -> Path:
+                settings: TrackingSettings, eval_sets: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
     """Write ``<output_dir>/tokcal.json`` atomically: the trackers' descriptions and the
     settings, every credential (a password in a URI, a token) shown as ``***``, folders
-    inside ``output_dir`` relative to it."""
-    from tracking.io import write_json
-    from tracking.trackers.base import redact
+    inside ``output_dir`` relative to it, and the identity of each eval set logged so far
+    (``eval_sets``: metric prefix -> :func:`~tokcal.core.identity.eval_set_identity`)."""
+    from tokcal.io import write_json
+    from tokcal.trackers.base import redact
 
     recorded = settings.to_dict()
     if recorded.get("tracking_uri"):
@@ -87,7 +89,44 @@ def write_state(output_dir: str | os.PathLike[str], trackers: Sequence[Mapping[s
     base = Path(output_dir).resolve()
     described = [_relative({k: redact(v) if isinstance(v, str) else v for k, v in t.items()}, base)
                  for t in trackers]
-    return write_json(Path(output_dir) / STATE_FILE, {"trackers": described, **recorded})
+    out: dict[str, Any] = {"trackers": described, **recorded}
+    if eval_sets:
+        out[EVAL_SETS] = {k: dict(v) for k, v in eval_sets.items()}
+    return write_json(Path(output_dir) / STATE_FILE, out)
+
+
+def record_eval_set(path: str | os.PathLike[str], prefix: str, identity: Mapping[str, Any]) -> bool:
+    """Record the identity of the eval set logged under ``prefix`` (``eval_``, ``eval_<name>_``)
+    in an existing ``tokcal.json``; ``False`` when it was recorded already, unchanged.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = write_state(folder, [], TrackingSettings())
+        >>> record_eval_set(folder / STATE_FILE, "eval_", {"size": 3, "fingerprint": "ab"})
+        True
+        >>> recorded_eval_set(read_state(folder / STATE_FILE), "eval_")
+        {'size': 3, 'fingerprint': 'ab'}
+    """
+    from tokcal.config import load_json_object
+    from tokcal.io import write_json
+
+    state = load_json_object(path)
+    sets = state.get(EVAL_SETS)
+    sets = dict(sets) if isinstance(sets, dict) else {}
+    if sets.get(prefix) == dict(identity):
+        return False
+    sets[prefix] = dict(identity)
+    state[EVAL_SETS] = sets
+    write_json(path, state)
+    return True
+
+
+def recorded_eval_set(state: Mapping[str, Any] | None, prefix: str) -> dict[str, Any] | None:
+    """The identity recorded for the eval set under ``prefix`` (``None``: none recorded)."""
+    sets = (state or {}).get(EVAL_SETS)
+    found = sets.get(prefix) if isinstance(sets, dict) else None
+    return dict(found) if isinstance(found, dict) else None
 
 
 def spool_dirs(state: Mapping[str, Any] | None) -> list[Path]:
@@ -108,9 +147,9 @@ def created_runs(state: Mapping[str, Any] | None) -> dict[str, str]:
 def record_created_run(path: str | os.PathLike[str], pending: str, described: Mapping[str, Any]) -> bool:
     """Put the id of a run that ``tokcal sync`` created into the ``tokcal.json`` entry
     that waited for it (``pending``); ``False`` when no entry has that pending id."""
-    from tracking.config import load_json_object
-    from tracking.io import write_json
-    from tracking.trackers.base import redact
+    from tokcal.config import load_json_object
+    from tokcal.io import write_json
+    from tokcal.trackers.base import redact
 
     state = load_json_object(path)
     base = Path(path).resolve().parent

@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tracking.jobs.state import STATE_FILE, created_runs, read_state, record_created_run, spool_dirs
-from tracking.trackers.spool import SyncResult, find_spool_dirs, read_spool, sync_spool
+from tokcal.jobs.state import STATE_FILE, created_runs, read_state, record_created_run, spool_dirs
+from tokcal.trackers.spool import SyncResult, find_spool_dirs, read_spool, sync_spool
 
 
 def state_for(path: str | os.PathLike[str]) -> Path | None:
@@ -46,7 +46,7 @@ def pending_entries(path: str | os.PathLike[str]) -> list[tuple[Path, dict[str, 
 
 def sync_output(path: str | os.PathLike[str], *, backend: str | None = None, run_id: str | None = None,
                 **options: Any) -> SyncResult:
-    """Replay every spool of ``path`` (:func:`~tracking.trackers.spool.sync_spool`) and
+    """Replay every spool of ``path`` (:func:`~tokcal.trackers.spool.sync_spool`) and
     record the runs it created in ``tokcal.json``."""
     state_file = state_for(path)
 

@@ -4,12 +4,12 @@ Pick a backend by name: ``local`` (the default: a folder, no server), ``mlflow``
 ``wandb``. The same names work in code (:func:`open_tracker`), in the tracking settings
 (``tracking: {backend: mlflow}`` in YAML) and on the command line (``--backend``). Each
 backend is one module here, its class registered by name in
-:mod:`tracking.trackers.base` (see docs/trackers.md, "Adding a backend").
+:mod:`tokcal.trackers.base` (see docs/trackers.md, "Adding a backend").
 
 Example:
     >>> import tempfile
     >>> import numpy as np
-    >>> from tracking.core.metrics import compute_metrics
+    >>> from tokcal.core.metrics import compute_metrics
     >>> m = compute_metrics(np.array([[0.7, 0.2], [0.1, 0.8]]), np.array([0, 1]), ["Accept", "Reject"])
     >>> with open_tracker("local", local_dir=tempfile.mkdtemp()) as tracker:
     ...     tracker.log_evaluation(m, step=10)
@@ -21,8 +21,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tracking.errors import TokcalError
-from tracking.trackers.base import (
+from tokcal.errors import TokcalError
+from tokcal.trackers.base import (
     DEFAULT_BACKEND,
     DEFAULT_LOCAL_DIR,
     Tracker,
@@ -35,8 +35,8 @@ from tracking.trackers.base import (
     register_backend,
     unregister_backend,
 )
-from tracking.trackers.local import LocalTracker, read_local_store
-from tracking.trackers.spool import SpoolingTracker, SyncResult, sync_spool
+from tokcal.trackers.local import LocalTracker, read_local_store
+from tokcal.trackers.spool import SpoolingTracker, SyncResult, sync_spool
 
 __all__ = [
     "DEFAULT_BACKEND",

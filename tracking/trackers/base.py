@@ -10,7 +10,7 @@ subclass that knows everything about it: how it writes (``_write_evaluation``), 
 options it takes (``options``), how a run is described in ``tokcal.json`` and the spool
 (``describe``) and reopened from there (``reopen_kwargs``), and how its evaluations are
 read back (``logged_steps``, ``read_runs``, ``read_described``). The registry below maps
-a backend name to that class; :func:`tracking.trackers.open_tracker`, backfill's targets,
+a backend name to that class; :func:`tokcal.trackers.open_tracker`, backfill's targets,
 ``tokcal sync``, ``tokcal report`` and the callback only look names up in it.
 
 Example:
@@ -36,10 +36,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from tracking.core.metrics import DecisionMetrics, ReliabilityBins
-from tracking.core.per_sample import PerSample
-from tracking.errors import TokcalError
-from tracking.io import to_jsonable, write_atomic  # noqa: F401  (re-exported for the backends)
+from tokcal.core.metrics import DecisionMetrics, ReliabilityBins
+from tokcal.core.per_sample import PerSample
+from tokcal.errors import TokcalError
+from tokcal.io import to_jsonable, write_atomic  # noqa: F401  (re-exported for the backends)
 
 DEFAULT_LOCAL_DIR = "tokcal-runs"  # the local store, and the parent of the default spool folder
 LOCK_DIR_ENV = "TOKCAL_LOCK_DIR"  # where the writer locks of remote runs live (default: a folder in the temp dir)
@@ -50,7 +50,7 @@ class TrackerUnreachable(TokcalError):
 
     A backend raises it instead of a plain :class:`TokcalError` when the failure is the
     connection, not the request: ``open_tracker`` then keeps the run's creation and its
-    calls in the spool (see :class:`~tracking.trackers.spool.SpoolingTracker`) instead of
+    calls in the spool (see :class:`~tokcal.trackers.spool.SpoolingTracker`) instead of
     failing, and ``tokcal sync`` creates the run later.
     """
 
@@ -59,7 +59,7 @@ class TrackerUnreachable(TokcalError):
 BACKFILL_TAG = "tokcal_backfill"
 MARKER: dict[str, str] = {BACKFILL_TAG: "true"}
 
-# Names of the figures that ``tracking.core.plots.metric_figures`` draws, and the suffix each
+# Names of the figures that ``tokcal.core.plots.metric_figures`` draws, and the suffix each
 # one gets in image keys and file names (``eval_decision_reliability``).
 FIGURE_SUFFIX: dict[str, str] = {
     "reliability": "decision_reliability",
@@ -314,10 +314,10 @@ class Tracker(ABC):
     A backend subclasses this once, in its own module, and sets the class attributes:
 
     * ``name``: the backend's name (``backend="..."``, ``--backend``, ``tokcal.json``);
-    * ``options``: the :func:`~tracking.trackers.open_tracker` keyword arguments only
+    * ``options``: the :func:`~tokcal.trackers.open_tracker` keyword arguments only
       this backend takes (``run_id``, ``run_name`` and ``local_dir`` are common to all);
     * ``remote``: calls can fail for reasons outside tokcal (a server); ``open_tracker``
-      then wraps the tracker in a :class:`~tracking.trackers.spool.SpoolingTracker`;
+      then wraps the tracker in a :class:`~tokcal.trackers.spool.SpoolingTracker`;
     * ``thread_safe``: the training callback may call it from its background thread
       (``False`` logs in the calling thread);
     * ``report_to``: the Hugging Face ``report_to`` integration it follows when
@@ -333,8 +333,8 @@ class Tracker(ABC):
     Example:
         >>> import tempfile
         >>> import numpy as np
-        >>> from tracking.trackers import open_tracker
-        >>> from tracking.core.metrics import compute_metrics
+        >>> from tokcal.trackers import open_tracker
+        >>> from tokcal.core.metrics import compute_metrics
         >>> m = compute_metrics(np.array([[0.8, 0.1], [0.3, 0.6]]), np.array([0, 1]), ["Accept", "Reject"])
         >>> with open_tracker("local", local_dir=tempfile.mkdtemp()) as tracker:
         ...     tracker.log_evaluation(m, step=120)
@@ -356,14 +356,14 @@ class Tracker(ABC):
         cls, *, run_id: str | None = None, run_name: str | None = None,
         local_dir: str | os.PathLike[str] = DEFAULT_LOCAL_DIR, **options: Any,
     ) -> "Tracker":
-        """Open a run from :func:`~tracking.trackers.open_tracker`'s arguments: the common
+        """Open a run from :func:`~tokcal.trackers.open_tracker`'s arguments: the common
         ones and this backend's ``options`` (only those given). Backends whose constructor
         takes other names override this."""
         return cls(run_id=run_id, run_name=run_name, **options)  # type: ignore[call-arg]
 
     @classmethod
     def caller_context(cls, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        """The :func:`~tracking.trackers.open_tracker` arguments that only the calling
+        """The :func:`~tokcal.trackers.open_tracker` arguments that only the calling
         thread can tell, for a run that is then opened in another thread (the callback
         opens in its background thread): MLflow gives the run that the Trainer's
         integration made active in this thread. Default: none."""
@@ -374,7 +374,7 @@ class Tracker(ABC):
         cls, described: Mapping[str, Any], overrides: Mapping[str, Any], *,
         where: str = "tokcal.json", default_local_dir: str | None = None,
     ) -> dict[str, Any]:
-        """The :func:`~tracking.trackers.open_tracker` arguments (without ``backend``) that
+        """The :func:`~tokcal.trackers.open_tracker` arguments (without ``backend``) that
         reopen a run as :meth:`describe` recorded it (``tokcal.json``, a spool entry).
 
         Args:
@@ -444,8 +444,8 @@ class Tracker(ABC):
         (``per_sample``, compact, read back by ``tokcal report``) and a readable per-sample
         table (``samples``).
 
-        Checks the arguments (a :class:`~tracking.core.metrics.DecisionMetrics`, a step
-        >= 0, samples as dicts, a :class:`~tracking.core.per_sample.PerSample` with the
+        Checks the arguments (a :class:`~tokcal.core.metrics.DecisionMetrics`, a step
+        >= 0, samples as dicts, a :class:`~tokcal.core.per_sample.PerSample` with the
         metrics' labels, tags as a mapping) before anything is written, then calls the
         backend's ``_write_evaluation``.
 
@@ -535,9 +535,9 @@ def _safe_name(text: str) -> str:
 # Backend name -> "module:Class". Strings, so that this module imports no backend (and
 # no backend package: mlflow and wandb are imported only when a run is opened).
 _REGISTRY: dict[str, str | type[Tracker]] = {
-    "local": "tracking.trackers.local:LocalTracker",
-    "mlflow": "tracking.trackers.mlflow:MlflowTracker",
-    "wandb": "tracking.trackers.wandb:WandbTracker",
+    "local": "tokcal.trackers.local:LocalTracker",
+    "mlflow": "tokcal.trackers.mlflow:MlflowTracker",
+    "wandb": "tokcal.trackers.wandb:WandbTracker",
 }
 DEFAULT_BACKEND = "local"  # when nothing is configured and report_to names no backend
 

@@ -6,7 +6,7 @@ Layout of ``<local_dir>/<run_id>/``::
     config.json               the tracking settings (``log_config``)
     evaluations.jsonl         one line per evaluation (see below)
     step_000120_eval_decision_reliability.png   (and _reliability_positive, _histograms)
-    step_000120_eval_per_sample.json            per-sample record (tracking.core.per_sample)
+    step_000120_eval_per_sample.json            per-sample record (tokcal.core.per_sample)
     step_000120_eval_samples.jsonl              per-sample table, when given
 
 Each line of ``evaluations.jsonl`` is ``DecisionMetrics.to_dict()`` (``labels``,
@@ -34,12 +34,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tracking.core.metrics import DecisionMetrics
-from tracking.core.per_sample import PerSample
-from tracking.core.per_sample import file_name as per_sample_name
-from tracking.errors import TokcalError
-from tracking.io import check_writable
-from tracking.trackers.base import (
+from tokcal.core.metrics import DecisionMetrics
+from tokcal.core.per_sample import PerSample
+from tokcal.core.per_sample import file_name as per_sample_name
+from tokcal.errors import TokcalError
+from tokcal.io import check_writable
+from tokcal.trackers.base import (
     DEFAULT_LOCAL_DIR,
     FIGURE_SUFFIX,
     Point,
@@ -166,7 +166,7 @@ class LocalTracker(Tracker):
         self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None,
         per_sample: PerSample | None, tags: dict[str, Any],
     ) -> None:
-        from tracking.core.plots import figure_to_png, metric_figures
+        from tokcal.core.plots import figure_to_png, metric_figures
 
         images: dict[str, str] = {}
         for fig_name, fig in metric_figures(metrics, step=step).items():
@@ -285,7 +285,7 @@ def read_local_store(path: str | os.PathLike[str], *, last_per_step: bool = Fals
 
 def read_local(path: str | os.PathLike[str]) -> list[Series]:
     """A local run folder (``evaluations.jsonl`` inside), or a folder of run folders, as
-    one :class:`~tracking.trackers.base.Series` per run and metric prefix.
+    one :class:`~tokcal.trackers.base.Series` per run and metric prefix.
 
     Raises:
         TokcalError: no evaluations found under ``path``.
@@ -293,7 +293,7 @@ def read_local(path: str | os.PathLike[str]) -> list[Series]:
     Example:
         >>> import tempfile
         >>> import numpy as np
-        >>> from tracking.core.metrics import compute_metrics
+        >>> from tokcal.core.metrics import compute_metrics
         >>> m = compute_metrics(np.array([[0.8, 0.1], [0.3, 0.6]]), np.array([0, 1]), ["Accept", "Reject"])
         >>> tracker = LocalTracker(tempfile.mkdtemp())
         >>> tracker.log_evaluation(m, step=10, tags={"tokcal_backfill": "true"})

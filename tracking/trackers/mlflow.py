@@ -16,7 +16,7 @@ Per evaluation, with ``prefix="eval_"``:
   ``eval_decision_histograms`` at ``step`` (the UI's step slider);
 * ``tokcal/eval/bins_step_000120.json``: the bins table (columns/rows), histograms, notes;
 * ``tokcal/eval/per_sample_step_000120.json``: the per-sample record
-  (:mod:`tracking.core.per_sample`), when given;
+  (:mod:`tokcal.core.per_sample`), when given;
 * ``tokcal/eval/samples_step_000120.json``: the per-sample table, when given;
 * the evaluation's ``tags`` as run tags (MLflow tags are per run, not per step).
 
@@ -30,7 +30,7 @@ Every call tokcal makes to the server is bounded (:func:`bounded_requests`): 1 r
 a 10 s timeout per request instead of MLflow's 7 retries with back-off and 120 s, which
 held a call up for minutes when the server was down. ``TOKCAL_MLFLOW_MAX_RETRIES`` and
 ``TOKCAL_MLFLOW_TIMEOUT`` change the bound. A server that does not answer when a run is
-opened raises :class:`~tracking.trackers.base.TrackerUnreachable`.
+opened raises :class:`~tokcal.trackers.base.TrackerUnreachable`.
 """
 
 from __future__ import annotations
@@ -48,12 +48,12 @@ from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tracking.core.metrics import DecisionMetrics, Histogram
-from tracking.core.per_sample import PerSample
-from tracking.core.selective import RiskCoverage
-from tracking.errors import TokcalError, first_line, require
-from tracking.io import env_vars
-from tracking.trackers.base import (
+from tokcal.core.metrics import DecisionMetrics, Histogram
+from tokcal.core.per_sample import PerSample
+from tokcal.core.selective import RiskCoverage
+from tokcal.errors import TokcalError, first_line, require
+from tokcal.io import env_vars
+from tokcal.trackers.base import (
     BINS_COLUMNS,
     FIGURE_SUFFIX,
     Point,
@@ -367,7 +367,7 @@ class MlflowTracker(Tracker):
     ) -> None:
         from mlflow.entities import Metric, RunTag
 
-        from tracking.core.plots import figure_to_array, metric_figures
+        from tokcal.core.plots import figure_to_array, metric_figures
 
         stamp = int(time.time() * 1000)
         run = self._run_id

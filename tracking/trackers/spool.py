@@ -8,7 +8,7 @@ alone for :data:`RETRY_AFTER_S` seconds (calls in that time go straight to the s
 so an outage costs one bounded attempt, not one per evaluation.
 
 When the server does not answer when the run is to be opened
-(:class:`~tracking.trackers.base.TrackerUnreachable`), :meth:`SpoolingTracker.unopened`
+(:class:`~tokcal.trackers.base.TrackerUnreachable`), :meth:`SpoolingTracker.unopened`
 stands in for the run: a ``create`` entry records how to create it, and every later call
 is spooled against a ``pending`` id.
 
@@ -16,7 +16,7 @@ is spooled against a ``pending`` id.
 pending runs (and records each new run id in its ``create`` entry, so a second sync
 attaches instead of creating again), then settings, evaluations by step and the runs'
 ends. It skips (metric, step) points the run already has, holds the run's writer lock
-(:meth:`~tracking.trackers.base.Tracker.writer_lock`) while it writes, and deletes each
+(:meth:`~tokcal.trackers.base.Tracker.writer_lock`) while it writes, and deletes each
 file only once its replay succeeded. An unreadable file (cut off, not JSON) is moved
 aside as ``*.spool.json.bad`` with a warning; the others are replayed.
 """
@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracking.core.metrics import DecisionMetrics
-from tracking.core.per_sample import PerSample
-from tracking.errors import TokcalError
-from tracking.io import exclusive_lock
-from tracking.trackers.base import (
+from tokcal.core.metrics import DecisionMetrics
+from tokcal.core.per_sample import PerSample
+from tokcal.errors import TokcalError
+from tokcal.io import exclusive_lock
+from tokcal.trackers.base import (
     Tracker,
     TrackerUnreachable,
     backend_class,
@@ -435,7 +435,7 @@ def sync_spool(
         key = tuple(sorted(kwargs.items()))
         groups.setdefault(key, []).append((file, entry))
         opens[key] = kwargs
-    from tracking.trackers import open_tracker
+    from tokcal.trackers import open_tracker
 
     for key, group in groups.items():
         tracker = open_tracker(spool=False, **opens[key])
@@ -471,7 +471,7 @@ def _create_runs(creates: Mapping[Any, tuple[Path, dict[str, Any]]], backend: st
                  overrides: Mapping[str, Any], on_created: Callable[[str, dict[str, Any]], None] | None,
                  result: SyncResult) -> dict[str, str]:
     """Create each pending run (or take the id an earlier sync recorded): pending id -> run id."""
-    from tracking.trackers import open_tracker
+    from tokcal.trackers import open_tracker
 
     runs: dict[str, str] = {}
     for pending, (file, entry) in creates.items():

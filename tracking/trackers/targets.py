@@ -1,7 +1,7 @@
 """Which run(s) to reopen from what ``tokcal.json`` recorded, and opening them.
 
 Each backend says how its recorded description is reopened
-(:meth:`~tracking.trackers.base.Tracker.reopen_kwargs`); this module only picks the
+(:meth:`~tokcal.trackers.base.Tracker.reopen_kwargs`); this module only picks the
 entries and applies the command line's flags.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from tracking.errors import TokcalError
-from tracking.trackers.base import backend_class, check_backend
+from tokcal.errors import TokcalError
+from tokcal.trackers.base import backend_class, check_backend
 
 
 def tracker_targets(
@@ -66,7 +66,7 @@ def tracker_targets(
 
 def open_targets(targets: Sequence[Mapping[str, Any]]) -> list[Any]:
     """Open each run without a spool (a failed call is a failed checkpoint, not a file)."""
-    from tracking.trackers import open_tracker
+    from tokcal.trackers import open_tracker
 
     opened: list[Any] = []
     try:

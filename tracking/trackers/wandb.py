@@ -40,12 +40,12 @@ from typing import Any
 
 import numpy as np
 
-from tracking.core.metrics import DecisionMetrics
-from tracking.core.per_sample import PerSample
-from tracking.core.per_sample import file_name as per_sample_name
-from tracking.core.spec import label_key
-from tracking.errors import TokcalError, first_line, require
-from tracking.trackers.base import (
+from tokcal.core.metrics import DecisionMetrics
+from tokcal.core.per_sample import PerSample
+from tokcal.core.per_sample import file_name as per_sample_name
+from tokcal.core.spec import label_key
+from tokcal.errors import TokcalError, first_line, require
+from tokcal.trackers.base import (
     BACKFILL_TAG,
     BINS_COLUMNS,
     FIGURE_SUFFIX,
@@ -241,7 +241,7 @@ class WandbTracker(Tracker):
         self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None,
         per_sample: PerSample | None, tags: dict[str, Any],
     ) -> None:
-        from tracking.core.plots import figure_to_array, metric_figures
+        from tokcal.core.plots import figure_to_array, metric_figures
 
         wandb = self._wandb
         p = metrics.prefix
