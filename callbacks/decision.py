@@ -373,7 +373,7 @@ class DecisionTrackingCallback(TrainerCallback):
 
         try:
             t = open_tracker(slot.name, **kwargs)
-            t.log_config({"tokcal": self.settings.to_dict()})
+            t.log_config(self.settings.to_dict())  # each tracker keeps it under "tokcal" (redacted)
         except Exception as exc:  # a tracking error never stops training
             self._warn_once(f"open:{slot.name}", f"tokcal could not open the {slot.name} tracker: {exc}")
             return

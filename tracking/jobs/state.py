@@ -81,14 +81,11 @@ def write_state(output_dir: str | os.PathLike[str], trackers: Sequence[Mapping[s
     inside ``output_dir`` relative to it, and the identity of each eval set logged so far
     (``eval_sets``: metric prefix -> :func:`~tokcal.core.identity.eval_set_identity`)."""
     from tokcal.io import write_json
-    from tokcal.trackers.base import redact
+    from tokcal.trackers.base import redact_all
 
-    recorded = settings.to_dict()
-    if recorded.get("tracking_uri"):
-        recorded["tracking_uri"] = redact(recorded["tracking_uri"])
+    recorded = redact_all(settings.to_dict())
     base = Path(output_dir).resolve()
-    described = [_relative({k: redact(v) if isinstance(v, str) else v for k, v in t.items()}, base)
-                 for t in trackers]
+    described = [_relative(redact_all(dict(t)), base) for t in trackers]
     out: dict[str, Any] = {"trackers": described, **recorded}
     if eval_sets:
         out[EVAL_SETS] = {k: dict(v) for k, v in eval_sets.items()}
@@ -149,7 +146,7 @@ def record_created_run(path: str | os.PathLike[str], pending: str, described: Ma
     that waited for it (``pending``); ``False`` when no entry has that pending id."""
     from tokcal.config import load_json_object
     from tokcal.io import write_json
-    from tokcal.trackers.base import redact
+    from tokcal.trackers.base import redact_all
 
     state = load_json_object(path)
     base = Path(path).resolve().parent
@@ -158,7 +155,7 @@ def record_created_run(path: str | os.PathLike[str], pending: str, described: Ma
         if isinstance(t, dict) and t.get("pending") == pending:
             keep = {k: t[k] for k in ("spool_dir",) if k in t}
             t.clear()
-            t.update(_relative({k: redact(v) if isinstance(v, str) else v for k, v in described.items()}, base))
+            t.update(_relative(redact_all(dict(described)), base))
             t.update(keep)
             t["created_for"] = pending  # entries a still-running training spools later carry this id
             changed = True

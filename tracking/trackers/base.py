@@ -75,34 +75,76 @@ _SECRET_ENV = (
     "AWS_SECRET_ACCESS_KEY",
     "AZURE_STORAGE_ACCESS_KEY",
 )
-_URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@]*):[^\s/@]*@")
+# The user-info of a URI (``scheme://USER:PASSWORD@host``, ``scheme://TOKEN@host``): up to
+# the last "@" before the path, query or fragment.
+_URI_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/?#'\"<>]+)@")
+# A query (or ";") parameter whose name says it holds a credential: token, access_token,
+# api_key, apikey, key, secret, client_secret, password, pwd, sig, signature, credential,
+# auth ... in any case (X-Amz-Signature, Token, API_KEY).
 _QUERY_SECRET = re.compile(
-    r"(?P<head>[?&;](?:password|passwd|pwd|token|access_token|api_key|apikey|secret|"
-    r"sig|signature|key)=)[^&;\s#'\"]*",
+    r"(?P<head>[?&;](?:[A-Za-z0-9]+[_.\-])*(?:access|api|auth|client|private|session|id|refresh)?"
+    r"(?:token|key|secret|password|passwd|pwd|pass|sig|signature|credential|auth|sas)"
+    r"(?:[_.\-][A-Za-z0-9_.\-]*)?=)[^&;\s#'\"<>]*",
     re.IGNORECASE,
 )
+MASK = "***"  # what a credential is shown as
+
+
+def _mask_userinfo(m: re.Match[str]) -> str:
+    user, colon, _password = m.group("userinfo").partition(":")
+    # user:password keeps the user name; a lone user name may itself be a token (http://TOKEN@host)
+    return f"{m.group('scheme')}{user}:{MASK}@" if colon else f"{m.group('scheme')}{MASK}@"
 
 
 def redact(text: str | None) -> str:
-    """Hide credentials in a URI or in any message that may contain one.
+    """Hide every credential in a URI, or in any message that may contain one.
 
-    A password in a URI's user-info becomes ``***``, as do secret-looking query
-    parameters (``token=``, ``password=``, ``sig=`` ...) and the values of credential
-    environment variables (``MLFLOW_TRACKING_PASSWORD``, ``WANDB_API_KEY`` ...).
+    The one place that knows what a credential looks like, used on everything tokcal
+    prints, stores or sends:
+
+    * the password of a URI's user-info (``https://alice:s3cret@host`` -> ``alice:***@``);
+    * a lone user name, which services use for a token (``https://TOKEN@host`` -> ``***@``);
+    * query parameters whose name says they hold one, in any case (``token``,
+      ``access_token``, ``api_key``, ``key``, ``secret``, ``password``, ``sig``,
+      ``X-Amz-Signature`` ...);
+    * the values of credential environment variables (``MLFLOW_TRACKING_PASSWORD``,
+      ``MLFLOW_TRACKING_TOKEN``, ``WANDB_API_KEY`` ...).
+
+    A URI redacted this way still shows where the run lives (scheme, host, path); a run
+    recorded with one is reopened with the real URI (``--tracking-uri``).
 
     Example:
         >>> redact("https://alice:s3cret@mlflow.example.com/?token=abc&x=1")
         'https://alice:***@mlflow.example.com/?token=***&x=1'
+        >>> redact("could not reach http://ghp_abc123@host:5000/api?API_KEY=k&Sig=s")
+        'could not reach http://***@host:5000/api?API_KEY=***&Sig=***'
     """
     if text is None:
         return ""
-    out = _URI_PASSWORD.sub(lambda m: f"{m.group('head')}:***@", str(text))
-    out = _QUERY_SECRET.sub(lambda m: f"{m.group('head')}***", out)
+    out = _URI_USERINFO.sub(_mask_userinfo, str(text))
+    out = _QUERY_SECRET.sub(lambda m: f"{m.group('head')}{MASK}", out)
     for name in _SECRET_ENV:
         value = os.environ.get(name)
         if value and len(value) >= 4:
-            out = out.replace(value, "***")
+            out = out.replace(value, MASK)
     return out
+
+
+def redact_all(value: Any) -> Any:
+    """``value`` with :func:`redact` applied to every string in it (nested dicts, lists,
+    tuples; keys included): the settings a run records, a description, a spool entry.
+
+    Example:
+        >>> redact_all({"tracking_uri": "http://tok@host", "spec": {"labels": ["A", "B"]}, "n": 3})
+        {'tracking_uri': 'http://***@host', 'spec': {'labels': ['A', 'B']}, 'n': 3}
+    """
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {redact_all(k) if isinstance(k, str) else k: redact_all(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_all(v) for v in value]
+    return value
 
 
 def check_step(step: Any) -> int:

@@ -47,6 +47,7 @@ from tokcal.trackers.base import (
     Tracker,
     dumps_line,
     is_backfilled,
+    redact_all,
     step_name,
     to_jsonable,
     write_atomic,
@@ -159,7 +160,7 @@ class LocalTracker(Tracker):
     def log_config(self, config: dict[str, Any]) -> None:
         if not isinstance(config, dict):
             raise TokcalError(f"expected config to be a dict, got {type(config).__name__}")
-        data = json.dumps(to_jsonable(config), indent=2, allow_nan=False).encode("utf-8")
+        data = json.dumps(redact_all(to_jsonable(config)), indent=2, allow_nan=False).encode("utf-8")
         write_atomic(self._dir / CONFIG_FILE, data)
 
     def _write_evaluation(

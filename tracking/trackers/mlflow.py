@@ -69,6 +69,7 @@ from tokcal.trackers.base import (
     metric_prefixes,
     prefix_of,
     redact,
+    redact_all,
     sample_columns,
     step_name,
     to_jsonable,
@@ -245,9 +246,10 @@ class MlflowTracker(Tracker):
                     f"({bounds['MLFLOW_HTTP_REQUEST_MAX_RETRIES']} retry, {bounds['MLFLOW_HTTP_REQUEST_TIMEOUT']} s "
                     f"timeout; TOKCAL_MLFLOW_MAX_RETRIES/TOKCAL_MLFLOW_TIMEOUT change that): {_first_line(exc)}"
                 ) from exc
-            if isinstance(exc, MlflowException):
-                raise TokcalError(f"could not open {what} at {where}: {_first_line(exc)}") from exc
-            raise
+            # Any other error (a malformed URI, a server that answers with something else than
+            # MLflow's API) is said in one line too: its text may hold the URI's credentials.
+            kind = "" if isinstance(exc, MlflowException) else f"{type(exc).__name__}: "
+            raise TokcalError(f"could not open {what} at {where}: {kind}{_first_line(exc)}") from exc
         self._run_id: str = run.info.run_id
         self._experiment_id_value: str = run.info.experiment_id
 
@@ -340,10 +342,11 @@ class MlflowTracker(Tracker):
 
         if not isinstance(config, dict):
             raise TokcalError(f"expected config to be a dict, got {type(config).__name__}")
+        config = redact_all(to_jsonable(config))  # the URI's credentials never reach the server
         existing = self._client.get_run(self._run_id).data.params
         new: list[Any] = []
         changed: list[str] = []
-        for key, value in flatten(to_jsonable(config), "tokcal.").items():
+        for key, value in flatten(config, "tokcal.").items():
             text = value if isinstance(value, str) else json.dumps(value)
             text = text if len(text) <= _MAX_PARAM else text[: _MAX_PARAM - 3] + "..."
             if key not in existing:
@@ -352,7 +355,7 @@ class MlflowTracker(Tracker):
                 changed.append(key)
         for i in range(0, len(new), 100):
             self._client.log_batch(self._run_id, params=new[i : i + 100], synchronous=True)
-        self._client.log_dict(self._run_id, to_jsonable(config), "tokcal/config.json")
+        self._client.log_dict(self._run_id, config, "tokcal/config.json")
         if changed:
             logger.warning(
                 "MLflow params cannot change, so %s keep their earlier values in run %s; "

@@ -44,6 +44,7 @@ from tokcal.trackers.base import (
     backend_class,
     finite_scalars,
     redact,
+    redact_all,
     to_jsonable,
     write_atomic,
 )
@@ -78,7 +79,7 @@ class UnopenedRun(Tracker):
         self._run_id = run_id
         self.pending = uuid.uuid4().hex if run_id is None else None
         self.error = error
-        shown = {k: redact(v) if isinstance(v, str) else v for k, v in (options or {}).items()}
+        shown = redact_all(dict(options or {}))
         self.open_args = {"run_name": run_name, **shown}
         self._target: dict[str, Any] = {"backend": cls.name, "run_id": run_id,
                                          **{o: shown.get(o) for o in cls.options}, "local_dir": None}
@@ -209,7 +210,7 @@ class SpoolingTracker(Tracker):
         if not isinstance(config, dict):
             raise TokcalError(f"expected config to be a dict, got {type(config).__name__}")
         self._call(lambda: self.inner.log_config(config),
-                   lambda: {"kind": "config", "step": 0, "config": to_jsonable(config)})
+                   lambda: {"kind": "config", "step": 0, "config": redact_all(to_jsonable(config))})
 
     def _write_evaluation(
         self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None,
@@ -256,7 +257,7 @@ class SpoolingTracker(Tracker):
         entry = {
             "version": SPOOL_VERSION,
             **entry,
-            "target": self.inner.describe(),
+            "target": redact_all(self.inner.describe()),
             "error": _short(exc),
             "created": time.time(),
         }

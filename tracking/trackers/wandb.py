@@ -58,6 +58,7 @@ from tokcal.trackers.base import (
     metric_prefixes,
     prefix_of,
     redact,
+    redact_all,
     sample_columns,
     to_jsonable,
     write_atomic,
@@ -229,7 +230,7 @@ class WandbTracker(Tracker):
     def log_config(self, config: dict[str, Any]) -> None:
         if not isinstance(config, dict):
             raise TokcalError(f"expected config to be a dict, got {type(config).__name__}")
-        self._run.config.update({"tokcal": to_jsonable(config)}, allow_val_change=True)
+        self._run.config.update({"tokcal": redact_all(to_jsonable(config))}, allow_val_change=True)
 
     def _define(self, key: str) -> None:
         section = key.split("/", 1)[0]
