@@ -89,3 +89,41 @@ def test_outage_spool_and_sync(mlflow_server_process, tmp_path, monkeypatch, cap
     assert back[10] is None and back[30] is None
     np.testing.assert_allclose(back[20].probs, record.probs, rtol=1e-5)
     assert back[20].ids == record.ids and back[20].gt.tolist() == record.gt.tolist()
+
+
+def test_sync_into_a_deleted_run_says_what_to_do(mlflow_server, tmp_path, monkeypatch, capsys):
+    """A run deleted in MLflow (``client.delete_run``) refuses every write: sync says so in
+    one line with the way forward, and that way works (``mlflow runs restore``, or another
+    run with --run-id)."""
+    import os
+    import subprocess
+    import sys
+
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TOKCAL_LOCK_DIR", str(tmp_path / "locks"))
+    spool = tmp_path / "spool"
+    client = mlflow.MlflowClient(mlflow_server)
+    tracker = open_tracker("mlflow", tracking_uri=mlflow_server, spool_dir=spool, local_dir=tmp_path)
+    run_id = tracker.run_id
+    tracker.log_evaluation(make_metrics(1), 10)
+    client.delete_run(run_id)
+    tracker.log_evaluation(make_metrics(2), 20)  # MLflow refuses: kept in the spool, training goes on
+    tracker.log_evaluation(make_metrics(3), 30)
+    assert len(list(spool.glob("*.spool.json"))) == 2
+
+    capsys.readouterr()
+    assert main(["sync", str(spool)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"MLflow run {run_id}" in err and "was deleted" in err
+    assert f"mlflow runs restore --run-id {run_id}" in err and "--run-id" in err
+    assert len(list(spool.glob("*.spool.json"))) == 2  # nothing lost
+
+    other = client.create_run("0").info.run_id  # another run: --run-id replays there
+    assert main(["sync", str(spool), "--run-id", other, "--dry-run"]) == 0
+    restore = subprocess.run([sys.executable, "-m", "mlflow", "runs", "restore", "--run-id", run_id],
+                             env=dict(os.environ, MLFLOW_TRACKING_URI=mlflow_server), capture_output=True, text=True)
+    assert restore.returncode == 0, restore.stderr  # the advice, followed as written
+    assert main(["sync", str(spool)]) == 0
+    assert sorted(m.step for m in client.get_metric_history(run_id, "eval_decision_ece")) == [10, 20, 30]

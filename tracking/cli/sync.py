@@ -20,7 +20,8 @@ example:
 A run whose server was down when training began is created first (its id goes into
 out/tokcal.json). Points the run already has at a step are not logged again, and each
 spooled file is deleted only after it was replayed, so running sync twice is safe. An
-unreadable entry is moved aside (*.spool.json.bad) and the others are replayed; the exit
+entry that cannot be replayed (cut off, not JSON, a field of the wrong type) is moved
+aside (*.spool.json.bad, named with the reason) and the others are replayed; the exit
 status is then 1.
 """
 
@@ -66,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         project=args.project, entity=args.entity,
     )
     for bad in result.set_aside:
-        print(f"tokcal sync: {bad} is unreadable (cut off or not a spool entry); moved aside, not replayed",
-              file=sys.stderr)
+        why = result.reasons.get(bad, "is unreadable")
+        print(f"tokcal sync: {bad} {why}; moved aside, not replayed", file=sys.stderr)
     if not entries and not result.set_aside:
         print(f"nothing to sync in {where}")
         return 0

@@ -250,6 +250,12 @@ class MlflowTracker(Tracker):
             # MLflow's API) is said in one line too: its text may hold the URI's credentials.
             kind = "" if isinstance(exc, MlflowException) else f"{type(exc).__name__}: "
             raise TokcalError(f"could not open {what} at {where}: {kind}{_first_line(exc)}") from exc
+        if run.info.lifecycle_stage == "deleted":  # MLflow refuses every write into it
+            raise TokcalError(
+                f"MLflow run {run.info.run_id} at {where} was deleted, so nothing can be logged into it; restore it "
+                f"with 'mlflow runs restore --run-id {run.info.run_id}' (MLFLOW_TRACKING_URI set to that store) "
+                "and try again, or name another run (--run-id)"
+            )
         self._run_id: str = run.info.run_id
         self._experiment_id_value: str = run.info.experiment_id
 

@@ -18,7 +18,10 @@ attaches instead of creating again), then settings, evaluations by step and the 
 ends. It skips (metric, step) points the run already has, holds the run's writer lock
 (:meth:`~tokcal.trackers.base.Tracker.writer_lock`) while it writes, and deletes each
 file only once its replay succeeded. An unreadable file (cut off, not JSON) is moved
-aside as ``*.spool.json.bad`` with a warning; the others are replayed.
+aside as ``*.spool.json.bad`` with a warning; the others are replayed. So is an entry
+that cannot be replayed (a step that is not a whole number, metrics, a scalar or a
+per-sample record of the wrong shape: :func:`entry_problem`), checked before anything is
+replayed, so that it never blocks the entries after it.
 """
 
 from __future__ import annotations
@@ -42,9 +45,12 @@ from tokcal.trackers.base import (
     Tracker,
     TrackerUnreachable,
     backend_class,
+    check_per_sample,
+    check_tags,
     finite_scalars,
     redact,
     redact_all,
+    sample_columns,
     to_jsonable,
     write_atomic,
 )
@@ -303,7 +309,9 @@ class SyncResult:
     points: int = 0  # scalar (metric, step) points written
     remaining: int = 0  # entries left in the spool
     created: dict[str, dict[str, Any]] = field(default_factory=dict)  # pending id -> the new run's describe()
-    set_aside: list[Path] = field(default_factory=list)  # unreadable entries, moved to *.bad
+    set_aside: list[Path] = field(default_factory=list)  # entries that cannot be replayed, moved to *.bad
+    reasons: dict[Path, str] = field(default_factory=dict)  # each of those -> why
+    failed_at: Path | None = None  # the entry whose replay failed (the server's error)
     targets: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -343,39 +351,202 @@ def find_spool_dir(path: str | os.PathLike[str]) -> Path:
 
 
 def read_spool(spool_dir: str | os.PathLike[str], *, set_aside: list[Path] | None = None,
-               move_bad: bool = True) -> list[tuple[Path, dict[str, Any]]]:
-    """The spooled entries: runs to create first, then settings, evaluations by step
-    (then by when they were spooled) and runs' ends.
+               move_bad: bool = True, reasons: dict[Path, str] | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """The spooled entries that can be replayed: runs to create first, then settings,
+    evaluations by step (then by when they were spooled) and runs' ends.
+
+    Every entry is checked before anything is replayed (:func:`entry_problem`): one that
+    cannot be (cut off, not JSON, a folder, a step that is not a whole number >= 0,
+    metrics, a scalar, a per-sample record or a target of the wrong shape) is moved aside
+    to ``*.spool.json.bad`` with a warning that names it and says why, and the others are
+    replayed.
 
     Args:
         spool_dir: the folder.
-        set_aside: unreadable entries are appended here.
-        move_bad: move an unreadable entry (cut off, not JSON, not an entry) aside to
-            ``*.spool.json.bad`` with a warning; ``False`` leaves it (``--dry-run``).
+        set_aside: the entries set aside are appended here.
+        move_bad: move such an entry aside; ``False`` leaves it (``--dry-run``).
+        reasons: the entry set aside (its new path) -> what is wrong with it (``is unreadable
+            (...)``, ``cannot be replayed: ...``), filled in when given.
     """
     entries: list[tuple[Path, dict[str, Any]]] = []
     for file in sorted(Path(spool_dir).glob(f"*{SPOOL_SUFFIX}")):
+        entry: Any = None
         problem = None
-        try:
-            entry = json.loads(file.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            problem, entry = f"unreadable JSON ({exc})", None
-        if problem is None and (not isinstance(entry, dict) or entry.get("kind") not in _KIND_ORDER
-                                or not isinstance(entry.get("target"), dict)):
-            keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
-            problem = f"not a spool entry with 'kind' and 'target' (got {keys})"
+        if not file.is_file():
+            problem = "is not a file"
+        else:
+            try:
+                entry = json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:
+                problem = f"is unreadable ({type(exc).__name__}: {exc})"
+            else:
+                why = entry_problem(entry)
+                problem = None if why is None else f"cannot be replayed: {why}"
         if problem is not None:
             bad = file.with_name(file.name + BAD_SUFFIX)
             if move_bad:
                 os.replace(file, bad)
-                logger.warning("tokcal: %s: %s; moved aside to %s, the other entries are replayed",
+                logger.warning("tokcal: spool entry %s %s; moved aside to %s, the other entries are replayed",
                                file, problem, bad.name)
             if set_aside is not None:
                 set_aside.append(bad if move_bad else file)
+            if reasons is not None:
+                reasons[bad if move_bad else file] = problem
             continue
         entries.append((file, entry))
-    entries.sort(key=lambda fe: (_KIND_ORDER[fe[1]["kind"]], int(fe[1].get("step", 0)), fe[1].get("created", 0)))
+    entries.sort(key=_order)
     return entries
+
+
+def _order(fe: tuple[Path, dict[str, Any]]) -> tuple[int, int, float, str]:
+    entry = fe[1]
+    created = entry.get("created")
+    when = float(created) if _is_number(created) else 0.0
+    return _KIND_ORDER[entry["kind"]], int(entry["step"]), when, fe[0].name
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _numbers(value: Any, name: str, *, ints: bool = False, none_ok: bool = False) -> str | None:
+    """Why ``value`` is not a list of finite numbers (whole numbers >= 0 with ``ints``,
+    ``null`` allowed with ``none_ok``); ``None`` when it is one."""
+    if not isinstance(value, list):
+        return f"{name} is {type(value).__name__}, not a list"
+    for x in value:
+        if x is None and none_ok:
+            continue
+        if not _is_number(x) or (ints and (not isinstance(x, int) or x < 0)):
+            return f"{name} holds {x!r}, not {'a whole number >= 0' if ints else 'a finite number'}"
+    return None
+
+
+def _bins_problem(doc: Any, name: str, fields: tuple[str, ...]) -> str | None:
+    """Why ``doc`` is not bins over edges (``edges`` one longer than each of ``fields``)."""
+    if not isinstance(doc, dict):
+        return f"{name} is {type(doc).__name__}, not an object"
+    problem = _numbers(doc.get("edges"), f"{name}.edges")
+    if problem:
+        return problem
+    for f in fields:
+        problem = _numbers(doc.get(f), f"{name}.{f}", ints=f in ("counts", "n"), none_ok=f not in ("counts", "n"))
+        if problem:
+            return problem
+        if len(doc[f]) != len(doc["edges"]) - 1:
+            return f"{name}.{f} has {len(doc[f])} values for {len(doc['edges'])} edges"
+    return None
+
+
+def _metrics_problem(m: Any) -> str | None:
+    """Why ``m`` is not a ``DecisionMetrics.to_dict()`` that can be replayed."""
+    if not isinstance(m, dict):
+        return f"metrics is {type(m).__name__}, not an object"
+    labels = m.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        return f"metrics.labels is {labels!r}, not a list of label strings"
+    if not isinstance(m.get("prefix", "eval_"), str):
+        return f"metrics.prefix is {m.get('prefix')!r}, not a string"
+    scalars = m.get("scalars")
+    if not isinstance(scalars, dict) or not scalars:
+        return "metrics.scalars is missing or empty" if not scalars else "metrics.scalars is not an object"
+    for k, v in scalars.items():
+        if v is not None and not _is_number(v):
+            return f"scalar {k!r} is {v!r}, not a finite number"
+    if not any(v is not None for v in scalars.values()):
+        return "metrics.scalars has no value"
+    for name in ("reliability", "positive_reliability"):
+        if m.get(name):
+            problem = _bins_problem(m[name], f"metrics.{name}", ("counts", "confidence", "accuracy"))
+            if problem:
+                return problem
+    hists = m.get("histograms", {})
+    if not isinstance(hists, dict):
+        return "metrics.histograms is not an object"
+    for k, h in hists.items():
+        problem = _bins_problem(h, f"metrics.histograms.{k}", ("counts",))
+        if problem:
+            return problem
+    notes = m.get("notes", [])
+    if not isinstance(notes, list) or not all(isinstance(x, str) for x in notes):
+        return "metrics.notes is not a list of strings"
+    rc = m.get("risk_coverage")
+    if rc:
+        if not isinstance(rc, dict):
+            return "metrics.risk_coverage is not an object"
+        sizes = set()
+        for f in ("coverage", "risk", "n", "threshold"):
+            if f in rc:
+                problem = _numbers(rc[f], f"metrics.risk_coverage.{f}", ints=f == "n", none_ok=f != "n")
+                if problem:
+                    return problem
+                sizes.add(len(rc[f]))
+        if len(sizes) > 1 or "coverage" not in rc or "n" not in rc:
+            return "metrics.risk_coverage is not a curve (coverage, n ... of one length)"
+    return None
+
+
+def entry_problem(entry: Any) -> str | None:
+    """Why a spool entry cannot be replayed (``None`` when it can): checked before anything
+    is replayed, so that one bad entry is set aside instead of stopping every later one.
+
+    Example:
+        >>> entry_problem({"kind": "evaluation", "step": "two", "target": {"backend": "local"}})
+        "step is 'two', not a whole number >= 0"
+        >>> entry_problem({"kind": "close", "step": 0, "target": {"backend": "local", "run_id": "r1"}}) is None
+        True
+    """
+    if not isinstance(entry, dict):
+        return f"expected a JSON object, got {type(entry).__name__}"
+    if not isinstance(entry.get("kind"), str) or entry["kind"] not in _KIND_ORDER:
+        return f"kind is {entry.get('kind')!r}, not one of {', '.join(_KIND_ORDER)}"
+    step = entry.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"step is {step!r}, not a whole number >= 0"
+    target = entry.get("target")
+    if not isinstance(target, dict):
+        return f"target is {type(target).__name__}, not an object naming the run"
+    bad = sorted(k for k, v in target.items() if v is not None and not isinstance(v, str))
+    if bad or not isinstance(target.get("backend"), str):
+        return f"target has {bad or ['backend']} that are not strings"
+    try:
+        backend_class(target["backend"])
+    except TokcalError as exc:
+        return f"target: {exc}"
+    kind = entry["kind"]
+    if kind == "create":
+        opened = entry.get("open")
+        if opened is not None and (not isinstance(opened, dict) or any(
+                v is not None and not isinstance(v, str) for v in opened.values())):
+            return "open is not an object of strings"
+        if not isinstance(target.get("pending"), str) or not isinstance(entry.get("created_run_id"), (str, type(None))):
+            return "a 'create' entry without a pending run id"
+    elif kind == "config":
+        if not isinstance(entry.get("config"), dict):
+            return f"config is {type(entry.get('config')).__name__}, not an object"
+    elif kind == "close":
+        if entry.get("status", "FINISHED") not in _STATUSES:
+            return f"status is {entry.get('status')!r}, not one of {', '.join(_STATUSES)}"
+    else:
+        problem = _metrics_problem(entry.get("metrics"))
+        if problem:
+            return problem
+        try:  # the checks log_evaluation makes before it writes
+            metrics = DecisionMetrics.from_dict(entry["metrics"])
+            samples = entry.get("samples")
+            if samples is not None:
+                if not isinstance(samples, list):
+                    return f"samples is {type(samples).__name__}, not a list"
+                sample_columns(samples)
+            check_tags(entry.get("tags"))
+            doc = entry.get("per_sample")
+            if doc is not None:
+                check_per_sample(PerSample.from_json(json.dumps(doc), where="per_sample"), metrics)
+        except TokcalError as exc:
+            return str(exc)
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def sync_spool(
@@ -411,8 +582,8 @@ def sync_spool(
     """
     dirs = find_spool_dirs(path) if isinstance(path, (str, os.PathLike)) else [Path(p) for p in path]
     result = SyncResult(spool_dirs=dirs)
-    entries = [e for d in dirs for e in read_spool(d, set_aside=result.set_aside)]
-    entries.sort(key=lambda fe: (_KIND_ORDER[fe[1]["kind"]], int(fe[1].get("step", 0)), fe[1].get("created", 0)))
+    entries = [e for d in dirs for e in read_spool(d, set_aside=result.set_aside, reasons=result.reasons)]
+    entries.sort(key=_order)
     overrides = {"run_id": run_id, **options}
     creates = {e["target"].get("pending"): (f, e) for f, e in entries if e["kind"] == "create"}
     runs = {**(created or {}), **(_create_runs(creates, backend, overrides, on_created, result) if not run_id else {})}
@@ -438,21 +609,30 @@ def sync_spool(
         opens[key] = kwargs
     from tokcal.trackers import open_tracker
 
+    failures: list[tuple[str, BaseException]] = []  # one run that fails does not hold up the others
     for key, group in groups.items():
-        tracker = open_tracker(spool=False, **opens[key])
+        try:
+            tracker = open_tracker(spool=False, **opens[key])
+        except TokcalError as exc:
+            failures.append((f"{exc}; its {len(group)} spooled entries stay", exc))
+            continue
         result.targets.append(tracker.describe())
         try:
             with exclusive_lock(tracker.writer_lock(), f"{tracker.name} run {tracker.run_id}"):
                 _replay(tracker, group, result)
-        except Exception as exc:
-            result.remaining = _count(dirs)
-            raise TokcalError(
-                f"replay into {tracker.name} run {tracker.run_id} failed with {result.remaining} of "
-                f"{len(entries)} entries left ({_short(exc)}); they stay in {', '.join(map(str, dirs))}: "
-                "run tokcal sync again"
-            ) from exc
+        except Exception as exc:  # deliberate: said below, after the other runs are replayed
+            at = f" at {result.failed_at.name}" if result.failed_at else ""
+            failures.append((f"replay into {tracker.name} run {tracker.run_id} failed{at} ({_short(exc)})", exc))
         finally:
             tracker.close()
+    if failures:
+        result.remaining = _count(dirs)
+        message, cause = failures[0]
+        more = f" (and {len(failures) - 1} other run(s) failed)" if len(failures) > 1 else ""
+        raise TokcalError(
+            f"{message}{more}; {result.remaining} of {len(entries)} entries are left in "
+            f"{', '.join(map(str, dirs))}: run tokcal sync again"
+        ) from cause
     for file, _ in creates.values():  # every entry of the new runs is in: the record can go
         file.unlink(missing_ok=True)
     result.remaining = _count(dirs)
@@ -507,6 +687,7 @@ def _replay(tracker: Tracker, group: list[tuple[Path, dict[str, Any]]], result: 
     """Replay one target's entries, deleting each file once it is in the run."""
     known: dict[str, set[int]] = {}
     for file, entry in group:
+        result.failed_at = file
         if entry["kind"] in ("config", "close"):
             if entry["kind"] == "config":
                 tracker.log_config(entry["config"])
@@ -536,3 +717,4 @@ def _replay(tracker: Tracker, group: list[tuple[Path, dict[str, Any]]], result: 
                     result.points += 1
             result.replayed += 1
         file.unlink()
+    result.failed_at = None
