@@ -103,3 +103,30 @@ def test_offline_run_cannot_be_resumed(wandb_offline):
         open_tracker("wandb", project="tokcal-tests", run_id="abc123", spool=False)
     assert wandb.run is None
     assert not list(wandb_offline.rglob("*.wandb"))  # no second run was started silently
+
+
+def test_rows_prepared_off_the_training_thread_are_logged_from_it_in_order(wandb_offline):
+    """The figures, media and tables of a row are built in a worker thread; ``run.log`` is
+    called from the calling thread only (W&B's is not thread-safe), in step order, and the
+    rows still being prepared are logged before W&B finishes the run, whoever finishes it."""
+    import threading
+
+    run = wandb.init(project="tokcal-tests")  # the Trainer's run: tokcal only attaches
+    tracker = open_tracker("wandb", spool=False)
+    metrics = {step: make_metrics(step) for step in (30, 10, 20)}
+    calling = threading.get_ident()
+    log_threads = []
+    real_log = run.log
+    run.log = lambda row, **kw: (log_threads.append(threading.get_ident()), real_log(row, **kw))[1]
+    for step, m in metrics.items():
+        tracker.log_evaluation(m, step)
+    assert tracker._preparing  # prepared off this thread, not logged yet
+    run_file = find_run_file(wandb_offline)
+    run.finish()  # not tracker.close(): W&B logs what is still being prepared first
+    assert log_threads and set(log_threads) == {calling}
+    rows = [r for r in history_rows(run_file) if "eval/decision_ece" in r]
+    assert [r["train/global_step"] for r in rows] == [30, 10, 20]
+    for r in rows:
+        assert r["eval/decision_ece"] == pytest.approx(metrics[r["train/global_step"]].scalars["eval_decision_ece"])
+        assert r["eval/decision_reliability"]["_type"] == "image-file"
+    tracker.close()  # nothing left to log; the run was not tokcal's to finish

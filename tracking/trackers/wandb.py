@@ -22,7 +22,11 @@ backend refuses instead. Sync the offline run (``wandb sync <dir>``) and attach 
 
 The training callback logs to W&B in the calling (training) thread, never in its
 background thread (``thread_safe = False``): the run is shared with the Trainer's own
-W&B integration, which logs from that thread.
+W&B integration, which logs from that thread, and ``run.log`` is not thread-safe. What
+costs time stays out of that thread: the run's sections are defined and matplotlib and
+pandas imported when the run is opened (train begin), and each row's figures, media and
+tables are prepared in a worker thread; the training thread only logs finished rows (at
+the next evaluation, at ``close``, or when W&B finishes the run), in step order.
 
 :func:`read_wandb` reads a run's scalars back through the public API (``tokcal report``),
 turning the keys back into tokcal's names with :func:`tokcal_key`, the inverse of
@@ -133,6 +137,12 @@ class WandbTracker(Tracker):
     options = ("project", "entity", "wandb_mode")
     remote = True
     thread_safe = False
+    #: Prepare each row (figures, media, tables) in a worker thread; ``run.log`` stays in
+    #: the calling thread. ``False`` prepares and logs in the calling thread.
+    threaded: bool = True
+    #: Define the sections' x-axis and import what the first row needs when the run is
+    #: opened (train begin); ``False`` leaves that to the first evaluation.
+    warm_up: bool = True
     report_to = "wandb"
     source_prefix = "wandb:"
     source_form = "wandb:ENTITY/PROJECT/RUN_ID"
@@ -179,6 +189,17 @@ class WandbTracker(Tracker):
             self._owned = True
         self._run.define_metric(STEP_METRIC)
         self._sections: set[str] = set()
+        # What the first evaluation would otherwise pay in the training thread, paid here
+        # (train begin): the x-axis of the Trainer's sections, and the first use of
+        # matplotlib, PIL and pandas (wandb.Table looks for it).
+        if self.warm_up:
+            for section in _SECTIONS:
+                self._define(f"{section}/")
+            _warm_up(wandb)
+        self._files_dir = Path(self._run.dir)
+        self._worker: Any = None  # prepares rows off the training thread
+        self._preparing: list[tuple[int, Any]] = []  # (step, future of (row, record file)), in order
+        self._hooked = _on_finish(self._run, self.flush)
 
     @classmethod
     def open(
@@ -242,6 +263,55 @@ class WandbTracker(Tracker):
         self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None,
         per_sample: PerSample | None, tags: dict[str, Any],
     ) -> None:
+        """Hand the evaluation's row to the worker thread, which draws the figures and
+        builds the media and tables; log the rows it has finished since the last call.
+
+        W&B's ``run.log`` is not safe to call from another thread (it numbers and sends
+        rows without a lock, and the Trainer's own W&B integration logs from the training
+        thread), so only the preparation leaves the calling thread: a row is logged here,
+        at the next evaluation, or by :meth:`flush` (``close``, and before W&B finishes the
+        run), always in step order. Without a worker (``threaded=False``) the row is
+        prepared and logged now.
+        """
+        self._log_ready()
+        if not self.threaded:
+            row, record = self._prepare(metrics, step, samples, per_sample, tags)
+            self._log_row(step, row, record)
+            return
+        if self._worker is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokcal-wandb")
+        self._preparing.append((step, self._worker.submit(self._prepare, metrics, step, samples, per_sample, tags)))
+
+    def flush(self) -> None:
+        """Wait for the rows being prepared and log them (in the calling thread)."""
+        self._log_ready(wait=True)
+
+    def _log_ready(self, wait: bool = False) -> None:
+        while self._preparing and (wait or self._preparing[0][1].done()):
+            step, future = self._preparing.pop(0)
+            try:
+                row, record = future.result()
+            except Exception as exc:  # deliberate: said here; the training goes on
+                logger.warning("tokcal: the W&B row of step %s could not be prepared (%s); it is not logged",
+                               step, first_line(exc, with_type=True))
+                continue
+            self._log_row(step, row, record)
+
+    def _log_row(self, step: int, row: dict[str, Any], record: Path | None) -> None:
+        if record is not None:  # uploaded now (online) or by wandb sync (offline)
+            self._run.save(str(record), base_path=str(self._files_dir), policy="now")
+        for key in row:
+            self._define(key)
+        row[STEP_METRIC] = step
+        self._run.log(row)  # no step=: W&B would drop steps lower than the current one
+
+    def _prepare(
+        self, metrics: DecisionMetrics, step: int, samples: list[dict[str, Any]] | None,
+        per_sample: PerSample | None, tags: dict[str, Any],
+    ) -> tuple[dict[str, Any], Path | None]:
+        """One evaluation's row and its per-sample record file; makes no call into the run."""
         from tokcal.core.plots import figure_to_array, metric_figures
 
         wandb = self._wandb
@@ -260,25 +330,16 @@ class WandbTracker(Tracker):
                 columns=list(BINS_COLUMNS), data=[[r[c] for c in BINS_COLUMNS] for r in rows]
             )
         row.update(_curves(wandb, metrics))
-        if per_sample is not None:
-            self._save_record(per_sample, step, p)
+        record = None
+        if per_sample is not None:  # a run file under tokcal/
+            record = write_atomic(self._files_dir / RECORD_FOLDER / per_sample_name(step, p), per_sample.to_json())
         if samples is not None:
             cols = sample_columns(samples)
             data = [[step if c == "step" else to_jsonable(s.get(c)) for c in cols] for s in samples]
             row[wandb_key(f"{p}decision_sample_table")] = wandb.Table(columns=cols, data=data)
         for k, v in tags.items():
             row[wandb_key(f"{p}tag_{k}")] = str(v)
-        for key in row:
-            self._define(key)
-        row[STEP_METRIC] = step
-        self._run.log(row)  # no step=: W&B would drop steps lower than the current one
-
-    def _save_record(self, record: PerSample, step: int, prefix: str) -> None:
-        """The per-sample record as a run file under ``tokcal/``, uploaded now (online) or
-        by ``wandb sync`` (offline)."""
-        base = Path(self._run.dir)
-        path = write_atomic(base / RECORD_FOLDER / per_sample_name(step, prefix), record.to_json())
-        self._run.save(str(path), base_path=str(base), policy="now")
+        return row, record
 
     def logged_steps(self, key: str) -> set[int]:
         """Values of ``train/global_step`` in rows that hold ``key``, read through the
@@ -297,16 +358,51 @@ class WandbTracker(Tracker):
         }
 
     def close(self) -> None:
-        """Finish the run if this tracker started it (the Trainer finishes its own)."""
-        if self._owned and not self._closed:
-            self._run.finish()
-        self._closed = True
+        """Log the rows still being prepared, then finish the run if this tracker started
+        it (the Trainer finishes its own)."""
+        self._end(None)
 
     def close_failed(self) -> None:
-        """Finish the run as failed (exit code 1) if this tracker started it."""
-        if self._owned and not self._closed:
-            self._run.finish(exit_code=1)
-        self._closed = True
+        """As :meth:`close`, finishing the run as failed (exit code 1)."""
+        self._end(1)
+
+    def _end(self, exit_code: int | None) -> None:
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            if self._worker is not None:
+                self._worker.shutdown(wait=True)
+                self._worker = None
+            if self._owned:
+                self._run.finish() if exit_code is None else self._run.finish(exit_code=exit_code)
+            self._closed = True
+
+
+def _warm_up(wandb: Any) -> None:
+    """Import what the first row needs (matplotlib through tokcal's plots, PIL, pandas,
+    W&B's chart presets) so that the first evaluation does not pay for it."""
+    import tokcal.core.plots  # noqa: F401  (matplotlib)
+
+    wandb.Table(columns=["x"], data=[[0.0]])  # W&B looks for pandas on its first table
+    _ = wandb.plot.line
+
+
+def _on_finish(run: Any, flush: Any) -> bool:
+    """Have W&B log the rows still being prepared before it finishes ``run``, whoever
+    finishes it (``wandb.finish()``, the Trainer, the end of the process). W&B has no
+    public hook for this; without its teardown hooks (another W&B version) ``close``
+    still does it, and this says ``False``."""
+    try:
+        from wandb.sdk.wandb_run import TeardownHook, TeardownStage
+    except ImportError:
+        return False
+    hooks = getattr(run, "_teardown_hooks", None)
+    if not isinstance(hooks, list):
+        return False
+    hooks.append(TeardownHook(flush, TeardownStage.EARLY))
+    return True
 
 
 def _curves(wandb: Any, metrics: DecisionMetrics) -> dict[str, Any]:
