@@ -152,3 +152,13 @@ def test_final_evaluation_is_skipped_only_when_it_repeats_a_step() -> None:
     finally:
         base.on_evaluate = orig
     assert calls == [4, 6]
+
+
+def test_train_dry_run_hides_credentials(capsys) -> None:
+    from tokcal.cli.main import main
+
+    uri = "http://alice:s3cr3t-pw@127.0.0.1:5000/?token=tok-123"
+    assert main(["train", str(TINY), "report_to=mlflow", f"decision_tracking_uri={uri}", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "s3cr3t-pw" not in printed and "tok-123" not in printed
+    assert json.loads(printed)["tokcal"]["tracking_uri"].startswith("http://alice:***@127.0.0.1:5000")

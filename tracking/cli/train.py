@@ -43,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tokcal.callbacks.llamafactory import load_config, make_callback, split_config, train
+    from tokcal.trackers.base import redact_all
 
     overrides = [x for x in args.overrides if x != "--dry-run"]
     dry_run = args.dry_run or len(overrides) < len(args.overrides)
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         lf_args, options = split_config(data)
         if options is not None:
             options = make_callback(options).settings.to_dict()
-        print(json.dumps({"llamafactory": lf_args, "tokcal": options}, indent=2, default=str))
+        # credentials in a tracking URI (or any value) are shown as ***
+        print(json.dumps(redact_all({"llamafactory": lf_args, "tokcal": options}), indent=2, default=str))
         return 0
     train(data)
     return 0
