@@ -13,6 +13,7 @@ from tokcal.cli.common import (
     add_spec_args,
     format_table,
     load_kwargs,
+    quiet_output,
     source_from,
     spec_from,
 )
@@ -78,6 +79,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with quiet_output(args.quiet):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from tokcal.core.distributed import Dist, destroy_distributed, init_distributed
     from tokcal.jobs.backfill import backfill
     from tokcal.jobs.state import find_state, read_state
@@ -92,18 +98,21 @@ def run(args: argparse.Namespace) -> int:
     if dist.on and kw["device"] is None:
         kw["device"] = _local_cuda_device()
     trackers = _open_runs(args, state, state_file, dist)
+    # The eval sets that tokcal.json records are those of its own runs.
+    recorded_runs = {t.get("run_id") for t in (state or {}).get("trackers") or [] if isinstance(t, dict)}
+    same_runs = dist.broadcast(bool(trackers) and all(t.run_id in recorded_runs for t in trackers))
     try:
         report = backfill(
             args.paths, source, trackers, settings, force=args.force,
             output_dir=args.output_dir, metric_prefix=args.metric_prefix, max_tokens=args.max_tokens,
-            progress=not args.quiet, **kw,
+            progress=not args.quiet, state=state_file if same_runs else None, **kw,
         )
     finally:
         for t in trackers:
             t.close()
     if dist.main:
-        print(report.summary())
-        if len(report.logged) == 1:
+        print(report.summary(brief=args.quiet))
+        if len(report.logged) == 1 and not args.quiet:
             print(format_table(report.logged[0].scalars))
     if created:
         destroy_distributed()  # a rank exiting with the group alive can abort in gloo's threads
