@@ -547,3 +547,39 @@ def test_a_live_run_and_its_backfill_share_the_eval_sets_identity(tiny_bpe_check
     assert "all 2 checkpoints' steps are in the run already under 'eval_'" in capsys.readouterr().out
     assert cli(out, "--data", other_eval_set(out, tmp_path / "other.jsonl")) == 2
     assert "--metric-prefix eval_other_" in capsys.readouterr().err
+
+
+def test_quiet_prints_nothing_but_errors_and_the_result(run_dir: Path, tmp_path: Path):
+    """The real CLI with --quiet: no progress bars (transformers' weight loading included),
+    no library logs; backfill says its one-line result (and each failure), extract nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TQDM_", "TRANSFORMERS_", "HF_HUB_DISABLE"))}
+
+    def tokcal(*argv: object) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tokcal", *map(str, argv)], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path, env=env)
+
+    out = linked(tmp_path, run_dir, [2, 4])
+    broken = out / "checkpoint-6"
+    broken.mkdir()
+    shutil.copy(run_dir / "checkpoint-6" / "config.json", broken)
+    tracker = LocalTracker(tmp_path / "runs")
+    proc = tokcal("backfill", out, "--data", run_dir / "eval.jsonl", "--backend", "local", "--run-id", tracker.run_id,
+                  "--local-dir", tmp_path / "runs", "--quiet")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [
+        f"step        6  checkpoint-6             FAILED: {broken.resolve()} has no model weights (expected "
+        "model.safetensors or an index)",
+        f"backfill into local run {tracker.run_id}: 2 logged, 0 skipped, 1 failed"]
+    assert proc.stderr.splitlines() == [
+        "tokcal backfill: 1 checkpoint(s) failed; fix them and run again (logged steps are skipped)"]
+    assert [r["step"] for r in read_local_store(tracker.directory)] == [2, 4]
+
+    decisions = tmp_path / "decisions.jsonl"
+    proc = tokcal("extract", "--checkpoint", run_dir / "checkpoint-2", "--data", run_dir / "eval.jsonl", "--output",
+                  decisions, "--metrics", tmp_path / "metrics.json", "--quiet")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    assert len(decisions.read_text().splitlines()) == 9
+    # Without --quiet, the same command shows its bars and table (what --quiet takes away).
+    proc = tokcal("extract", "--checkpoint", run_dir / "checkpoint-2", "--data", run_dir / "eval.jsonl", "--output",
+                  decisions)
+    assert proc.returncode == 0 and "Loading weights" in proc.stderr and "eval_decision_ece" in proc.stdout

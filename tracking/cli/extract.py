@@ -27,6 +27,8 @@ EXAMPLE = r"""example:
   tokcal extract --checkpoint out/checkpoint-500 --llamafactory-config train.yaml --output decisions.jsonl
 
 Each output line: {"sample_id", "p_accept", "p_reject", "gt", "pred", "correct", "mass", "confidence"}.
+When no answer holds a decision token for the labels (say --labels Yes No on Accept/Reject
+answers), it stops before loading the model, quoting an answer and the tokens it looked for.
 """
 
 
