@@ -483,8 +483,8 @@ def test_each_eval_set_gets_its_own_prefix_and_record(run_dir: Path, expected, t
     assert cli(out, "--data", run_dir / "eval.jsonl") == 0
     said = capsys.readouterr().out.splitlines()
     assert said[-2:] == [
-        "all 3 checkpoints' steps are in the run already under 'eval_'; use --force to rescore or "
-        "--metric-prefix eval_other_ for another eval set",
+        ("all 3 checkpoints' steps are in the run already under 'eval_'; use --force to rescore or "
+         "--metric-prefix eval_other_ for another eval set"),
         f"backfill into local run {tracker.run_id}: 0 logged, 3 skipped, 0 failed"]
 
     # Another eval set under a prefix of its own: logged, and its identity recorded there.
@@ -567,8 +567,8 @@ def test_quiet_prints_nothing_but_errors_and_the_result(run_dir: Path, tmp_path:
                   "--local-dir", tmp_path / "runs", "--quiet")
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == [
-        f"step        6  checkpoint-6             FAILED: {broken.resolve()} has no model weights (expected "
-        "model.safetensors or an index)",
+        (f"step        6  checkpoint-6             FAILED: {broken.resolve()} has no model weights (expected "
+         "model.safetensors or an index)"),
         f"backfill into local run {tracker.run_id}: 2 logged, 0 skipped, 1 failed"]
     assert proc.stderr.splitlines() == [
         "tokcal backfill: 1 checkpoint(s) failed; fix them and run again (logged steps are skipped)"]

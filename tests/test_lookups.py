@@ -69,7 +69,7 @@ def test_a_run_looked_up_from_another_folder_creates_no_store(trained, tmp_path:
 
 
 def test_a_run_that_is_not_in_the_store_names_the_store(trained, mlflow_server: str, tmp_path: Path):
-    train, run_id = trained
+    train, _ = trained
     missing = "f" * 32
     store = f"sqlite:///{train / 'mlflow.db'}"
     for uri in (store, mlflow_server):
