@@ -583,3 +583,42 @@ def test_quiet_prints_nothing_but_errors_and_the_result(run_dir: Path, tmp_path:
     proc = tokcal("extract", "--checkpoint", run_dir / "checkpoint-2", "--data", run_dir / "eval.jsonl", "--output",
                   decisions)
     assert proc.returncode == 0 and "Loading weights" in proc.stderr and "eval_decision_ece" in proc.stdout
+
+
+def test_ctrl_c_then_again_goes_on_where_it_stopped(run_dir: Path, tmp_path: Path):
+    """A real SIGINT once the first step is in the run: exit 130, what was logged stays (with
+    its per-decision file and the eval set's record), nothing half-written; the next call
+    logs the rest, each step once."""
+    import signal
+
+    from tests.helpers.training import write_records
+    from tokcal.data.records import read_records
+    from tokcal.jobs.state import read_state, recorded_eval_set
+
+    out = linked(tmp_path, run_dir)
+    tracker = LocalTracker(out / "tokcal")
+    state = recorded_state(out, tracker, None)
+    data = write_records(tmp_path / "big.jsonl", read_records(run_dir / "eval.jsonl") * 150)  # seconds a checkpoint
+    argv = [sys.executable, "-m", "tokcal", "backfill", str(out), "--data", str(data), "--quiet"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    store = tracker.directory / "evaluations.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and not (store.is_file() and store.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "tokcal backfill: interrupted"
+    first = sorted(r["step"] for r in read_local_store(tracker.directory))
+    assert first and first == STEPS[: len(first)] and len(first) < len(STEPS)
+    files = out / "tokcal" / "backfill"
+    assert sorted(p.name for p in files.iterdir()) == [f"checkpoint-{s}.decisions.jsonl" for s in first]
+    assert recorded_eval_set(read_state(state), "eval_") is not None
+    assert not list(tmp_path.rglob("*.tmp"))
+
+    again = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.strip() == (f"backfill into local run {tracker.run_id}: {len(STEPS) - len(first)} logged, "
+                                    f"{len(first)} skipped, 0 failed")
+    assert sorted(r["step"] for r in read_local_store(tracker.directory)) == STEPS
+    assert sorted(p.name for p in files.iterdir()) == [f"checkpoint-{s}.decisions.jsonl" for s in STEPS]
