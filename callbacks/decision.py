@@ -333,13 +333,9 @@ class DecisionTrackingCallback(TrainerCallback):
 
     def _warn_missing(self, first_miss: list[int] | None) -> None:
         assert self.resolved is not None
-        seen = self._tokenizer.decode(first_miss) if first_miss else ""
-        expected = [self._tokenizer.convert_ids_to_tokens(list(ids)) for ids in self.resolved.token_ids]
-        self._warn_once(
-            "missing",
-            f"no decision token found in the eval answers: expected one of {expected} after "
-            f"{self.resolved.spec.prefix!r}; an answer reads {seen!r}. Check labels/prefix in the spec.",
-        )
+        from tokcal.core.positions import missing_decisions_message
+
+        self._warn_once("missing", missing_decisions_message(self.resolved, self._tokenizer, first_miss))
 
     def _open_trackers(self, args: TrainingArguments, training: bool = False) -> None:
         """Open every backend's run and write ``tokcal.json``, off the training thread where

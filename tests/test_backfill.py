@@ -218,15 +218,55 @@ def test_each_checkpoints_model_is_freed_and_nothing_stays_frozen(run_dir: Path,
     assert gc.get_freeze_count() == 0  # what it froze for its faster collections is collectable again
 
 
-def test_default_jsonl_beside_checkpoint(run_dir: Path, expected, tmp_path: Path):
-    ckpt = tmp_path / "checkpoint-2"
-    shutil.copytree(run_dir / "checkpoint-2", ckpt)
-    ckpt.chmod(0o755)
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` with its size and modification time: what shows any write,
+    also for root, whom read-only permission bits do not stop."""
+    return {str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def test_checkpoint_folders_are_only_read(run_dir: Path, expected, tmp_path: Path):
+    """The per-decision files go to tokcal/backfill/ in the output folder, never into the
+    (read-only) checkpoint folders; another prefix gets its own file names."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for s in (2, 4):
+        shutil.copytree(run_dir / f"checkpoint-{s}", out / f"checkpoint-{s}")
+        (out / f"checkpoint-{s}").chmod(0o555)
+    before = {s: snapshot(out / f"checkpoint-{s}") for s in (2, 4)}
+    shared = snapshot(run_dir)
     tracker = LocalTracker(tmp_path / "runs")
-    assert cli(ckpt, "--data", run_dir / "eval.jsonl", "--backend", "local", "--run-id", tracker.run_id,
-               "--local-dir", tmp_path / "runs") == 0
-    rows = [json.loads(x) for x in (ckpt / "tokcal_decisions.jsonl").read_text().splitlines()]
-    assert rows == json.loads(json.dumps(expected[2].records()))
+    run = ["--backend", "local", "--run-id", tracker.run_id, "--local-dir", tmp_path / "runs"]
+    assert cli(out / "checkpoint-2", "--data", run_dir / "eval.jsonl", *run) == 0  # one checkpoint folder
+    assert cli(out, "--data", run_dir / "eval.jsonl", *run) == 0  # the output folder: checkpoint-4 added
+    assert cli(out, "--data", run_dir / "eval.jsonl", *run, "--metric-prefix", "eval_again_") == 0
+    assert {s: snapshot(out / f"checkpoint-{s}") for s in (2, 4)} == before
+    assert sorted(p.name for p in (out / "tokcal" / "backfill").iterdir()) == [
+        "checkpoint-2.decisions.jsonl", "checkpoint-2.eval_again.decisions.jsonl",
+        "checkpoint-4.decisions.jsonl", "checkpoint-4.eval_again.decisions.jsonl"]
+    for s in (2, 4):
+        for name in (f"checkpoint-{s}.decisions.jsonl", f"checkpoint-{s}.eval_again.decisions.jsonl"):
+            rows = [json.loads(x) for x in (out / "tokcal" / "backfill" / name).read_text().splitlines()]
+            assert rows == json.loads(json.dumps(expected[s].records())), name
+    assert [r["step"] for r in read_local_store(tracker.directory)] == [2, 4, 2, 4]
+    # Symlinked checkpoints of a shared run: nothing is written where they live.
+    (tmp_path / "l").mkdir()
+    links = linked(tmp_path / "l", run_dir)
+    assert cli(links, "--data", run_dir / "eval.jsonl", *run, "--force") == 0
+    assert snapshot(run_dir) == shared
+    assert len(list((links / "tokcal" / "backfill").iterdir())) == len(STEPS)  # beside the links
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_scoring(run_dir: Path, tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copytree(run_dir / "checkpoint-2", out / "checkpoint-2")
+    (out / "tokcal").write_text("a file where the folder would go")
+    tracker = LocalTracker(tmp_path / "runs")
+    assert cli(out, "--data", run_dir / "eval.jsonl", "--backend", "local", "--run-id", tracker.run_id,
+               "--local-dir", tmp_path / "runs") == 2
+    err = capsys.readouterr().err.strip()
+    assert "the per-decision files (--output-dir picks another folder)" in err and "\n" not in err, err
+    assert read_local_store(tracker.directory) == []
 
 
 def test_errors_before_scoring(run_dir: Path, mlflow_server: str, tmp_path: Path, capsys, monkeypatch):
@@ -330,7 +370,8 @@ def test_peft_lora_checkpoint(tiny_bpe_checkpoint: Path, run_dir: Path, tmp_path
     plain = score_checkpoint(tiny_bpe_checkpoint, run_dir / "eval.jsonl", spec, progress=False).metrics().scalars
     assert stored(rec) == pytest.approx(want, rel=1e-12, nan_ok=True)
     assert rec["scalars"]["eval_decision_nll"] != pytest.approx(plain["eval_decision_nll"], rel=1e-6)  # the adapter counts
-    assert (ckpt / "tokcal_decisions.jsonl").is_file()
+    assert (tmp_path / "lora" / "tokcal" / "backfill" / "checkpoint-10.decisions.jsonl").is_file()
+    assert not (ckpt / "tokcal_decisions.jsonl").exists()
 
 
 def test_torchrun_two_processes_equal_one(run_dir: Path, tmp_path: Path):
@@ -371,3 +412,213 @@ def test_output_folder_with_a_final_model_stands_for_its_checkpoints(tmp_path: P
     (out / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
     assert [s for _, s in resolve_checkpoints([out])] == [2, 4]
     assert [s for _, s in resolve_checkpoints([out / "checkpoint-4"])] == [4]
+
+
+# ------------------------------------------------------------------- one eval set per series
+
+
+def identity_of(scores) -> dict:
+    from tokcal.core.identity import eval_set_identity
+
+    return eval_set_identity(scores.sample_index, scores.gt, scores.labels)
+
+
+def other_eval_set(run_dir: Path, path: Path) -> Path:
+    """The same records with the first one's answer flipped: same size, another eval set."""
+    from tests.helpers.training import write_records
+    from tokcal.data.records import read_records
+
+    records = read_records(run_dir / "eval.jsonl")
+    text = json.dumps(records[0])
+    flipped = text.replace("Accept}", "@@}").replace("Reject}", "Accept}").replace("@@}", "Reject}")
+    assert flipped != text
+    return write_records(path, [json.loads(flipped), *records[1:]])
+
+
+def recorded_state(out: Path, tracker: LocalTracker, identity: dict | None) -> Path:
+    from tokcal.jobs.state import record_eval_set, write_state
+
+    state = write_state(out, [tracker.describe()], TrackingSettings(backend="local"))
+    if identity is not None:
+        record_eval_set(state, "eval_", identity)
+    return state
+
+
+def test_another_eval_set_under_the_same_prefix_is_refused_before_any_model_loads(run_dir: Path, expected,
+                                                                                  tmp_path: Path, capsys):
+    from tokcal.jobs.state import read_state, recorded_eval_set
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for s in STEPS:  # weights that cannot load: a model that loads fails its checkpoint (exit 1), visibly
+        shutil.copytree(run_dir / f"checkpoint-{s}", out / f"checkpoint-{s}")
+        (out / f"checkpoint-{s}").chmod(0o755)
+        (out / f"checkpoint-{s}" / "model.safetensors").write_bytes(b"not loaded")
+    tracker = LocalTracker(out / "tokcal")
+    state = recorded_state(out, tracker, identity_of(expected[2]))
+    other = other_eval_set(run_dir, tmp_path / "other.jsonl")
+
+    assert cli(out, "--data", other) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tokcal backfill: error: the eval set other.jsonl is not the one logged under 'eval_'")
+    assert "--metric-prefix eval_other_" in err and "\n" not in err and str(state) in err, err
+    assert read_local_store(tracker.directory) == [] and not (out / "tokcal" / "backfill").exists()
+    # The same eval set gets past the check: then the weights are what fail, checkpoint by checkpoint.
+    assert cli(out, "--data", run_dir / "eval.jsonl") == 1
+    assert "could not load the model" in capsys.readouterr().out
+    assert recorded_eval_set(read_state(state), "eval_") == identity_of(expected[2])  # unchanged
+
+
+def test_each_eval_set_gets_its_own_prefix_and_record(run_dir: Path, expected, tmp_path: Path, capsys):
+    from tokcal.jobs.state import read_state, recorded_eval_set
+
+    out = linked(tmp_path, run_dir)
+    tracker = LocalTracker(out / "tokcal")
+    state = recorded_state(out, tracker, identity_of(expected[2]))
+    other = other_eval_set(run_dir, tmp_path / "other.jsonl")
+    assert cli(out, "--data", run_dir / "eval.jsonl") == 0  # the recorded eval set: logged
+    assert "3 logged, 0 skipped, 0 failed" in capsys.readouterr().out
+
+    # Every step in the run already: it says why nothing was logged.
+    assert cli(out, "--data", run_dir / "eval.jsonl") == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[-2:] == [
+        ("all 3 checkpoints' steps are in the run already under 'eval_'; use --force to rescore or "
+         "--metric-prefix eval_other_ for another eval set"),
+        f"backfill into local run {tracker.run_id}: 0 logged, 3 skipped, 0 failed"]
+
+    # Another eval set under a prefix of its own: logged, and its identity recorded there.
+    assert cli(out, "--data", other, "--metric-prefix", "eval_other_") == 0
+    assert "3 logged, 0 skipped, 0 failed" in capsys.readouterr().out
+    want = identity_of(score_checkpoint(run_dir / "checkpoint-2", other, DecisionSpec(), progress=False))
+    assert want != identity_of(expected[2])
+    recorded = read_state(state)
+    assert recorded_eval_set(recorded, "eval_other_") == want
+    assert recorded_eval_set(recorded, "eval_") == identity_of(expected[2])
+    # ...and that record guards its series in turn.
+    assert cli(out, "--data", run_dir / "eval.jsonl", "--metric-prefix", "eval_other_") == 2
+    assert "is not the one logged under 'eval_other_'" in capsys.readouterr().err
+    steps = [(r["step"], "eval_other_decision_samples" in r["scalars"]) for r in read_local_store(tracker.directory)]
+    assert steps == [(2, False), (4, False), (6, False), (2, True), (4, True), (6, True)]
+
+
+def test_steps_with_no_recorded_eval_set_are_not_vouched_for(run_dir: Path, tmp_path: Path, capsys, caplog):
+    """A run whose tokcal.json records no eval set under the prefix (an older tokcal) but has
+    steps there: a warning says it cannot be checked, and no identity is recorded for them."""
+    from tokcal.jobs.state import read_state, recorded_eval_set
+
+    out = linked(tmp_path, run_dir)
+    tracker = LocalTracker(out / "tokcal")
+    state = recorded_state(out, tracker, None)
+    assert cli(out / "checkpoint-2", "--data", run_dir / "eval.jsonl", "--state", state) == 0
+    assert recorded_eval_set(read_state(state), "eval_") is not None  # the first series under eval_: recorded
+    state = recorded_state(out, tracker, None)  # as if written by a tokcal that records none
+    with caplog.at_level("WARNING", logger="tokcal"):
+        assert cli(out, "--data", run_dir / "eval.jsonl") == 0
+    assert "no record of their eval set" in caplog.text and "--metric-prefix eval_other_" in caplog.text
+    assert recorded_eval_set(read_state(state), "eval_") is None
+
+
+def test_answers_without_any_decision_token_stop_before_any_model_loads(run_dir: Path, tmp_path: Path, capsys):
+    tracker = LocalTracker(tmp_path / "runs")
+    assert cli(run_dir, "--data", run_dir / "eval.jsonl", "--backend", "local", "--run-id", tracker.run_id,
+               "--local-dir", tmp_path / "runs", "--labels", "Yes", "No", "--output-dir", tmp_path / "o") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tokcal backfill: error: no decision token found in the eval answers") and "\n" not in err
+    assert "an answer reads '" in err and "--labels" in err
+    assert read_local_store(tracker.directory) == [] and not (tmp_path / "o").exists()
+
+
+def test_a_live_run_and_its_backfill_share_the_eval_sets_identity(tiny_bpe_checkpoint: Path, tmp_path: Path, capsys):
+    """End to end: the training callback records its eval set in tokcal.json, backfill
+    checks it. Needs the callback to record the identity (else: expected to fail)."""
+    from tokcal import DecisionTrackingCallback
+    from tokcal.jobs.state import find_state, read_state, recorded_eval_set
+
+    out = tmp_path / "out"
+    train_tiny(tiny_bpe_checkpoint, out, callbacks=[DecisionTrackingCallback(backend="local")], max_steps=4,
+               eval_steps=2, n_train=16, n_eval=9)
+    recorded = recorded_eval_set(read_state(find_state([out])), "eval_")
+    if recorded is None:
+        pytest.xfail("the training callback does not record its eval set's identity in tokcal.json on this branch")
+    live = identity_of(score_checkpoint(out / "checkpoint-2", out / "eval.jsonl", DecisionSpec(), progress=False))
+    assert recorded == live
+    assert cli(out, "--data", out / "eval.jsonl") == 0
+    assert "all 2 checkpoints' steps are in the run already under 'eval_'" in capsys.readouterr().out
+    assert cli(out, "--data", other_eval_set(out, tmp_path / "other.jsonl")) == 2
+    assert "--metric-prefix eval_other_" in capsys.readouterr().err
+
+
+def test_quiet_prints_nothing_but_errors_and_the_result(run_dir: Path, tmp_path: Path):
+    """The real CLI with --quiet: no progress bars (transformers' weight loading included),
+    no library logs; backfill says its one-line result (and each failure), extract nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TQDM_", "TRANSFORMERS_", "HF_HUB_DISABLE"))}
+
+    def tokcal(*argv: object) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tokcal", *map(str, argv)], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path, env=env)
+
+    out = linked(tmp_path, run_dir, [2, 4])
+    broken = out / "checkpoint-6"
+    broken.mkdir()
+    shutil.copy(run_dir / "checkpoint-6" / "config.json", broken)
+    tracker = LocalTracker(tmp_path / "runs")
+    proc = tokcal("backfill", out, "--data", run_dir / "eval.jsonl", "--backend", "local", "--run-id", tracker.run_id,
+                  "--local-dir", tmp_path / "runs", "--quiet")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [
+        (f"step        6  checkpoint-6             FAILED: {broken.resolve()} has no model weights (expected "
+         "model.safetensors or an index)"),
+        f"backfill into local run {tracker.run_id}: 2 logged, 0 skipped, 1 failed"]
+    assert proc.stderr.splitlines() == [
+        "tokcal backfill: 1 checkpoint(s) failed; fix them and run again (logged steps are skipped)"]
+    assert [r["step"] for r in read_local_store(tracker.directory)] == [2, 4]
+
+    decisions = tmp_path / "decisions.jsonl"
+    proc = tokcal("extract", "--checkpoint", run_dir / "checkpoint-2", "--data", run_dir / "eval.jsonl", "--output",
+                  decisions, "--metrics", tmp_path / "metrics.json", "--quiet")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    assert len(decisions.read_text().splitlines()) == 9
+    # Without --quiet, the same command shows its bars and table (what --quiet takes away).
+    proc = tokcal("extract", "--checkpoint", run_dir / "checkpoint-2", "--data", run_dir / "eval.jsonl", "--output",
+                  decisions)
+    assert proc.returncode == 0 and "Loading weights" in proc.stderr and "eval_decision_ece" in proc.stdout
+
+
+def test_ctrl_c_then_again_goes_on_where_it_stopped(run_dir: Path, tmp_path: Path):
+    """A real SIGINT once the first step is in the run: exit 130, what was logged stays (with
+    its per-decision file and the eval set's record), nothing half-written; the next call
+    logs the rest, each step once."""
+    import signal
+
+    from tests.helpers.training import write_records
+    from tokcal.data.records import read_records
+    from tokcal.jobs.state import read_state, recorded_eval_set
+
+    out = linked(tmp_path, run_dir)
+    tracker = LocalTracker(out / "tokcal")
+    state = recorded_state(out, tracker, None)
+    data = write_records(tmp_path / "big.jsonl", read_records(run_dir / "eval.jsonl") * 150)  # seconds a checkpoint
+    argv = [sys.executable, "-m", "tokcal", "backfill", str(out), "--data", str(data), "--quiet"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    store = tracker.directory / "evaluations.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and not (store.is_file() and store.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "tokcal backfill: interrupted"
+    first = sorted(r["step"] for r in read_local_store(tracker.directory))
+    assert first and first == STEPS[: len(first)] and len(first) < len(STEPS)
+    files = out / "tokcal" / "backfill"
+    assert sorted(p.name for p in files.iterdir()) == [f"checkpoint-{s}.decisions.jsonl" for s in first]
+    assert recorded_eval_set(read_state(state), "eval_") is not None
+    assert not list(tmp_path.rglob("*.tmp"))
+
+    again = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.strip() == (f"backfill into local run {tracker.run_id}: {len(STEPS) - len(first)} logged, "
+                                    f"{len(first)} skipped, 0 failed")
+    assert sorted(r["step"] for r in read_local_store(tracker.directory)) == STEPS
+    assert sorted(p.name for p in files.iterdir()) == [f"checkpoint-{s}.decisions.jsonl" for s in STEPS]

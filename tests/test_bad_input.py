@@ -99,7 +99,7 @@ def test_backfill_output_dir_under_a_file_is_refused_before_scoring(tmp_path, ca
                  "--local-dir", str(tmp_path / "store"), "--output-dir", str(blocker / "sub")])
     assert code == 2
     _one_line_error(capsys, "--output-dir", "is a file")
-    assert not (out / "checkpoint-5" / "tokcal_decisions.jsonl").exists()
+    assert not (out / "checkpoint-5" / "tokcal_decisions.jsonl").exists() and not (out / "tokcal").exists()
 
 
 # ------------------------------------------------------------------------------ encodings

@@ -140,7 +140,7 @@ def test_errors_are_one_line_and_write_nothing(qwen_ckpt, tmp_path, capsys):
 
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
-    for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         (corrupt / f).write_bytes((qwen_ckpt / f).read_bytes())
     (corrupt / "model.safetensors").write_bytes(b"not a safetensors file")
     assert "could not load the model" in run_err(base + ["--checkpoint", str(corrupt), "--data", str(good)], capsys)
@@ -167,3 +167,52 @@ def test_errors_are_one_line_and_write_nothing(qwen_ckpt, tmp_path, capsys):
 
     assert "n_bins" in run_err(base + ["--checkpoint", str(qwen_ckpt), "--data", str(good), "--bins", "0"], capsys)
     assert not out.exists()
+
+
+def test_labels_the_answers_do_not_use_fail_with_the_callbacks_message(tiny_bpe_checkpoint, tmp_path):
+    """`--labels Yes No` on Accept/Reject answers: exit 2 with the training callback's own
+    message (the tokens expected, an answer quoted), no output file, and no warning that
+    blames multi-token labels."""
+    import subprocess
+    import sys
+    import warnings
+
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+    )
+
+    from tests.helpers.training import as_dataset
+    from tokcal import DecisionSpec, DecisionTrackingCallback
+    from tokcal.data.synthetic import review_records
+
+    records = review_records(5, seed=3)
+    data = write_jsonl(tmp_path / "eval.jsonl", records)
+    tok = AutoTokenizer.from_pretrained(str(tiny_bpe_checkpoint))
+    cb = DecisionTrackingCallback(DecisionSpec(labels=("Yes", "No")), backend="local")
+    trainer = Trainer(model=AutoModelForCausalLM.from_pretrained(str(tiny_bpe_checkpoint)),
+                      args=TrainingArguments(output_dir=str(tmp_path / "train"), report_to="none", use_cpu=True,
+                                             per_device_eval_batch_size=4, disable_tqdm=True),
+                      eval_dataset=as_dataset(records, tok), processing_class=tok,
+                      data_collator=DataCollatorForSeq2Seq(tok, padding=True), callbacks=[cb])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.evaluate()
+    cb.close()
+    [live] = [str(w.message) for w in caught if "no decision token" in str(w.message)]
+    said = live.split(" Check labels")[0]  # the rest says how to fix it in the spec
+    assert "an answer reads '" in said and ("\\boxed{Accept}" in said or "\\boxed{Reject}" in said)
+
+    out = tmp_path / "decisions.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "tokcal", "extract", "--checkpoint", str(tiny_bpe_checkpoint),
+                           "--data", str(data), "--output", str(out), "--labels", "Yes", "No", "--quiet"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stdout == ""
+    [line] = proc.stderr.splitlines()  # one line, nothing else
+    assert line.startswith("tokcal extract: error: " + said), (line, said)
+    assert "--labels" in line and "--prefix" in line
+    assert "several tokens" not in proc.stderr and not out.exists()

@@ -276,7 +276,7 @@ def test_live_and_backfilled_records_join_and_flips_agree(tiny_bpe_checkpoint: P
         np.testing.assert_allclose(lp.per_sample.probs, bp.per_sample.probs, rtol=1e-3, atol=1e-6)
         assert bp.per_sample.ids == [r["id"] for r in read_records(out / "eval.jsonl")]
 
-    records = [extract_per_sample(read_records(out / f"checkpoint-{s}" / "tokcal_decisions.jsonl"), LABELS)
+    records = [extract_per_sample(read_records(out / "tokcal" / "backfill" / f"checkpoint-{s}.decisions.jsonl"), LABELS)
                for s in live.steps]
     direct = trajectories([r.keys for r in records], [r.correct for r in records], live.steps)
     from_live = trajectories([p.per_sample.keys for p in live.points], [p.per_sample.correct for p in live.points],

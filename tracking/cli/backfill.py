@@ -13,6 +13,7 @@ from tokcal.cli.common import (
     add_spec_args,
     format_table,
     load_kwargs,
+    quiet_output,
     source_from,
     spec_from,
 )
@@ -34,6 +35,9 @@ EXAMPLE = r"""examples:
   tokcal backfill 'out/checkpoint-[12]000' --data eval.jsonl --backend mlflow \
       --tracking-uri http://127.0.0.1:5000 --run-id 4f0c2b... --output-dir rescored/
 
+  # a second eval set, logged beside the first as its own series (eval_heldout_*)
+  tokcal backfill out --data heldout.jsonl --metric-prefix eval_heldout_
+
   # a LLaMA-Factory run: the eval set built by LLaMA-Factory from the training YAML
   tokcal backfill out --llamafactory-config train.yaml
 
@@ -41,8 +45,19 @@ EXAMPLE = r"""examples:
   torchrun --nproc_per_node 4 -m tokcal.cli.main backfill out --data eval.jsonl
 
 Steps the run already has are skipped (--force logs them again), so running it twice adds
-nothing and an interrupted backfill goes on where it stopped. Exit status 1 when any
-checkpoint failed (the others are still logged), 2 for an error before scoring.
+nothing and an interrupted backfill goes on where it stopped.
+
+One series, one eval set: out/tokcal.json records which eval set was logged under each
+prefix (the training callback records its own). Data that is not that eval set is refused
+before any model loads; give it its own --metric-prefix. A new prefix's eval set is
+recorded when its first step is logged.
+
+Checkpoint folders are only read. The per-decision files (one JSON line per decision, as
+`tokcal extract` writes) go to out/tokcal/backfill/checkpoint-N.decisions.jsonl, or to
+--output-dir. An MLflow store that does not exist is an error, never created.
+
+Exit status 1 when any checkpoint failed (the others are still logged), 2 for an error
+before scoring.
 """
 
 
@@ -58,18 +73,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="the training output folder (its checkpoint-N folders), checkpoint folders or globs")
     p.add_argument("--output-dir", metavar="DIR",
-                   help="write <checkpoint>.decisions.jsonl here (default: tokcal_decisions.jsonl in each checkpoint)")
+                   help="write the per-decision files (<checkpoint>.decisions.jsonl) here (default: tokcal/backfill/ "
+                        "in the folder that holds the checkpoints; checkpoint folders are never written)")
     p.add_argument("--force", action="store_true", help="log steps that the run already has again")
     p.add_argument("--state", metavar="tokcal.json", help="read the run and spec from this file "
                    "(default: tokcal.json in PATH or beside the checkpoints)")
-    p.add_argument("--metric-prefix", default="eval_", help="metric name prefix, as the Trainer logs it (default: eval_)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--metric-prefix", default="eval_",
+                   help="metric name prefix, as the Trainer logs it (default: eval_); another eval set needs its "
+                        "own, e.g. eval_heldout_")
+    p.add_argument("--quiet", action="store_true",
+                   help="print nothing but errors and the one-line result: no progress bars, no messages from "
+                        "the model libraries")
     g = p.add_argument_group("run (default: the one recorded in tokcal.json)")
     g.add_argument("--backend", choices=backend_names(), help="log into this backend's run only")
     g.add_argument("--run-id", help="the run to log into (W&B: the id in the run URL; MLflow: the run ID)")
     g.add_argument("--project", help="W&B project")
     g.add_argument("--entity", help="W&B entity (user or team)")
-    g.add_argument("--tracking-uri", help="MLflow tracking URI")
+    g.add_argument("--tracking-uri", help="MLflow tracking URI (default: the recorded one, else "
+                   "MLFLOW_TRACKING_URI, else MLflow's default, mlflow.db in the current folder)")
     g.add_argument("--local-dir", help="local backend folder (the one holding run folders)")
     add_data_args(p)
     add_spec_args(p)
@@ -78,6 +99,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with quiet_output(args.quiet):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from tokcal.core.distributed import Dist, destroy_distributed, init_distributed
     from tokcal.jobs.backfill import backfill
     from tokcal.jobs.state import find_state, read_state
@@ -92,18 +118,21 @@ def run(args: argparse.Namespace) -> int:
     if dist.on and kw["device"] is None:
         kw["device"] = _local_cuda_device()
     trackers = _open_runs(args, state, state_file, dist)
+    # The eval sets that tokcal.json records are those of its own runs.
+    recorded_runs = {t.get("run_id") for t in (state or {}).get("trackers") or [] if isinstance(t, dict)}
+    same_runs = dist.broadcast(bool(trackers) and all(t.run_id in recorded_runs for t in trackers))
     try:
         report = backfill(
             args.paths, source, trackers, settings, force=args.force,
             output_dir=args.output_dir, metric_prefix=args.metric_prefix, max_tokens=args.max_tokens,
-            progress=not args.quiet, **kw,
+            progress=not args.quiet, state=state_file if same_runs else None, **kw,
         )
     finally:
         for t in trackers:
             t.close()
     if dist.main:
-        print(report.summary())
-        if len(report.logged) == 1:
+        print(report.summary(brief=args.quiet))
+        if len(report.logged) == 1 and not args.quiet:
             print(format_table(report.logged[0].scalars))
     if created:
         destroy_distributed()  # a rank exiting with the group alive can abort in gloo's threads

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
-from typing import Any, Mapping
+import sys
+import warnings
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 from tokcal.core.spec import DecisionSpec, spec_from_args
 
@@ -117,3 +121,84 @@ def source_from(args: argparse.Namespace) -> Any:
     return open_data_file(data, chat_template=read_template(args), max_samples=args.max_samples,
                           image_dir=getattr(args, "image_dir", None), min_pixels=getattr(args, "min_pixels", None),
                           max_pixels=getattr(args, "max_pixels", None))
+
+
+#: What ``--quiet`` sets for the libraries tokcal drives (read when they start or load).
+QUIET_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "DATASETS_VERBOSITY": "error",
+    "TQDM_DISABLE": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "WANDB_SILENT": "true",
+}
+
+
+@contextmanager
+def quiet_output(enabled: bool = True) -> Iterator[None]:
+    """``--quiet``: no progress bars, logs or warnings from the libraries tokcal drives
+    (transformers' weight loading, the hub, datasets, MLflow, W&B) for the block; tokcal's
+    own warnings and every error still show. Everything is put back afterwards.
+
+    Example:
+        >>> with quiet_output():  # doctest: +SKIP
+        ...     scores = score_checkpoint("out/checkpoint-500", "eval.jsonl", DecisionSpec(), progress=False)
+    """
+    if not enabled:
+        yield
+        return
+    from tokcal.io import env_vars
+
+    root, own = logging.getLogger(), logging.getLogger("tokcal")
+    levels = (root.level, own.level)
+    with env_vars(QUIET_ENV), warnings.catch_warnings(), _quiet_transformers(), _quiet_datasets():
+        warnings.filterwarnings("ignore")
+        warnings.filterwarnings("default", module=r"tokcal(\.|$)")  # tokcal's own stay
+        root.setLevel(logging.ERROR)
+        own.setLevel(max(logging.WARNING, own.getEffectiveLevel()))
+        try:
+            yield
+        finally:
+            root.setLevel(levels[0])
+            own.setLevel(levels[1])
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' and the hub's progress bars off and its logs at errors only, then back."""
+    import huggingface_hub.utils as hub
+    from transformers.utils import logging as tf_logging
+
+    verbosity, bars, hub_off = tf_logging.get_verbosity(), tf_logging.is_progress_bar_enabled(), \
+        hub.are_progress_bars_disabled()
+    tf_logging.set_verbosity_error()
+    tf_logging.disable_progress_bar()
+    hub.disable_progress_bars()
+    try:
+        yield
+    finally:
+        tf_logging.set_verbosity(verbosity)
+        if bars:
+            tf_logging.enable_progress_bar()
+        if not hub_off:
+            hub.enable_progress_bars()
+
+
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """The same for ``datasets`` when it is loaded already (else QUIET_ENV reaches it when it loads)."""
+    datasets = sys.modules.get("datasets")
+    if datasets is None:
+        yield
+        return
+    verbosity, bars = datasets.logging.get_verbosity(), datasets.is_progress_bar_enabled()
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if bars:
+            datasets.enable_progress_bars()

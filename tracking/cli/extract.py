@@ -10,6 +10,7 @@ from tokcal.cli.common import (
     add_spec_args,
     format_table,
     load_kwargs,
+    quiet_output,
     source_from,
     spec_from,
 )
@@ -26,6 +27,8 @@ EXAMPLE = r"""example:
   tokcal extract --checkpoint out/checkpoint-500 --llamafactory-config train.yaml --output decisions.jsonl
 
 Each output line: {"sample_id", "p_accept", "p_reject", "gt", "pred", "correct", "mass", "confidence"}.
+When no answer holds a decision token for the labels (say --labels Yes No on Accept/Reject
+answers), it stops before loading the model, quoting an answer and the tokens it looked for.
 """
 
 
@@ -41,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint folder (safetensors)")
     p.add_argument("--output", required=True, metavar="OUT.jsonl", help="per-decision JSON lines")
     p.add_argument("--metrics", metavar="OUT.json", help="write the scalar metrics (and bins) here")
+    p.add_argument("--quiet", action="store_true",
+                   help="print nothing but errors: no progress bars, no messages from the model libraries, "
+                        "no metrics table (they are in --output and --metrics)")
     add_data_args(p)
     add_spec_args(p)
     add_model_args(p)
@@ -56,13 +62,17 @@ def run(args: argparse.Namespace) -> int:
     bin_edges(args.bins)
     check_outputs({"--output": args.output, "--metrics": args.metrics},
                   [args.data, args.llamafactory_config, args.chat_template, args.config])
-    source = source_from(args)
-    scores = score_checkpoint(args.checkpoint, source, spec, max_tokens=args.max_tokens, **load_kwargs(args))
-    metrics = scores.metrics(n_bins=args.bins)
+    with quiet_output(args.quiet):
+        source = source_from(args)
+        scores = score_checkpoint(args.checkpoint, source, spec, max_tokens=args.max_tokens,
+                                  progress=not args.quiet, **load_kwargs(args))
+        metrics = scores.metrics(n_bins=args.bins)
     write_jsonl(args.output, scores.records())
     if args.metrics:
         write_json(args.metrics, {"scalars": metrics.scalars, **metrics.to_dict(),
                                   "data": {"checkpoint": str(args.checkpoint), **source.metadata()}})
+    if args.quiet:
+        return 0
     print(format_table(metrics.scalars))
     for note in metrics.notes:
         print(f"note: {note}")

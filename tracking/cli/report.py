@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"{', '.join(f for f in forms if f)}, a training output folder with tokcal.json, "
                         "or extract .jsonl files")
     p.add_argument("--output", "-o", default="report.html", metavar="FILE", help="HTML file (default: report.html)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI for mlflow: sources (default: MLflow's)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for mlflow: sources (default: MLFLOW_TRACKING_URI, "
+                   "else MLflow's default, mlflow.db in the current folder; a store that is not there is an error)")
     p.add_argument("--steps", nargs="+", type=int, metavar="N", help="the step of each extract file, in order")
     p.add_argument("--labels", nargs="+", metavar="LABEL", help="extract files: the labels, positive first")
     p.add_argument("--title", default="tokcal report", help="the page title")

@@ -8,6 +8,7 @@ predict it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -93,3 +94,67 @@ def _to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+@dataclass
+class FoundDecisions:
+    """The decisions of a tokenised eval set, found without a model.
+
+    Attributes:
+        sample_index: (N,) the example each decision is in.
+        gt: (N,) label index of each decision.
+        missing: supervised spans with no decision token.
+        first_miss: the supervised tokens (at most 24) of the first answer without a
+            decision, for a message; ``None`` when every answer has one.
+    """
+
+    sample_index: np.ndarray
+    gt: np.ndarray
+    missing: int
+    first_miss: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.gt)
+
+
+def find_decisions(rows: Sequence[tuple[Sequence[int], Sequence[int]]], resolved: ResolvedSpec) -> FoundDecisions:
+    """The decisions in ``(input_ids, labels)`` rows, one row per example, exactly as
+    :func:`find_answer_positions` finds them in a batch: what scoring will score, known
+    before any model loads.
+
+    Example:
+        >>> found = find_decisions([(e.input_ids, e.labels) for e in examples], resolved)  # doctest: +SKIP
+        >>> len(found), found.missing  # doctest: +SKIP
+        (120, 0)
+    """
+    index: list[np.ndarray] = []
+    gts: list[np.ndarray] = []
+    missing, first_miss = 0, None
+    for i, (ids, labels) in enumerate(rows):
+        lab = np.asarray(labels, dtype=np.int64).reshape(1, -1)
+        if lab.size == 0:
+            continue
+        pos = find_answer_positions(lab, resolved, np.asarray(ids, dtype=np.int64).reshape(1, -1))
+        index.append(np.full(len(pos), i, dtype=np.int64))
+        gts.append(pos.gt)
+        missing += pos.missing
+        if first_miss is None and pos.missing:
+            first_miss = [int(x) for x in lab[0][lab[0] != IGNORE_INDEX][:24]]
+    cat = (lambda parts: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
+    return FoundDecisions(cat(index), cat(gts), missing, first_miss)
+
+
+def missing_decisions_message(resolved: ResolvedSpec, tokenizer: Any, first_miss: Sequence[int] | None,
+                              fix: str = "Check labels/prefix in the spec.") -> str:
+    """What to say when the answers hold no decision token: the tokens expected, after
+    which prefix, and how one answer reads (the training callback and the command line
+    say the same).
+
+    Example:
+        >>> missing_decisions_message(spec.resolve(tok), tok, [59, 8611])  # doctest: +SKIP
+        "no decision token found in the eval answers: expected one of [['Yes'], ['No']] after '\\\\boxed{'; ..."
+    """
+    seen = tokenizer.decode(list(first_miss)) if first_miss else ""
+    expected = [tokenizer.convert_ids_to_tokens(list(ids)) for ids in resolved.token_ids]
+    return (f"no decision token found in the eval answers: expected one of {expected} after "
+            f"{resolved.spec.prefix!r}; an answer reads {seen!r}. {fix}")

@@ -8,6 +8,12 @@ the same core as ``tokcal extract``. Steps the run already has for these metrics
 adds nothing and an interrupted backfill goes on where it stopped. A bad checkpoint is
 reported and the others still run.
 
+Checkpoint folders are only read: the per-decision files go to ``tokcal/backfill/`` in the
+training output folder (the checkpoints' parent), or to ``output_dir``. With the run's
+``tokcal.json`` (``state``), the eval set is checked against the one recorded under the
+metric prefix before any model loads, so a different eval set is never mixed into a
+series; under a new prefix its identity is recorded there.
+
 Never two points for one (metric, step) unless ``force``: backfill holds each run's
 writer lock (:meth:`~tokcal.trackers.base.Tracker.writer_lock`; a second backfill or
 sync into the same run on this machine stops at once, naming the holder's PID) and checks
@@ -54,7 +60,8 @@ from tokcal.trackers.base import MARKER, Tracker
 
 log = logging.getLogger(__name__)
 
-DECISIONS_FILE = "tokcal_decisions.jsonl"
+#: The per-decision files' folder in the training output folder, beside the local store.
+DECISIONS_DIR = Path("tokcal") / "backfill"
 
 
 # ----------------------------------------------------------------------------- results
@@ -80,6 +87,7 @@ class BackfillReport:
     results: list[CheckpointResult]
     targets: list[dict[str, Any]] = field(default_factory=list)
     tokenizations: int = 0  # how many times the data was tokenised
+    prefix: str = "eval_"  # the metrics' prefix
 
     def _with(self, status: str) -> list[CheckpointResult]:
         return [r for r in self.results if r.status == status]
@@ -100,12 +108,20 @@ class BackfillReport:
     def ok(self) -> bool:
         return not self.failed
 
-    def summary(self) -> str:
-        """One line per checkpoint, then the counts."""
+    def summary(self, *, brief: bool = False) -> str:
+        """One line per checkpoint (``brief``: the failed ones only), why nothing was
+        logged when every step was in the run already, then the counts."""
         lines = []
         for r in self.results:
             what = {"logged": "logged", "skipped": "skipped (already in the run)", "failed": f"FAILED: {r.error}"}
-            lines.append(f"step {r.step:>8}  {r.path.name:<24} {what[r.status]}")
+            if not brief or r.status == "failed":
+                lines.append(f"step {r.step:>8}  {r.path.name:<24} {what[r.status]}")
+        if self.results and len(self.skipped) == len(self.results):
+            n = len(self.results)
+            whose = "the checkpoint's step is" if n == 1 else f"all {n} checkpoints' steps are"
+            other = f"{self.prefix.rstrip('_')}_other_"
+            lines.append(f"{whose} in the run already under '{self.prefix}'; use --force to rescore or "
+                         f"--metric-prefix {other} for another eval set")
         runs = ", ".join(f"{t.get('backend')} run {t.get('run_id')}" for t in self.targets) or "no run"
         lines.append(f"backfill into {runs}: {len(self.logged)} logged, {len(self.skipped)} skipped, "
                      f"{len(self.failed)} failed")
@@ -115,11 +131,28 @@ class BackfillReport:
 # ---------------------------------------------------------------------------- steps
 
 
-def decisions_path(checkpoint: Path, output_dir: str | os.PathLike[str] | None) -> Path:
-    """``<checkpoint>/tokcal_decisions.jsonl``, or ``<output_dir>/<checkpoint name>.decisions.jsonl``."""
-    if output_dir is None:
-        return checkpoint / DECISIONS_FILE
-    return Path(output_dir) / f"{checkpoint.name}.decisions.jsonl"
+def decisions_folder(checkpoint: Path, output_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where a checkpoint's per-decision file goes: ``output_dir``, else ``tokcal/backfill``
+    in the training output folder that holds the checkpoint (never the checkpoint itself).
+
+    Example:
+        >>> decisions_folder(Path("/runs/out/checkpoint-500"))
+        PosixPath('/runs/out/tokcal/backfill')
+    """
+    return Path(output_dir) if output_dir is not None else checkpoint.parent / DECISIONS_DIR
+
+
+def decisions_path(checkpoint: Path, output_dir: str | os.PathLike[str] | None = None,
+                   prefix: str = "eval_") -> Path:
+    """``<folder>/<checkpoint name>.decisions.jsonl`` (:func:`decisions_folder`); another
+    prefix than ``eval_`` is in the name, so two eval sets never overwrite each other's.
+
+    Example:
+        >>> decisions_path(Path("/runs/out/checkpoint-500"), prefix="eval_holdout_").name
+        'checkpoint-500.eval_holdout.decisions.jsonl'
+    """
+    tag = "" if prefix == "eval_" else f".{prefix.rstrip('_')}"
+    return decisions_folder(checkpoint, output_dir) / f"{checkpoint.name}{tag}.decisions.jsonl"
 
 
 def plan(
@@ -130,27 +163,27 @@ def plan(
     force: bool = False,
     output_dir: str | os.PathLike[str] | None = None,
     allow_pickle: bool = False,
-) -> tuple[list[CheckpointResult], dict[int, list[int]]]:
+    prefix: str = "eval_",
+) -> tuple[list[CheckpointResult], dict[int, list[int]], bool]:
     """Every problem that shows without loading a model, and which trackers need each step.
 
     Returns:
         One :class:`CheckpointResult` per checkpoint (``"pending"``, or ``"failed"`` with
-        the reason), and for each step the indices of the trackers that do not have it
-        yet (all of them with ``force``).
+        the reason), for each step the indices of the trackers that do not have it yet
+        (all of them with ``force``), and whether any run has steps under ``key`` already.
     """
     results: list[CheckpointResult] = []
     for path, step in checkpoints:
-        res = CheckpointResult(path, step, "pending", output=decisions_path(path, output_dir))
+        res = CheckpointResult(path, step, "pending", output=decisions_path(path, output_dir, prefix))
         try:
             inspect_checkpoint(path, allow_pickle=allow_pickle)
-            if output_dir is None and not os.access(path, os.W_OK):
-                raise TokcalError(f"cannot write {DECISIONS_FILE} into {path} (read-only); pass --output-dir")
         except TokcalError as exc:
             res.status, res.error = "failed", str(exc)
         results.append(res)
-    have = [set() if force else set(t.logged_steps(key)) for t in trackers]
+    logged = [set(t.logged_steps(key)) for t in trackers]
+    have = [set() if force else h for h in logged]
     need = {r.step: [i for i, h in enumerate(have) if r.step not in h] for r in results}
-    return results, need
+    return results, need, any(logged)
 
 
 class ExampleCache:
@@ -260,6 +293,7 @@ def backfill(
     chat_template: str | None = None,
     tags: Mapping[str, str] | None = None,
     progress: bool = True,
+    state: str | os.PathLike[str] | None = None,
     **load_kw: Any,
 ) -> BackfillReport:
     """Rescore checkpoints and log each into ``trackers`` at its step, in step order.
@@ -275,10 +309,14 @@ def backfill(
         settings: spec, ``n_bins``, ``hist_bins``, ``log_samples``/``max_samples`` (the
             per-sample table); usually :func:`~tokcal.jobs.state.settings_from_state` plus flags.
         force: log steps the run already has again.
-        output_dir: where the per-decision JSONL files go (default: in each checkpoint).
+        output_dir: where the per-decision JSONL files go (default: ``tokcal/backfill`` in
+            the folder holding the checkpoints; checkpoint folders are never written).
         metric_prefix: the metrics' prefix, as the Trainer names them (``eval_``).
         max_tokens: padded tokens per batch.
         tags: more tags for every backfilled evaluation (:data:`MARKER` is always there).
+        state: the run's ``tokcal.json``: the eval set must be the one it records under
+            ``metric_prefix`` (checked before any model loads); under a prefix with no
+            record and no steps yet, this eval set's identity is recorded there.
         **load_kw: :func:`~tokcal.jobs.checkpoints.load_checkpoint` options (``tokenizer``,
             ``allow_pickle``, ``device``, ``dtype``, ``trust_remote_code``).
 
@@ -286,7 +324,9 @@ def backfill(
         A :class:`BackfillReport`; nothing raises for one bad checkpoint.
 
     Raises:
-        TokcalError: before any scoring, for no checkpoints or a bad eval set.
+        TokcalError: before any scoring, for no checkpoints, a bad eval set (answers
+            without any decision token, another eval set than the one recorded under
+            ``metric_prefix``) or a folder the per-decision files cannot go to.
     """
     settings = settings or TrackingSettings()
     dist = Dist()
@@ -294,30 +334,117 @@ def backfill(
     check_load_options(load_kw.get("device"), load_kw.get("dtype"), max_tokens=max_tokens)
     source = as_source(data, chat_template=chat_template, max_samples=max_samples)
     checkpoints = resolve_checkpoints(checkpoints)
-    if output_dir is not None:  # a file written and removed: read-only mounts too; nothing made yet
-        check_writable(output_dir, "the per-decision files (--output-dir)", create=False)
+    what = "the per-decision files (--output-dir" + (")" if output_dir is not None else " picks another folder)")
+    for folder in dict.fromkeys(decisions_folder(p, output_dir) for p, _ in checkpoints):
+        check_writable(folder, what, create=False)  # a file written and removed; nothing made yet
     source.check()
+    eval_set = EvalSetCheck(settings.spec, metric_prefix, state)
     with ExitStack() as locks, _frozen_survivors():
         _claim(trackers, locks, dist)
-        results, need = plan(checkpoints, trackers, key=f"{metric_prefix}decision_samples", force=force,
-                             output_dir=output_dir, allow_pickle=bool(load_kw.get("allow_pickle", False)))
-        need, n_trackers = dist.broadcast((need, len(trackers)))
-        report = BackfillReport(results, [t.describe() for t in trackers])
+        results, need, existing = plan(checkpoints, trackers, key=f"{metric_prefix}decision_samples", force=force,
+                                       output_dir=output_dir, allow_pickle=bool(load_kw.get("allow_pickle", False)),
+                                       prefix=metric_prefix)
+        need, n_trackers, existing = dist.broadcast((need, len(trackers), existing))
+        report = BackfillReport(results, [t.describe() for t in trackers], prefix=metric_prefix)
         cache = ExampleCache(source, progress=progress and dist.main)
+        for res in results:
+            if res.status == "pending" and n_trackers and not need[res.step]:
+                res.status = "skipped"
+        first = next((r for r in results if r.status == "pending"), None)
+        if first is None and eval_set.recorded is not None:  # nothing to score: still say when the data differs
+            first = next((r for r in results if r.status != "failed"), None)
+        if first is not None:
+            eval_set.check_before_loading(first.path, cache, load_kw)
+        eval_set.may_record = not existing
+        if existing and eval_set.recorded is None and dist.main:
+            log.warning("the run has steps under '%s' already and no record of their eval set, so tokcal cannot "
+                        "check that they used this one; if not, pass --metric-prefix %s", metric_prefix,
+                        other_prefix(metric_prefix))
         marker = {**MARKER, **dict(tags or {})}
         history = TrajectoryState()  # the flips between the checkpoints scored here
         with _bar(len(results), enabled=progress and dist.main) as bar:
             for res in results:
-                if res.status == "pending" and n_trackers and not need[res.step]:
-                    res.status = "skipped"
                 if res.status == "pending":
                     bar.set_postfix_str(res.path.name)
                     _run_one(res, cache, settings, dist, [trackers[i] for i in need[res.step] if i < len(trackers)],
                              marker=marker, prefix=metric_prefix, max_tokens=max_tokens, progress=progress,
-                             load_kw=load_kw, force=force, history=history)
+                             load_kw=load_kw, force=force, history=history, eval_set=eval_set)
                 bar.update(1)
     report.tokenizations = cache.builds
     return report
+
+
+def other_prefix(prefix: str) -> str:
+    """A prefix for another eval set, for messages: ``eval_`` -> ``eval_other_``."""
+    return f"{prefix.rstrip('_')}_other_"
+
+
+class EvalSetCheck:
+    """Keeps one series to one eval set: the identity (size and fingerprint of its
+    decisions, :func:`~tokcal.core.identity.eval_set_identity`) that ``tokcal.json`` records
+    under the prefix must be this data's, checked before any model loads and again on each
+    checkpoint's scores; a new prefix's identity is recorded after its first logged step.
+
+    Args:
+        spec: the decision spec (which tokens are decisions).
+        prefix: the metrics' prefix.
+        state: the run's ``tokcal.json``, or ``None`` (nothing to check or record).
+    """
+
+    def __init__(self, spec: Any, prefix: str, state: str | os.PathLike[str] | None) -> None:
+        from tokcal.jobs.state import read_state, recorded_eval_set
+
+        self.spec, self.prefix = spec, prefix
+        self.state = Path(state) if state is not None else None
+        self.recorded = recorded_eval_set(read_state(self.state), prefix) if self.state is not None else None
+        self.expected = self.recorded  # what every checkpoint's decisions must be
+        self.may_record = True  # False when the run has steps under the prefix already (not ours to vouch for)
+        self.name = "this eval set"
+
+    def check_before_loading(self, checkpoint: Path, cache: ExampleCache, load_kw: Mapping[str, Any]) -> None:
+        """With the first checkpoint's tokenizer only: answers without any decision token,
+        or another eval set than the recorded one, stop here."""
+        from tokcal.core.identity import eval_set_identity
+        from tokcal.jobs.checkpoints import checkpoint_tokenizer
+        from tokcal.jobs.extract import find_eval_decisions
+
+        source = cache.source
+        self.name = f"the eval set {source.name}" if getattr(source, "name", None) else self.name
+        try:
+            tokenizer = checkpoint_tokenizer(checkpoint, tokenizer=load_kw.get("tokenizer"),
+                                             trust_remote_code=bool(load_kw.get("trust_remote_code")),
+                                             allow_pickle=bool(load_kw.get("allow_pickle")),
+                                             processor_options=source.processor_options())
+        except TokcalError as exc:  # that checkpoint fails on its own; the others are checked when scored
+            log.info("%s: %s; the eval set is checked on the scores instead", checkpoint.name, exc)
+            return
+        tokenizer = source.tokenizer_for(tokenizer)
+        found = find_eval_decisions(cache.get(tokenizer, checkpoint.name), self.spec, tokenizer)
+        self.check(eval_set_identity(found.sample_index, found.gt, self.spec.labels))
+
+    def check(self, identity: Mapping[str, Any]) -> None:
+        """Raise when ``identity`` is not the expected eval set's; the first one seen is expected after."""
+        from tokcal.core.identity import same_eval_set
+
+        if self.expected is None:
+            self.expected = dict(identity)
+            return
+        if same_eval_set(self.expected, dict(identity)) is False:
+            where = f"recorded in {self.state}" if self.recorded is not None else "scored first"
+            raise TokcalError(
+                f"{self.name} is not the one logged under '{self.prefix}': {identity['size']} decisions "
+                f"(fingerprint {identity['fingerprint']}) here, {self.expected.get('size')} (fingerprint "
+                f"{self.expected.get('fingerprint')}) {where}; pass --metric-prefix {other_prefix(self.prefix)} "
+                "to log it as a separate series"
+            )
+
+    def record(self) -> None:
+        """After a step was logged: record the identity under a new prefix (main process only)."""
+        from tokcal.jobs.state import record_eval_set
+
+        if self.state is not None and self.recorded is None and self.may_record and self.expected is not None:
+            record_eval_set(self.state, self.prefix, self.expected)
+            self.recorded = self.expected
 
 
 _FREEZE = False  # set inside backfill(): see _frozen_survivors
@@ -366,17 +493,31 @@ def _claim(trackers: Sequence[Tracker], locks: ExitStack, dist: Dist) -> None:
 def _run_one(res: CheckpointResult, cache: ExampleCache, settings: TrackingSettings, dist: Dist,
              trackers: Sequence[Any], *, marker: Mapping[str, str], prefix: str, max_tokens: int,
              progress: bool, load_kw: Mapping[str, Any], force: bool = False,
-             history: TrajectoryState | None = None) -> None:
-    """Score one checkpoint, log it on rank 0, and agree on its outcome on every rank."""
+             history: TrajectoryState | None = None, eval_set: EvalSetCheck | None = None) -> None:
+    """Score one checkpoint, check its decisions are the eval set's, log it on rank 0, and
+    agree on its outcome on every rank."""
+    from tokcal.core.identity import eval_set_identity
+
     t0 = time.perf_counter()
     scores, error = score_one(res, cache, settings.spec, dist, max_tokens=max_tokens, progress=progress,
                               load_kw=load_kw)
+    other_set = None
+    if error is None and dist.main and eval_set is not None:
+        try:
+            eval_set.check(eval_set_identity(scores.sample_index, scores.gt, scores.labels))
+        except TokcalError as exc:
+            other_set = str(exc)
+    other_set = dist.broadcast(other_set)
+    if other_set:
+        raise TokcalError(other_set)  # nothing of this checkpoint was written
     status = "logged"
     if error is None and dist.main:
         try:
             if trackers and not log_one(res, scores, trackers, settings, prefix=prefix, tags=marker, force=force,
                                         history=history):
                 status = "skipped"  # another writer logged the step meanwhile
+            elif eval_set is not None:
+                eval_set.record()
         except Exception as exc:  # a failed write or tracker call fails this checkpoint only
             error = first_line(exc, with_type=not isinstance(exc, TokcalError))
     res.status, res.error = dist.broadcast(("failed", error) if error else (status, None))

@@ -345,13 +345,34 @@ def load_checkpoint(
         raise TokcalError(f"could not load the model in {info.path}: {first_line(exc)}") from exc
     model.to(dev)
     model.eval()
+    return model, checkpoint_tokenizer(info, tokenizer=tokenizer, trust_remote_code=trust_remote_code,
+                                       processor_options=processor_options)
+
+
+def checkpoint_tokenizer(
+    checkpoint: str | Path | CheckpointInfo,
+    *,
+    tokenizer: str | Path | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    processor_options: Mapping[str, Any] | None = None,
+) -> Any:
+    """The tokenizer (or, with ``processor_options``, the processor) that
+    :func:`load_checkpoint` scores a checkpoint with, without loading its model: ``tokenizer``
+    when given, else the checkpoint's own (an adapter without one: its base model's).
+
+    Example:
+        >>> tok = checkpoint_tokenizer("out/checkpoint-500")  # doctest: +SKIP
+    """
+    info = checkpoint if isinstance(checkpoint, CheckpointInfo) else inspect_checkpoint(
+        checkpoint, allow_pickle=allow_pickle)
     tok_src = tokenizer or info.path
     if tokenizer is None and info.kind == "adapter" and not any(
             (info.path / f).is_file() for f in ("tokenizer_config.json", *_PROCESSOR_FILES)):
         tok_src = _adapter_base(info.path)
     if processor_options is not None:
-        return model, load_processor(tok_src, trust_remote_code=trust_remote_code, **dict(processor_options))
-    return model, load_tokenizer(tok_src, trust_remote_code=trust_remote_code)
+        return load_processor(tok_src, trust_remote_code=trust_remote_code, **dict(processor_options))
+    return load_tokenizer(tok_src, trust_remote_code=trust_remote_code)
 
 
 def _adapter_base(path: Path) -> str:
@@ -415,12 +436,19 @@ def resolve_checkpoints(sources: Iterable[str | os.PathLike[str]]) -> list[tuple
 
     An output folder stands for its ``checkpoint-N`` sub-folders; a glob for its matching
     folders. The step is ``trainer_state.json``'s ``global_step`` (else the folder name).
+    Paths are absolute but links are kept as given (a folder of links to a shared run's
+    checkpoints stays that folder); one checkpoint reached twice counts once.
 
     Raises:
         TokcalError: nothing found, a path that does not exist, a step that cannot be told,
             or two checkpoints with the same step.
     """
-    found: dict[Path, None] = {}
+    found: dict[Path, Path] = {}  # the real folder -> the path it was given as (absolute)
+
+    def add(paths: Iterable[Path]) -> None:
+        for q in paths:
+            found.setdefault(q.resolve(), Path(os.path.abspath(q)))
+
     sources = list(sources)
     if not sources:
         raise TokcalError("no checkpoints given; expected an output folder, checkpoint folders or a glob")
@@ -430,7 +458,7 @@ def resolve_checkpoints(sources: Iterable[str | os.PathLike[str]]) -> list[tuple
             matches = [Path(m) for m in sorted(glob.glob(text)) if Path(m).is_dir()]
             if not matches:
                 raise TokcalError(f"no checkpoint folder matches {text!r}")
-            found.update(dict.fromkeys(m.resolve() for m in matches))
+            add(matches)
             continue
         p = Path(text)
         if not p.exists():
@@ -439,14 +467,14 @@ def resolve_checkpoints(sources: Iterable[str | os.PathLike[str]]) -> list[tuple
             raise TokcalError(f"expected a checkpoint or output folder, got a file: {p}")
         subs = find_checkpoints(p)
         if not subs and _looks_like_checkpoint(p):
-            found[p.resolve()] = None
+            add([p])
             continue
         # An output folder stands for its checkpoints, also when it holds the final model
         # too (LLaMA-Factory and Trainer.save_model write one there).
         if not subs:
             raise TokcalError(f"no checkpoint-N folders in {p}; expected the Trainer's output_dir or checkpoint paths")
-        found.update(dict.fromkeys(s.resolve() for s in subs))
-    plan = sorted(((p, checkpoint_step(p)) for p in found), key=lambda x: (x[1], str(x[0])))
+        add(subs)
+    plan = sorted(((p, checkpoint_step(p)) for p in found.values()), key=lambda x: (x[1], str(x[0])))
     for (a, sa), (b, sb) in zip(plan, plan[1:]):
         if sa == sb:
             raise TokcalError(f"{a} and {b} are both step {sa}; expected one checkpoint per step (pass one of them)")

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from tokcal.core.positions import FoundDecisions, find_decisions, missing_decisions_message
 from tokcal.core.scores import DecisionScores
 from tokcal.core.scoring import score
 from tokcal.core.spec import DecisionSpec
@@ -86,14 +88,48 @@ def score_checkpoint(
     """
     from tokcal.jobs.checkpoints import (
         check_load_options,
+        checkpoint_tokenizer,
         load_checkpoint,
     )
 
     check_load_options(load_kw.get("device"), load_kw.get("dtype"), max_tokens=max_tokens)
     source = as_source(data, chat_template=chat_template, max_samples=max_samples)
     source.check()  # a bad eval set fails before the model loads
+    tok_kw = {k: v for k, v in load_kw.items() if k in ("tokenizer", "trust_remote_code", "allow_pickle")}
+    tokenizer = source.tokenizer_for(checkpoint_tokenizer(Path(checkpoint), **tok_kw,
+                                                          processor_options=source.processor_options()))
+    examples = source.examples(tokenizer, progress=progress)
+    find_eval_decisions(examples, spec, tokenizer)  # answers without a decision token fail before the model loads
     model, tokenizer = load_checkpoint(Path(checkpoint), **load_kw, processor_options=source.processor_options())
     tokenizer = source.tokenizer_for(tokenizer)
-    examples = source.examples(tokenizer, progress=progress)
     return score_examples(model, tokenizer, examples, spec, source=source, max_tokens=max_tokens,
                           progress=progress)
+
+
+#: How to fix answers without a decision token, from the command line.
+FIX_LABELS = "Pass the labels and the prefix that the answers use (--labels, --prefix)."
+
+
+def find_eval_decisions(examples: Sequence[Example], spec: DecisionSpec, tokenizer: Any, *,
+                        fix: str = FIX_LABELS) -> FoundDecisions:
+    """The decisions of tokenised examples, found without a model (what scoring will score).
+
+    Raises:
+        TokcalError: the answers hold no decision token at all (labels or prefix that the
+            data does not use), with an answer quoted and the tokens expected.
+
+    Example:
+        >>> found = find_eval_decisions(examples, DecisionSpec(), tokenizer)  # doctest: +SKIP
+        >>> len(found)  # doctest: +SKIP
+        120
+    """
+    text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor's tokenizer
+    with warnings.catch_warnings(record=True) as caught:  # shown below, unless no label is in the data
+        warnings.simplefilter("always")
+        resolved = spec.resolve(text_tokenizer)
+    found = find_decisions([(e.input_ids, e.labels) for e in examples], resolved)
+    if found.missing and not len(found):
+        raise TokcalError(missing_decisions_message(resolved, text_tokenizer, found.first_miss, fix))
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return found

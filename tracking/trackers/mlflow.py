@@ -185,6 +185,63 @@ def tracking_uri_for(recorded: str | None, given: str | None, where: str) -> str
     return recorded
 
 
+def local_store_path(uri: str) -> Path | None:
+    """The file or folder of a local MLflow store (a sqlite file, a file store's folder);
+    ``None`` for a server, an in-memory database or another database.
+
+    Example:
+        >>> local_store_path("sqlite:////data/mlflow.db"), local_store_path("http://127.0.0.1:5000")
+        (PosixPath('/data/mlflow.db'), None)
+        >>> local_store_path("file:///data/mlruns"), local_store_path("mlruns")
+        (PosixPath('/data/mlruns'), PosixPath('mlruns'))
+    """
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    if uri.startswith("sqlite:"):
+        rest = uri[len("sqlite:"):]
+        path = rest[3:].split("?")[0] if rest.startswith("///") else ""
+        return Path(path) if path and path != ":memory:" else None
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(url2pathname(parsed.path)) if parsed.path else None
+    if len(parsed.scheme) <= 1:  # a plain path (or a Windows drive letter): a file store
+        return Path(uri)
+    return None
+
+
+def store_text(uri: str) -> str:
+    """The store's URI for a message (password hidden), with the absolute path of a
+    relative local store, so that it says which file or folder was searched.
+
+    Example:
+        >>> store_text("http://u:pw@host:5000")
+        'http://u:***@host:5000'
+    """
+    path = local_store_path(uri)
+    shown = redact(uri)
+    if path is not None and not path.is_absolute():
+        shown += f" ({path.resolve()})"
+    return shown
+
+
+def check_store_exists(uri: str, what: str) -> None:
+    """Stop before MLflow opens a local store that is not there: opening a missing sqlite
+    file or file store creates an empty one, so a run looked up in the wrong folder would
+    leave an empty ``mlflow.db`` behind and then not be found.
+
+    Raises:
+        TokcalError: the sqlite file or the store folder does not exist; the message names it.
+    """
+    path = local_store_path(uri)
+    if path is not None and not path.exists():
+        raise TokcalError(
+            f"could not open {what}: there is no MLflow store at {store_text(uri)} (not found); expected "
+            "--tracking-uri (or MLFLOW_TRACKING_URI) naming the store that holds the run, e.g. "
+            "sqlite:////path/to/mlflow.db or http://host:5000"
+        )
+
+
 class MlflowTracker(Tracker):
     """Log to an MLflow run through ``MlflowClient``.
 
@@ -221,15 +278,17 @@ class MlflowTracker(Tracker):
 
         fluent_uri = mlflow.get_tracking_uri()
         self._uri = tracking_uri or fluent_uri
-        self._client = mlflow.MlflowClient(tracking_uri=self._uri)
         self._owned = False
         self._closed = False
-        where = redact(self._uri)
+        where = store_text(self._uri)
         if run_id is None and self._uri == fluent_uri and mlflow.active_run() is not None:
             run_id = mlflow.active_run().info.run_id
         if run_id is None and os.environ.get("MLFLOW_RUN_ID"):
             run_id = os.environ["MLFLOW_RUN_ID"]
         what = f"MLflow run {run_id!r}" if run_id is not None else "a new MLflow run"
+        if run_id is not None:  # a lookup never creates a store (MLflow makes an empty one when opened)
+            check_store_exists(self._uri, what)
+        self._client = mlflow.MlflowClient(tracking_uri=self._uri)
         try:
             with bounded_requests():
                 if run_id is not None:
@@ -249,7 +308,7 @@ class MlflowTracker(Tracker):
             # Any other error (a malformed URI, a server that answers with something else than
             # MLflow's API) is said in one line too: its text may hold the URI's credentials.
             kind = "" if isinstance(exc, MlflowException) else f"{type(exc).__name__}: "
-            raise TokcalError(f"could not open {what} at {where}: {kind}{_first_line(exc)}") from exc
+            raise TokcalError(f"could not open {what} at {where}: {kind}{_first_line(exc)}{_elsewhere(exc)}") from exc
         if run.info.lifecycle_stage == "deleted":  # MLflow refuses every write into it
             raise TokcalError(
                 f"MLflow run {run.info.run_id} at {where} was deleted, so nothing can be logged into it; restore it "
@@ -437,6 +496,13 @@ def _first_line(exc: BaseException) -> str:
     return redact(first_line(exc))
 
 
+def _elsewhere(exc: BaseException) -> str:
+    """For a run that the store does not hold: where else to look."""
+    if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+        return "; only that store was searched: pass --tracking-uri if the run is in another"
+    return ""
+
+
 # ------------------------------------------------------------------ the bins artifact
 
 
@@ -494,12 +560,15 @@ def _read_mlflow(run_id: str, tracking_uri: str | None) -> list[Series]:
     mlflow = require("mlflow", "mlflow")
     from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    where = redact(tracking_uri or mlflow.get_tracking_uri())
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    check_store_exists(uri, f"MLflow run {run_id!r}")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    where = store_text(uri)
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
-        raise TokcalError(f"could not open MLflow run {run_id!r} at {where}: {_first_line(exc)}") from exc
+        raise TokcalError(f"could not open MLflow run {run_id!r} at {where}: {_first_line(exc)}"
+                          f"{_elsewhere(exc)}") from exc
     keys = list(run.data.metrics)
     prefixes = metric_prefixes(keys)
     if not prefixes:
