@@ -260,6 +260,8 @@ def backfill(
     chat_template: str | None = None,
     tags: Mapping[str, str] | None = None,
     progress: bool = True,
+    cache: ExampleCache | None = None,
+    history: TrajectoryState | None = None,
     **load_kw: Any,
 ) -> BackfillReport:
     """Rescore checkpoints and log each into ``trackers`` at its step, in step order.
@@ -279,6 +281,8 @@ def backfill(
         metric_prefix: the metrics' prefix, as the Trainer names them (``eval_``).
         max_tokens: padded tokens per batch.
         tags: more tags for every backfilled evaluation (:data:`MARKER` is always there).
+        cache, history: the tokenised eval set and the decisions of earlier checkpoints, kept
+            across calls by a caller that backfills one checkpoint at a time (``--watch``).
         **load_kw: :func:`~tokcal.jobs.checkpoints.load_checkpoint` options (``tokenizer``,
             ``allow_pickle``, ``device``, ``dtype``, ``trust_remote_code``).
 
@@ -303,9 +307,9 @@ def backfill(
                              output_dir=output_dir, allow_pickle=bool(load_kw.get("allow_pickle", False)))
         need, n_trackers = dist.broadcast((need, len(trackers)))
         report = BackfillReport(results, [t.describe() for t in trackers])
-        cache = ExampleCache(source, progress=progress and dist.main)
+        cache = cache if cache is not None else ExampleCache(source, progress=progress and dist.main)
         marker = {**MARKER, **dict(tags or {})}
-        history = TrajectoryState()  # the flips between the checkpoints scored here
+        history = history if history is not None else TrajectoryState()  # flips between the checkpoints scored
         with _bar(len(results), enabled=progress and dist.main) as bar:
             for res in results:
                 if res.status == "pending" and n_trackers and not need[res.step]:
