@@ -195,8 +195,8 @@ def test_cli_flags(saved, tmp_path, capsys):
 
 
 @pytest.mark.slow  # a real training in one process, the watcher in another
-@pytest.mark.parametrize("backend", ["local", "tensorboard"])
-def test_training_and_watcher_in_two_processes(tiny_bpe_checkpoint, tmp_path, backend):
+@pytest.mark.parametrize(("backend", "eval_strategy"), [("local", "no"), ("tensorboard", "no"), ("local", "steps")])
+def test_training_and_watcher_in_two_processes(tiny_bpe_checkpoint, tmp_path, backend, eval_strategy):
     if backend == "tensorboard":
         pytest.importorskip("tensorboard")
     out = tmp_path / "out"
@@ -207,7 +207,7 @@ def test_training_and_watcher_in_two_processes(tiny_bpe_checkpoint, tmp_path, ba
                                start_new_session=True)
     extra = ["report_to=tensorboard"] if backend == "tensorboard" else []
     train = subprocess.run([sys.executable, "-m", "tests.scripts.train_saving", str(tiny_bpe_checkpoint), str(out),
-                            str(tmp_path / "eval_train.jsonl"), backend, "no", *extra],
+                            str(tmp_path / "eval_train.jsonl"), backend, eval_strategy, *extra],
                            cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stderr[-3000:]
     try:
@@ -218,13 +218,20 @@ def test_training_and_watcher_in_two_processes(tiny_bpe_checkpoint, tmp_path, ba
     assert watcher.returncode == 0, stderr[-3000:]
     assert "stopped: training ended (tokcal.json)" in stdout
     assert [line.split()[1] for line in stdout.splitlines() if line.startswith("step")] == ["2", "4", "6"]
-    delays = [float(line.split("(")[1].split()[0]) for line in stdout.splitlines() if "after its save" in line]
-    assert len(delays) == 3 and all(0 < d < 120 for d in delays)
-
     from tokcal.jobs.report import read_source
 
     (series,) = read_source(str(out))  # the run tokcal.json names
-    assert series.steps == [2, 4, 6] and all(p.backfilled for p in series.points)  # one point per checkpoint
+    assert series.steps == [2, 4, 6]
+    if eval_strategy == "steps":  # the callback logged every step live; the watcher added nothing
+        assert stdout.count("skipped (already in the run)") == 3 and not any(p.backfilled for p in series.points)
+        from tokcal.trackers.local import read_local_store
+
+        (run_dir,) = [d for d in (out / "tokcal").iterdir() if d.is_dir()]
+        assert sorted(int(r["step"]) for r in read_local_store(run_dir)) == [2, 4, 6]  # one point per step
+        return
+    delays = [float(line.split("(")[1].split()[0]) for line in stdout.splitlines() if "after its save" in line]
+    assert len(delays) == 3 and all(0 < d < 120 for d in delays)
+    assert all(p.backfilled for p in series.points)  # one point per checkpoint, all from the watcher
     for p in series.points:
         want = own_scores(out / f"checkpoint-{p.step}", data)
         for key in ("eval_decision_accuracy", "eval_decision_ece", "eval_decision_prob_mass"):
