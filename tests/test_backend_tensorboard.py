@@ -16,19 +16,18 @@ import pytest
 
 pytest.importorskip("tensorboard")
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
-from tensorboard.util import tensor_util  # noqa: E402
-
-from tokcal.cli.main import main  # noqa: E402
-from tokcal.core.metrics import compute_metrics  # noqa: E402
-from tokcal.core.per_sample import PerSample  # noqa: E402
-from tokcal.errors import TokcalError  # noqa: E402
-from tokcal.jobs.backfill import MARKER  # noqa: E402
-from tokcal.jobs.report import read_source  # noqa: E402
-from tokcal.jobs.settings import TrackingSettings  # noqa: E402
-from tokcal.trackers import open_tracker  # noqa: E402
-from tokcal.trackers.base import finite_scalars  # noqa: E402
-from tokcal.trackers.tensorboard import BACKFILL_SUFFIX, TensorBoardTracker, tag_of  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.util import tensor_util
+from tokcal.cli.main import main
+from tokcal.core.metrics import compute_metrics
+from tokcal.core.per_sample import PerSample
+from tokcal.errors import TokcalError
+from tokcal.jobs.backfill import MARKER
+from tokcal.jobs.report import read_source
+from tokcal.jobs.settings import TrackingSettings
+from tokcal.trackers import open_tracker
+from tokcal.trackers.base import finite_scalars
+from tokcal.trackers.tensorboard import BACKFILL_SUFFIX, TensorBoardTracker, tag_of
 
 LABELS = ["Accept", "Reject"]
 
@@ -132,8 +131,9 @@ def test_bad_input_and_defaults(tmp_path, monkeypatch):
 
 @pytest.mark.slow  # trains a tiny model for real, then rescores its checkpoints
 def test_trainer_run_then_backfill(tiny_bpe_checkpoint, tmp_path, capsys):
-    from tests.helpers.training import train_tiny
     from tokcal import DecisionTrackingCallback
+
+    from tests.helpers.training import train_tiny
 
     out = tmp_path / "out"
     cb = DecisionTrackingCallback()  # backend "auto": follows report_to

@@ -18,18 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tests.helpers.training import train_tiny, write_records
 from tokcal.cli.main import main
 from tokcal.core.spec import DecisionSpec
 from tokcal.data.synthetic import review_records
 from tokcal.errors import TokcalError
 from tokcal.jobs.extract import score_checkpoint
-from tokcal.jobs.state import STATE_FILE, record_training_end, write_state
 from tokcal.jobs.settings import TrackingSettings
+from tokcal.jobs.state import STATE_FILE, record_training_end, write_state
 from tokcal.jobs.watch import CheckpointWatcher, has_trainer_state, watch
 from tokcal.trackers import open_tracker
 from tokcal.trackers.local import read_local
+
+from tests.helpers.training import train_tiny, write_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,6 +167,11 @@ def test_end_signals(saved, tmp_path):
     shutil.copy(saved / "checkpoint-4" / "trainer_state.json", out / "trainer_state.json")
     report = watch(out, data, tracker, poll=0.05, progress=False)
     assert report.ended_by.startswith("training ended (the final trainer_state.json") and report.results == []
+    # ... but not an earlier training's: one older than the new training's tokcal.json
+    os.utime(out / "trainer_state.json", (time.time() - 60, time.time() - 60))
+    write_state(out, [], TrackingSettings())
+    report = watch(out, data, tracker, poll=0.05, idle_timeout=0.2, progress=False)
+    assert report.ended_by.startswith("no new checkpoint for 0.2 s")
     # no new checkpoint for a while
     t0 = time.monotonic()
     report = watch(tmp_path / "c-not-yet", data, tracker, poll=0.05, idle_timeout=0.3, progress=False)
@@ -208,7 +213,7 @@ def test_training_and_watcher_in_two_processes(tiny_bpe_checkpoint, tmp_path, ba
     extra = ["report_to=tensorboard"] if backend == "tensorboard" else []
     train = subprocess.run([sys.executable, "-m", "tests.scripts.train_saving", str(tiny_bpe_checkpoint), str(out),
                             str(tmp_path / "eval_train.jsonl"), backend, eval_strategy, *extra],
-                           cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+                           cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600, check=False)
     assert train.returncode == 0, train.stderr[-3000:]
     try:
         stdout, stderr = watcher.communicate(timeout=300)
@@ -242,7 +247,9 @@ def test_training_and_watcher_in_two_processes(tiny_bpe_checkpoint, tmp_path, ba
     (again,) = read_source(str(out))
     assert again.steps == [2, 4, 6]
     if backend == "tensorboard":
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        from tensorboard.backend.event_processing.event_accumulator import (
+            EventAccumulator,
+        )
 
         (live,) = [d for d in (out / "runs").iterdir() if not d.name.endswith("_tokcal_backfill")]
         acc = EventAccumulator(str(live.parent / f"{live.name}_tokcal_backfill"), size_guidance={"tensors": 0})
@@ -265,7 +272,7 @@ def test_ctrl_c_stops_cleanly(saved, tmp_path):
         time.sleep(0.2)
     time.sleep(0.5)  # waiting for the next checkpoint now
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr[-2000:]
     assert "stopped (Ctrl-C)" in stderr and "Traceback" not in stderr
     assert "waiting for the next checkpoint-N; last step scored: 2" in stderr  # the status line

@@ -6,8 +6,9 @@
 import sys
 from pathlib import Path
 
-from tests.helpers.training import train_tiny
 from tokcal import DecisionTrackingCallback
+
+from tests.helpers.training import train_tiny
 
 if __name__ == "__main__":
     base, out, eval_data, backend, eval_strategy = sys.argv[1:6]

@@ -21,7 +21,9 @@ The watch ends by itself when training is over: the training callback records th
 ``tokcal.json`` (``training_ended_at``), or the Trainer's final ``trainer_state.json``
 appears in the output folder (``Trainer.save_state``, which LLaMA-Factory calls); or after
 the checkpoint of ``until_step``; or after ``idle_timeout`` seconds without a new
-checkpoint. Every checkpoint that is complete by then is scored first.
+checkpoint. Every checkpoint that is complete by then is scored first. A final
+``trainer_state.json`` older than ``tokcal.json`` is an earlier training's and does not count.
+A training that crashes records no end: ``idle_timeout`` or Ctrl-C stops the watch then.
 
 Example:
     >>> report = watch("out", "eval.jsonl", trackers, until_step=1000)  # doctest: +SKIP
@@ -36,14 +38,20 @@ import os
 import re
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tokcal.core.trajectories import TrajectoryState
 from tokcal.data.sources import EvalSource, as_source
 from tokcal.errors import TokcalError
-from tokcal.jobs.backfill import BackfillReport, CheckpointResult, ExampleCache, backfill
+from tokcal.jobs.backfill import (
+    BackfillReport,
+    CheckpointResult,
+    ExampleCache,
+    backfill,
+)
 from tokcal.jobs.settings import TrackingSettings
 from tokcal.jobs.state import STATE_FILE, training_ended
 
@@ -233,6 +241,7 @@ def watch(
     cache = ExampleCache(source, progress=progress)
     history = TrajectoryState()
     watcher = CheckpointWatcher(out)
+    _warm_up()
     report = WatchReport(targets=[t.describe() for t in trackers])
     last_step: int | None = None
     done_until = False  # the checkpoint of until_step (or one past it) was handed out
@@ -283,6 +292,16 @@ def watch(
     return report
 
 
+def _warm_up() -> None:
+    """Import the model loading, scoring and plotting code now, while nothing is saved yet,
+    so that the first checkpoint is not slower to reach the run than the others."""
+    import tokcal.core.plots
+    import tokcal.jobs.extract  # noqa: F401
+    import transformers
+
+    _ = transformers.AutoModelForCausalLM, transformers.AutoTokenizer
+
+
 def _check(value: Any, name: str, *, minimum: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
         raise TokcalError(f"expected {name} to be a number of seconds >= {minimum:g}, got {value!r}")
@@ -291,14 +310,17 @@ def _check(value: Any, name: str, *, minimum: float) -> None:
 def _training_over(out: Path, state_path: Path) -> str | None:
     """Why training is over, or ``None``: the callback's record in ``tokcal.json``, or the
     Trainer's final ``trainer_state.json`` in the output folder."""
+    began = None
     if state_path.is_file():
         try:
+            began = state_path.stat().st_mtime
             state = json.loads(state_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):  # being replaced right now: look again at the next poll
             state = None
         if isinstance(state, dict) and training_ended(state) is not None:
             return f"training ended ({state_path.name})"
-    if has_trainer_state(out):
+    final = out / COMPLETE_FILE
+    if has_trainer_state(out) and (began is None or final.stat().st_mtime >= began):  # not an earlier training's
         return f"training ended (the final {COMPLETE_FILE} in {out.name})"
     return None
 

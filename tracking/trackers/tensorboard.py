@@ -52,7 +52,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from tokcal.core.metrics import DecisionMetrics, Histogram
 from tokcal.core.per_sample import PerSample
 from tokcal.core.per_sample import file_name as per_sample_name
@@ -199,7 +198,7 @@ class TensorBoardTracker(Tracker):
 
     @classmethod
     def open(cls, *, run_id: str | None = None, run_name: str | None = None,
-             local_dir: str | os.PathLike[str] = DEFAULT_LOCAL_DIR, logdir: str | None = None) -> "TensorBoardTracker":
+             local_dir: str | os.PathLike[str] = DEFAULT_LOCAL_DIR, logdir: str | None = None) -> TensorBoardTracker:
         return cls(logdir=logdir, run_id=run_id, run_name=run_name, local_dir=local_dir)
 
     @classmethod
