@@ -31,9 +31,9 @@ def check_watch_flags(args: argparse.Namespace) -> None:
 class StatusLine:
     """One line on a terminal, rewritten in place (on a pipe: a line each time it changes)."""
 
-    def __init__(self, stream: TextIO = sys.stderr, *, enabled: bool = True) -> None:
-        self.stream, self.enabled = stream, enabled
-        self._tty = hasattr(stream, "isatty") and stream.isatty()
+    def __init__(self, stream: TextIO | None = None, *, enabled: bool = True) -> None:
+        self.stream, self.enabled = stream if stream is not None else sys.stderr, enabled
+        self._tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self._shown = ""
 
     def __call__(self, text: str) -> None:

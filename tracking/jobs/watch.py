@@ -238,6 +238,7 @@ def watch(
     trackers = list(trackers) if isinstance(trackers, (list, tuple)) else [trackers]
     state_path = Path(state_file) if state_file else out / STATE_FILE
     decisions_dir = backfill_kw.pop("decisions_dir", None)
+    prefix = backfill_kw.get("metric_prefix", "eval_")
     cache = ExampleCache(source, progress=progress)
     history = TrajectoryState()
     watcher = CheckpointWatcher(out)
@@ -259,6 +260,13 @@ def watch(
                 if step > until_step:
                     continue  # past the last step asked for
             saved_at = _saved_at(path)
+            if not backfill_kw.get("force") and logged_by_callback(path, step, prefix):
+                res = CheckpointResult(path, step, "skipped")  # the live callback's point, maybe not written yet
+                report.results.append(res)
+                last_step = step
+                if on_result is not None:
+                    on_result(res, None)
+                continue
             say(f"scoring {path.name} (step {step})")
             one = backfill([path], source, trackers, settings, output_dir=decisions_dir, progress=progress,
                            cache=cache, history=history, **backfill_kw) if path.is_dir() else None
@@ -290,6 +298,29 @@ def watch(
         say(f"watching {out}: waiting for {waiting}; {scored}")
         time.sleep(poll)
     return report
+
+
+def logged_by_callback(checkpoint: Path, step: int, prefix: str = "eval_") -> bool:
+    """Whether the training callback evaluated this checkpoint's step under ``prefix``: its
+    ``trainer_state.json`` holds the callback's entry for that step (the callback adds one to
+    the Trainer's log history when it logs, before the Trainer saves). The callback writes that
+    point itself, possibly still in its background thread, so the watcher must not add one.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / COMPLETE_FILE).write_text('{"global_step": 4, "log_history": '
+        ...                                         '[{"eval_decision_samples": 9, "step": 4}]}')
+        >>> logged_by_callback(folder, 4), logged_by_callback(folder, 4, "eval_holdout_")
+        (True, False)
+    """
+    try:
+        data = json.loads((checkpoint / COMPLETE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # no (whole) trainer state: nothing says the callback logged it
+        return False
+    history = data.get("log_history") if isinstance(data, dict) else None
+    key = f"{prefix}decision_samples"
+    return any(isinstance(e, dict) and e.get("step") == step and key in e for e in history or [])
 
 
 def _warm_up() -> None:
@@ -338,4 +369,4 @@ def deleted_message(path: Path) -> str:
     return f"{path.name} was deleted before it could be scored"
 
 
-__all__ = ["COMPLETE_FILE", "CheckpointWatcher", "WatchReport", "deleted_message", "has_trainer_state", "snapshot", "watch"]
+__all__ = ["COMPLETE_FILE", "CheckpointWatcher", "WatchReport", "deleted_message", "has_trainer_state", "logged_by_callback", "snapshot", "watch"]
