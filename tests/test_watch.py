@@ -271,17 +271,16 @@ def test_ctrl_c_stops_cleanly(saved, tmp_path):
     while not read_local_steps(run_dir) and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(0.5)  # waiting for the next checkpoint now
+    from tokcal.io import exclusive_lock
+
+    with exclusive_lock(run_dir / ".tokcal-writer.lock", "local run"):  # not held while waiting: free to take
+        pass
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr[-2000:]
     assert "stopped (Ctrl-C)" in stderr and "Traceback" not in stderr
     assert "waiting for the next checkpoint-N; last step scored: 2" in stderr  # the status line
     assert read_local_steps(run_dir) == [2]
-    # the writer lock was not held while waiting: another writer can take it now
-    from tokcal.io import exclusive_lock
-
-    with exclusive_lock(run_dir / ".tokcal-writer.lock", "local run"):
-        pass
 
 
 def read_local_steps(run_dir: Path) -> list[int]:
