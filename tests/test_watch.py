@@ -287,3 +287,28 @@ def read_local_steps(run_dir: Path) -> list[int]:
     from tokcal.trackers.local import read_local_store
 
     return [int(r["step"]) for r in read_local_store(run_dir)]
+
+
+def test_a_busy_run_is_tried_again(saved, tmp_path):
+    """Another writer (``tokcal sync``, a backfill) holds the run's lock when a checkpoint is
+    ready: the watcher says so, waits, and scores it once the lock is free."""
+    from contextlib import ExitStack
+
+    from tokcal.io import exclusive_lock
+
+    out = tmp_path / "out"
+    shutil.copytree(saved / "checkpoint-2", out / "checkpoint-2")
+    tracker, run_dir = local_run(tmp_path)
+    held = ExitStack()
+    held.enter_context(exclusive_lock(tracker.writer_lock(), "local run"))
+    lines: list[str] = []
+
+    def status(text: str) -> None:
+        lines.append(text)
+        if "being written by another tokcal process" in text:
+            held.close()  # the other writer is done
+
+    report = watch(out, saved / "eval.jsonl", tracker, poll=0.05, until_step=2, progress=False, status=status)
+    assert any("checkpoint-2: the run is being written by another tokcal process" in x for x in lines)
+    assert [(r.step, r.status) for r in report.results] == [(2, "logged")]
+    assert read_local_steps(run_dir) == [2]

@@ -59,6 +59,7 @@ COMPLETE_FILE = "trainer_state.json"  # the last file the Trainer writes into ch
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")  # the Trainer's PREFIX_CHECKPOINT_DIR-<global step>
 
 Snapshot = tuple[tuple[str, int, int], ...]
+BUSY = "is being written by another tokcal process"  # tokcal.io.exclusive_lock's message
 
 
 def snapshot(folder: Path) -> Snapshot | None:
@@ -153,6 +154,12 @@ class CheckpointWatcher:
             s.done = True
         return [(s.path, s.step) for s in sorted(ready, key=lambda s: s.step)], gone
 
+    def retry(self, path: Path) -> None:
+        """Hand ``path`` out again once it is seen complete again (its run was busy)."""
+        seen = self._seen.get(path.name)
+        if seen is not None:
+            seen.done, seen.last = False, None
+
     @property
     def pending(self) -> list[str]:
         """Checkpoint folders seen but not complete yet (being written)."""
@@ -246,12 +253,14 @@ def watch(
     report = WatchReport(targets=[t.describe() for t in trackers])
     last_step: int | None = None
     done_until = False  # the checkpoint of until_step (or one past it) was handed out
+    retrying: set[Path] = set()  # checkpoints whose run was busy: handed out again later
     say = status or (lambda text: None)
     tell = on_deleted or (lambda path: warnings.warn(deleted_message(path), stacklevel=3))
     while True:
         over = _training_over(out, state_path)
         ready, gone = watcher.poll(training_over=over is not None)
         for path in gone:
+            retrying.discard(path)
             report.deleted.append(path)
             tell(path)
         for path, step in ready:
@@ -268,8 +277,20 @@ def watch(
                     on_result(res, None)
                 continue
             say(f"scoring {path.name} (step {step})")
-            one = backfill([path], source, trackers, settings, output_dir=decisions_dir, progress=progress,
-                           cache=cache, history=history, **backfill_kw) if path.is_dir() else None
+            try:
+                one = backfill([path], source, trackers, settings, output_dir=decisions_dir, progress=progress,
+                               cache=cache, history=history, **backfill_kw) if path.is_dir() else None
+            except TokcalError as exc:
+                if not path.is_dir():
+                    one = None  # gone between the look and the load
+                elif BUSY in str(exc):  # another writer (tokcal sync, a backfill) has the run now
+                    say(f"{path.name}: the run is being written by another tokcal process; trying again")
+                    watcher.retry(path)
+                    retrying.add(path)
+                    continue
+                else:
+                    raise
+            retrying.discard(path)
             res = one.results[0] if one is not None else None
             if res is None or (res.status == "failed" and not path.is_dir()):
                 report.deleted.append(path)  # rotation removed it before or while it was scored
@@ -283,7 +304,7 @@ def watch(
                 last_step = step
             if on_result is not None:
                 on_result(res, delay)
-        if done_until:
+        if done_until and not retrying:
             report.ended_by = f"reached step {until_step} (--until-step)"
             break
         if over is not None and not watcher.pending:
