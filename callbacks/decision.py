@@ -259,6 +259,13 @@ class DecisionTrackingCallback(TrainerCallback):
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         self.flush()
         self._training = False  # the runs stay open for a later evaluate(); close() or exit ends them
+        if state.is_world_process_zero and self._slots:  # for `tokcal backfill --watch`: training is over
+            from tokcal.jobs.state import STATE_FILE, record_training_end
+
+            try:
+                record_training_end(Path(args.output_dir) / STATE_FILE)
+            except (OSError, TokcalError) as exc:
+                self._warn_once("state", f"tokcal could not record the end of training in {STATE_FILE}: {exc}")
 
     def close(self, failed: bool | None = None) -> None:
         """Wait for pending logging, remove the forward hook, end the runs tokcal opened.

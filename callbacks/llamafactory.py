@@ -16,7 +16,7 @@ tokcal keys (all optional except the switch; a key that is off is never passed o
 ``decision_lowercase``    also count lower-case labels (default ``true``)
 ``decision_config``       a tokcal YAML with ``spec:``/``tracking:`` sections
 ``decision_bins``         reliability bins (``n_bins``)
-``decision_backend``      ``auto`` (follow ``report_to``), ``local``, ``mlflow``, ``wandb``
+``decision_backend``      ``auto`` (follow ``report_to``), ``local``, ``mlflow``, ``wandb``, ``tensorboard``
 ``decision_every``        log every N-th evaluation
 ``decision_<option>``     any other tracking option: ``hist_bins``, ``log_per_sample``, ``log_samples``,
                           ``max_samples``, ``scorer``, ``project``, ``entity``,

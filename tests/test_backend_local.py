@@ -94,8 +94,8 @@ def test_local_errors(tmp_path):
 def test_backend_by_name(tmp_path):
     assert open_tracker("LOCAL", local_dir=tmp_path).name == "local"
     assert open_tracker(**{"backend": "local", "local_dir": str(tmp_path)}).name == "local"  # a settings mapping
-    with pytest.raises(TokcalError, match=r"expected backend to be one of 'local', 'mlflow', 'wandb', got 'tensorboard'"):
-        open_tracker("tensorboard")
+    with pytest.raises(TokcalError, match=r"expected backend to be one of 'local', 'mlflow', 'wandb', 'tensorboard', got 'comet'"):
+        open_tracker("comet")
     with pytest.raises(TokcalError, match=r"unknown tracker settings \['uri'\]"):
         open_tracker("mlflow", uri="x")
     with pytest.raises(TokcalError, match=r"tracking_uri applies to the mlflow backend.*got 'http://u:\*\*\*@h/'"):

@@ -133,7 +133,7 @@ def assert_same(point: Point, want: DecisionMetrics) -> None:
 
 
 def test_registry_and_options(jsonl_backend, tmp_path):
-    assert backend_names() == ("local", "mlflow", "wandb", "jsonl")
+    assert backend_names() == ("local", "mlflow", "wandb", "tensorboard", "jsonl")
     assert backend_class("JSONL") is JsonLinesTracker
     with pytest.raises(TokcalError, match="expected a new lower-case backend name, got 'jsonl'"):
         register_backend(JsonLinesTracker)
@@ -148,7 +148,7 @@ def test_registry_and_options(jsonl_backend, tmp_path):
     assert TrackingSettings(backend=["jsonl", "local"]).backend == ("jsonl", "local")
     kw = TrackingSettings(backend="jsonl", project="p").tracker_kwargs("jsonl", local_dir="out/tokcal")
     assert kw == {"local_dir": "out/tokcal", "run_id": None, "run_name": None}  # W&B's project is not its option
-    assert TrackingSettings().backends_for("all") == ["mlflow", "wandb"]  # no Trainer integration of its own
+    assert TrackingSettings().backends_for("all") == ["mlflow", "wandb", "tensorboard"]  # no Trainer integration of its own
 
     # The base class checks the arguments once, before the backend writes anything.
     plain = open_tracker("jsonl", folder=tmp_path, spool=False)

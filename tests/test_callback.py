@@ -111,7 +111,7 @@ def test_own_pass_scorer_gives_the_same_numbers(base_ckpt, runs, tmp_path):
 
 def test_bad_setup_fails_in_init():
     with pytest.raises(TokcalError, match="expected backend"):
-        DecisionTrackingCallback(backend="tensorboard")
+        DecisionTrackingCallback(backend="comet")
     with pytest.raises(TokcalError, match="expected every >= 1"):
         DecisionTrackingCallback(every=0)
     with pytest.raises(TokcalError, match="unknown tracking options"):

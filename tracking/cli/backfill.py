@@ -44,6 +44,10 @@ EXAMPLE = r"""examples:
   # several GPUs: each rank scores a share, rank 0 logs
   torchrun --nproc_per_node 4 -m tokcal.cli.main backfill out --data eval.jsonl
 
+  # training with evaluation off: score each checkpoint as soon as it is saved, on a spare GPU,
+  # into the training's own run; stops by itself when training ends
+  tokcal backfill out --data eval.jsonl --watch --device cuda:7
+
 Steps the run already has are skipped (--force logs them again), so running it twice adds
 nothing and an interrupted backfill goes on where it stopped.
 
@@ -57,7 +61,7 @@ Checkpoint folders are only read. The per-decision files (one JSON line per deci
 --output-dir. An MLflow store that does not exist is an error, never created.
 
 Exit status 1 when any checkpoint failed (the others are still logged), 2 for an error
-before scoring.
+before scoring, 130 when a watch is stopped with Ctrl-C (run it again to go on).
 """
 
 
@@ -84,6 +88,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true",
                    help="print nothing but errors and the one-line result: no progress bars, no messages from "
                         "the model libraries")
+    w = p.add_argument_group("watching a training that is still running")
+    w.add_argument("--watch", action="store_true",
+                   help="after the checkpoints that are there, wait for new ones and score each as soon as its save "
+                   "is complete; stops when training ends (PATH: the training's output folder)")
+    w.add_argument("--until-step", type=int, metavar="N", help="with --watch: stop after the checkpoint of step N")
+    w.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+                   help="with --watch: stop when no new checkpoint appeared for this long (default: wait until "
+                   "training ends)")
+    w.add_argument("--poll", type=float, default=2.0, metavar="SECONDS",
+                   help="with --watch: seconds between two looks at the folder (default: 2)")
     g = p.add_argument_group("run (default: the one recorded in tokcal.json)")
     g.add_argument("--backend", choices=backend_names(), help="log into this backend's run only")
     g.add_argument("--run-id", help="the run to log into (W&B: the id in the run URL; MLflow: the run ID)")
@@ -109,6 +123,13 @@ def _run(args: argparse.Namespace) -> int:
     from tokcal.jobs.state import find_state, read_state
 
     source = source_from(args)
+    if args.watch:
+        from tokcal.cli.backfill_watch import run_watch
+
+        return run_watch(args, source, settings_for=_settings, open_runs=_open_runs)
+    from tokcal.cli.backfill_watch import check_watch_flags
+
+    check_watch_flags(args)
     created = init_distributed()
     dist = Dist()
     state_file = Path(args.state) if args.state else find_state(args.paths)

@@ -294,6 +294,8 @@ def backfill(
     tags: Mapping[str, str] | None = None,
     progress: bool = True,
     state: str | os.PathLike[str] | None = None,
+    cache: ExampleCache | None = None,
+    history: TrajectoryState | None = None,
     **load_kw: Any,
 ) -> BackfillReport:
     """Rescore checkpoints and log each into ``trackers`` at its step, in step order.
@@ -317,6 +319,8 @@ def backfill(
         state: the run's ``tokcal.json``: the eval set must be the one it records under
             ``metric_prefix`` (checked before any model loads); under a prefix with no
             record and no steps yet, this eval set's identity is recorded there.
+        cache, history: the tokenised eval set and the decisions of earlier checkpoints, kept
+            across calls by a caller that backfills one checkpoint at a time (``--watch``).
         **load_kw: :func:`~tokcal.jobs.checkpoints.load_checkpoint` options (``tokenizer``,
             ``allow_pickle``, ``device``, ``dtype``, ``trust_remote_code``).
 
@@ -346,7 +350,7 @@ def backfill(
                                        prefix=metric_prefix)
         need, n_trackers, existing = dist.broadcast((need, len(trackers), existing))
         report = BackfillReport(results, [t.describe() for t in trackers], prefix=metric_prefix)
-        cache = ExampleCache(source, progress=progress and dist.main)
+        cache = cache if cache is not None else ExampleCache(source, progress=progress and dist.main)
         for res in results:
             if res.status == "pending" and n_trackers and not need[res.step]:
                 res.status = "skipped"
@@ -361,7 +365,7 @@ def backfill(
                         "check that they used this one; if not, pass --metric-prefix %s", metric_prefix,
                         other_prefix(metric_prefix))
         marker = {**MARKER, **dict(tags or {})}
-        history = TrajectoryState()  # the flips between the checkpoints scored here
+        history = history if history is not None else TrajectoryState()  # flips between the checkpoints scored
         with _bar(len(results), enabled=progress and dist.main) as bar:
             for res in results:
                 if res.status == "pending":

@@ -21,7 +21,7 @@ class TrackingSettings:
     Attributes:
         spec: labels, prefix, variants.
         backend: ``"auto"`` (follow the Trainer's ``report_to``), one of ``local``,
-            ``mlflow``, ``wandb``, or a list of them.
+            ``mlflow``, ``wandb``, ``tensorboard``, or a list of them.
         every: log every N-th evaluation.
         n_bins: reliability bins; hist_bins: histogram bins.
         log_per_sample: keep the per-sample record of every evaluation (sample index,
@@ -95,7 +95,7 @@ class TrackingSettings:
 
         Example:
             >>> TrackingSettings().backends_for(["wandb", "tensorboard"]), TrackingSettings().backends_for("none")
-            (['wandb'], ['local'])
+            (['wandb', 'tensorboard'], ['local'])
         """
         if self.backend != "auto":
             return [self.backend] if isinstance(self.backend, str) else list(self.backend)

@@ -36,6 +36,7 @@ STATE_FILE = "tokcal.json"
 _GLOB_CHARS = "*?["
 PATH_KEYS = ("local_dir", "spool_dir")  # tracker fields that are folders
 EVAL_SETS = "eval_sets"  # metric prefix -> identity of the eval set logged under it
+TRAINING_ENDED = "training_ended_at"  # when the callback saw training end (seconds since the epoch)
 
 
 def find_state(paths: Iterable[str | os.PathLike[str]]) -> Path | None:
@@ -71,7 +72,8 @@ def settings_from_state(state: Mapping[str, Any] | None) -> TrackingSettings:
     """The tracking settings recorded in ``tokcal.json`` (defaults when there is none)."""
     if not state:
         return TrackingSettings()
-    return TrackingSettings.from_dict({k: v for k, v in state.items() if k not in ("trackers", EVAL_SETS)})
+    return TrackingSettings.from_dict({k: v for k, v in state.items()
+                                       if k not in ("trackers", EVAL_SETS, TRAINING_ENDED)})
 
 
 def write_state(output_dir: str | os.PathLike[str], trackers: Sequence[Mapping[str, Any]],
@@ -124,6 +126,34 @@ def recorded_eval_set(state: Mapping[str, Any] | None, prefix: str) -> dict[str,
     sets = (state or {}).get(EVAL_SETS)
     found = sets.get(prefix) if isinstance(sets, dict) else None
     return dict(found) if isinstance(found, dict) else None
+
+
+def record_training_end(path: str | os.PathLike[str], when: float | None = None) -> None:
+    """Record in an existing ``tokcal.json`` that training has ended (``tokcal backfill --watch``
+    stops when it sees this); a new training in the folder writes the file again without it.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = write_state(folder, [], TrackingSettings())
+        >>> record_training_end(folder / STATE_FILE, when=1.5)
+        >>> training_ended(read_state(folder / STATE_FILE))
+        1.5
+    """
+    import time
+
+    from tokcal.config import load_json_object
+    from tokcal.io import write_json
+
+    state = load_json_object(path)
+    state[TRAINING_ENDED] = time.time() if when is None else float(when)
+    write_json(path, state)
+
+
+def training_ended(state: Mapping[str, Any] | None) -> float | None:
+    """When the callback recorded training's end (``None``: not recorded, or still training)."""
+    value = (state or {}).get(TRAINING_ENDED)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def spool_dirs(state: Mapping[str, Any] | None) -> list[Path]:

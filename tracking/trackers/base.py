@@ -15,7 +15,7 @@ a backend name to that class; :func:`tokcal.trackers.open_tracker`, backfill's t
 
 Example:
     >>> backend_names()
-    ('local', 'mlflow', 'wandb')
+    ('local', 'mlflow', 'wandb', 'tensorboard')
     >>> backend_class("mlflow").options
     ('tracking_uri', 'experiment')
 """
@@ -580,6 +580,7 @@ _REGISTRY: dict[str, str | type[Tracker]] = {
     "local": "tokcal.trackers.local:LocalTracker",
     "mlflow": "tokcal.trackers.mlflow:MlflowTracker",
     "wandb": "tokcal.trackers.wandb:WandbTracker",
+    "tensorboard": "tokcal.trackers.tensorboard:TensorBoardTracker",
 }
 DEFAULT_BACKEND = "local"  # when nothing is configured and report_to names no backend
 
