@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,7 +34,8 @@ def score_examples(
     desc: str = "scoring",
     shard: tuple[int, int] | None = None,
 ) -> DecisionScores:
-    """Score tokenised examples with a loaded model; results in sample order.
+    """Score tokenised examples with a loaded model; results in sample order. Decisions
+    whose probabilities are not finite are left out and counted (``nonfinite``).
 
     Args:
         tokenizer: the tokenizer, or the processor for image sources (its ``.tokenizer``
@@ -62,7 +64,7 @@ def score_examples(
         if bar is not None:
             bar.close()
     scores.sample_ids = [e.sample_id for e in examples]
-    return scores
+    return scores.without_nonfinite()
 
 
 def score_checkpoint(
@@ -95,5 +97,8 @@ def score_checkpoint(
     model, tokenizer = load_checkpoint(Path(checkpoint), **load_kw, processor_options=source.processor_options())
     tokenizer = source.tokenizer_for(tokenizer)
     examples = source.examples(tokenizer, progress=progress)
-    return score_examples(model, tokenizer, examples, spec, source=source, max_tokens=max_tokens,
-                          progress=progress)
+    scores = score_examples(model, tokenizer, examples, spec, source=source, max_tokens=max_tokens,
+                            progress=progress)
+    if scores.nonfinite:
+        warnings.warn(scores.nonfinite_message(str(checkpoint)), stacklevel=2)
+    return scores
