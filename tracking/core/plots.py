@@ -195,12 +195,13 @@ def _agg_canvas(fig: Figure) -> Any:
     return canvas if isinstance(canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
 
 
-def figure_to_png(fig: Figure) -> bytes:
+def figure_to_png(fig: Figure, dpi: float | None = None) -> bytes:
     """Render to PNG bytes (Agg), compressed fast: the same pixels, files about 10 % larger,
-    an eighth less time than zlib's default level."""
+    an eighth less time than zlib's default level. ``dpi``: this rendering's resolution
+    (the figure's own is left as it is, so a reused figure keeps it)."""
     _agg_canvas(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
+    fig.savefig(buf, format="png", dpi="figure" if dpi is None else dpi, pil_kwargs={"compress_level": 1})
     return buf.getvalue()
 
 
