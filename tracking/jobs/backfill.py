@@ -295,7 +295,8 @@ def backfill(
     settings = settings or TrackingSettings()
     dist = Dist()
     trackers = ([trackers] if isinstance(trackers, Tracker) else list(trackers)) if dist.main else []
-    check_load_options(load_kw.get("device"), load_kw.get("dtype"), max_tokens=max_tokens)
+    check_load_options(load_kw.get("device"), load_kw.get("dtype"), max_tokens=max_tokens,
+                       tokenizer=load_kw.get("tokenizer"))
     source = as_source(data, chat_template=chat_template, max_samples=max_samples)
     checkpoints = resolve_checkpoints(checkpoints)
     if output_dir is not None:  # a file written and removed: read-only mounts too; nothing made yet

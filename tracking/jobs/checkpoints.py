@@ -71,12 +71,14 @@ def inspect_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> Check
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
-def check_load_options(device: str | None = None, dtype: str | None = None, *, max_tokens: int = 16384) -> None:
+def check_load_options(device: str | None = None, dtype: str | None = None, *, max_tokens: int = 16384,
+                       tokenizer: str | os.PathLike[str] | None = None) -> None:
     """Check the loading and batching options before anything loads.
 
     Raises:
         TokcalError: an unknown device or dtype, a CUDA device on a machine without one
-            (or an index past the last GPU), or ``max_tokens`` < 1.
+            (or an index past the last GPU), ``max_tokens`` < 1, or a ``tokenizer`` path
+            that is not a folder (a hub name such as ``org/name`` is left to loading).
 
     Example:
         >>> check_load_options("cpu", "float32")
@@ -87,6 +89,8 @@ def check_load_options(device: str | None = None, dtype: str | None = None, *, m
     """
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise TokcalError(f"expected --max-tokens >= 1, got {max_tokens!r}")
+    if tokenizer is not None:
+        _check_tokenizer_path(tokenizer)
     if dtype is not None and dtype not in _DTYPES:
         raise TokcalError(f"expected --dtype one of {', '.join(_DTYPES)}, got {dtype!r}")
     if device is None:
@@ -104,6 +108,19 @@ def check_load_options(device: str | None = None, dtype: str | None = None, *, m
             raise TokcalError(f"--device {device}: this machine has {n} GPU(s) (cuda:0..cuda:{n - 1})")
     if m.group(1) == "mps" and not torch.backends.mps.is_available():
         raise TokcalError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
+def _check_tokenizer_path(tokenizer: str | os.PathLike[str]) -> None:
+    """``--tokenizer``: a folder, or a hub name; a path that is clearly local must exist."""
+    text = os.fspath(tokenizer)
+    p = Path(text).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise TokcalError(f"expected --tokenizer to be a tokenizer folder, got a file: {p}")
+        return
+    local = p.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1 or (os.sep != "/" and os.sep in text)
+    if local:
+        raise TokcalError(f"tokenizer folder not found: {p} (--tokenizer); expected a folder with tokenizer_config.json")
 
 
 # Files a tokenizer or processor is built from. Checkpoints of one run hold the same ones,
@@ -334,6 +351,15 @@ def load_checkpoint(
     torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if dev.startswith("cuda") else torch.float32)
     kw: dict[str, Any] = dict(trust_remote_code=trust_remote_code, dtype=torch_dtype,
                               use_safetensors=not info.pickle)
+    tok_src = tokenizer or info.path
+    if tokenizer is None and info.kind == "adapter" and not any(
+            (info.path / f).is_file() for f in ("tokenizer_config.json", *_PROCESSOR_FILES)):
+        tok_src = _adapter_base(info.path)
+    # The tokenizer first: a problem with it shows before the weights load.
+    if processor_options is not None:
+        tok = load_processor(tok_src, trust_remote_code=trust_remote_code, **dict(processor_options))
+    else:
+        tok = load_tokenizer(tok_src, trust_remote_code=trust_remote_code)
     try:
         if info.kind == "adapter":
             model = _load_adapter(info.path, kw)
@@ -345,13 +371,7 @@ def load_checkpoint(
         raise TokcalError(f"could not load the model in {info.path}: {first_line(exc)}") from exc
     model.to(dev)
     model.eval()
-    tok_src = tokenizer or info.path
-    if tokenizer is None and info.kind == "adapter" and not any(
-            (info.path / f).is_file() for f in ("tokenizer_config.json", *_PROCESSOR_FILES)):
-        tok_src = _adapter_base(info.path)
-    if processor_options is not None:
-        return model, load_processor(tok_src, trust_remote_code=trust_remote_code, **dict(processor_options))
-    return model, load_tokenizer(tok_src, trust_remote_code=trust_remote_code)
+    return model, tok
 
 
 def _adapter_base(path: Path) -> str:
@@ -414,13 +434,19 @@ def resolve_checkpoints(sources: Iterable[str | os.PathLike[str]]) -> list[tuple
     """``(folder, step)`` in step order from output folders, checkpoint folders or globs.
 
     An output folder stands for its ``checkpoint-N`` sub-folders; a glob for its matching
-    folders. The step is ``trainer_state.json``'s ``global_step`` (else the folder name).
+    folders. The step is ``trainer_state.json``'s ``global_step``, else the folder's name as
+    given (a symlink's own name, not its target's).
 
     Raises:
         TokcalError: nothing found, a path that does not exist, a step that cannot be told,
             or two checkpoints with the same step.
     """
-    found: dict[Path, None] = {}
+    found: dict[Path, Path] = {}  # resolved folder -> the path given (a link's own name tells its step)
+
+    def add(paths: Iterable[Path]) -> None:
+        for given in paths:
+            found.setdefault(given.resolve(), given)
+
     sources = list(sources)
     if not sources:
         raise TokcalError("no checkpoints given; expected an output folder, checkpoint folders or a glob")
@@ -430,7 +456,7 @@ def resolve_checkpoints(sources: Iterable[str | os.PathLike[str]]) -> list[tuple
             matches = [Path(m) for m in sorted(glob.glob(text)) if Path(m).is_dir()]
             if not matches:
                 raise TokcalError(f"no checkpoint folder matches {text!r}")
-            found.update(dict.fromkeys(m.resolve() for m in matches))
+            add(matches)
             continue
         p = Path(text)
         if not p.exists():
@@ -439,14 +465,16 @@ def resolve_checkpoints(sources: Iterable[str | os.PathLike[str]]) -> list[tuple
             raise TokcalError(f"expected a checkpoint or output folder, got a file: {p}")
         subs = find_checkpoints(p)
         if not subs and _looks_like_checkpoint(p):
-            found[p.resolve()] = None
+            add([p])
             continue
         # An output folder stands for its checkpoints, also when it holds the final model
         # too (LLaMA-Factory and Trainer.save_model write one there).
         if not subs:
             raise TokcalError(f"no checkpoint-N folders in {p}; expected the Trainer's output_dir or checkpoint paths")
-        found.update(dict.fromkeys(s.resolve() for s in subs))
-    plan = sorted(((p, checkpoint_step(p)) for p in found), key=lambda x: (x[1], str(x[0])))
+        add(subs)
+    # The step from trainer_state.json, else the name as given: a symlink checkpoint-N to a
+    # folder named otherwise (a snapshot, a hash) is step N.
+    plan = sorted(((p, checkpoint_step(given)) for p, given in found.items()), key=lambda x: (x[1], str(x[0])))
     for (a, sa), (b, sb) in zip(plan, plan[1:]):
         if sa == sb:
             raise TokcalError(f"{a} and {b} are both step {sa}; expected one checkpoint per step (pass one of them)")

@@ -50,6 +50,8 @@ def score_examples(
         batches = source.batches(examples, tokenizer, max_tokens=max_tokens, model=model)
     else:
         batches = make_batches(examples, pad_id_of(tokenizer), max_tokens=max_tokens)
+    if shard is None or shard[0] == 0:
+        _warn_too_long(model, examples)
     if shard is not None:
         batches = batches[shard[0]::shard[1]]
     bar = None
@@ -65,6 +67,31 @@ def score_examples(
             bar.close()
     scores.sample_ids = [e.sample_id for e in examples]
     return scores.without_nonfinite()
+
+
+def max_positions(model: Any) -> int | None:
+    """The model's ``max_position_embeddings`` (a vision-language model's text part's)."""
+    config = getattr(model, "config", None)
+    for cfg in (config, getattr(config, "text_config", None)):
+        n = getattr(cfg, "max_position_embeddings", None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def _warn_too_long(model: Any, examples: Sequence[Example]) -> None:
+    """One warning when records are longer than the model's positions: they are scored as
+    they are (cutting them would cut the answer), but past what the model was trained on."""
+    limit = max_positions(model)
+    if limit is None:
+        return
+    long = [e for e in examples if len(e) > limit]
+    if long:
+        worst = max(long, key=len)
+        warnings.warn(f"{len(long)} of {len(examples)} records are longer than the model's {limit} positions "
+                      f"(the longest, {worst.sample_id!r}, has {len(worst)} tokens); they are scored as they are, "
+                      "beyond the length the model handles, so their probabilities may be off; shorten them or "
+                      "leave them out of the data file", stacklevel=3)
 
 
 def score_checkpoint(
@@ -91,7 +118,8 @@ def score_checkpoint(
         load_checkpoint,
     )
 
-    check_load_options(load_kw.get("device"), load_kw.get("dtype"), max_tokens=max_tokens)
+    check_load_options(load_kw.get("device"), load_kw.get("dtype"), max_tokens=max_tokens,
+                       tokenizer=load_kw.get("tokenizer"))
     source = as_source(data, chat_template=chat_template, max_samples=max_samples)
     source.check()  # a bad eval set fails before the model loads
     model, tokenizer = load_checkpoint(Path(checkpoint), **load_kw, processor_options=source.processor_options())
