@@ -136,6 +136,17 @@ def write_report(series: Sequence[Series], output: str | os.PathLike[str], *, ti
         TokcalError: nothing to draw, ``output`` is a folder, or ``compare_step`` precedes
             every evaluation.
     """
+    import matplotlib
+
+    # Every text drawn as written: a ``$`` in a label or run name is a dollar sign, not TeX
+    # that matplotlib may fail to parse (which would fail every figure).
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _write_report(series, output, title=title, step_figures=step_figures, compare_step=compare_step,
+                             progress=progress)
+
+
+def _write_report(series: Sequence[Series], output: str | os.PathLike[str], *, title: str, step_figures: bool,
+                  compare_step: int | None, progress: bool) -> Path:
     if not series or not any(s.points for s in series):
         raise TokcalError("nothing to report: expected at least one evaluation")
     check_compare_step(series, compare_step)
