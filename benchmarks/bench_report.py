@@ -6,6 +6,12 @@ records) is logged to a real local store, read back as ``tokcal report`` reads i
 report is written twice in one process: once with the per-step figures built as before (a
 new figure per step and kind), once as now. Prints both times, their ratio, and the peak
 Python allocation (tracemalloc) of each. The ratio is the result; times depend on the machine.
+
+Measured (2 shared AMD EPYC cores, 30 evaluations of 200 samples, two runs): before/after
+3.09x (126.2 s -> 40.9 s) and 2.13x (272.2 s -> 127.6 s, the machine busier); peak Python
+allocation unchanged (30.7 -> 30.9 MiB). What is left is matplotlib drawing each figure
+(tick labels and texts, about 0.25 s per figure at 60 dpi here); ``--no-step-figures``
+skips the per-step figures altogether.
 """
 
 from __future__ import annotations
