@@ -226,6 +226,8 @@ class DecisionTrackingCallback(TrainerCallback):
             else:
                 self._own_pass(kw.get("model"), dataloader)
         scores = self.capture.gather(num_samples)  # every rank joins
+        if scores.nonfinite and state.is_world_process_zero:  # left out of the metrics, counted in them
+            warnings.warn(scores.nonfinite_message(f"tokcal, evaluation at step {state.global_step}"), stacklevel=2)
         unlabeled = self.capture.unlabeled_batches
         first_miss = self.capture.first_miss
         self.capture.clear()

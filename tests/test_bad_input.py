@@ -183,18 +183,52 @@ def test_empty_chat_template_file(tmp_path, capsys):
 # ------------------------------------------------------------------------- property-based
 
 _text = st.text(alphabet=string.ascii_letters + " {}\\<>", max_size=12)
-_content = st.one_of(_text, st.none(), st.integers(), st.lists(
-    st.fixed_dictionaries({"type": st.sampled_from(["text", "image", "video"]), "text": _text}), max_size=3))
+# Any JSON value of the wrong type for a field: null, numbers, booleans, arrays, objects.
+_wrong = st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.booleans(),
+                   st.lists(st.integers(), max_size=2), st.dictionaries(st.just("k"), st.integers(), max_size=1))
+_part = st.fixed_dictionaries({"type": st.one_of(st.sampled_from(["text", "image", "video"]), _wrong)},
+                              optional={"text": st.one_of(_text, _wrong)})
+_content = st.one_of(_text, _wrong, st.lists(st.one_of(_part, _wrong), max_size=3))
 _message = st.dictionaries(st.sampled_from(["role", "content", "from", "value"]),
                            st.one_of(st.sampled_from(["user", "assistant", "system", "gpt", "human", "bot"]),
                                      _content), max_size=3)
+# A well-formed record (answer included), then one field set to a value of the wrong type.
+_answer = st.sampled_from(["\\boxed{Accept}", "\\boxed{Reject}"])
+_good = st.one_of(
+    st.builds(lambda q, a: {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]},
+              _text, _answer),
+    st.builds(lambda q, a: {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]},
+              _text, _answer),
+    st.builds(lambda q, a: {"instruction": q, "output": a}, _text, _answer),
+)
+_FIELDS = [("id",), ("messages",), ("messages", 0), ("messages", 0, "role"), ("messages", 0, "content"),
+           ("messages", 1, "content"), ("conversations",), ("conversations", 0, "from"),
+           ("conversations", 1, "value"), ("instruction",), ("input",), ("output",), ("system",), ("history",)]
+
+
+def _set(record: dict, path: tuple, value) -> dict:
+    """``record`` with the field at ``path`` set to ``value`` (where the record has that place)."""
+    out = json.loads(json.dumps(record))
+    node = out
+    for key in path[:-1]:
+        if isinstance(node, dict) and key in node or isinstance(node, list) and isinstance(key, int) and key < len(node):
+            node = node[key]
+        else:
+            return out
+    if isinstance(node, dict) or isinstance(node, list) and path[-1] < len(node):
+        node[path[-1]] = value
+    return out
+
+
+_broken = st.builds(_set, _good, st.sampled_from(_FIELDS), _wrong)
 _record = st.one_of(
     st.dictionaries(st.sampled_from(["messages", "conversations", "instruction", "input", "output", "system",
                                      "history", "id", "other"]),
-                    st.one_of(_text, st.none(), st.integers(), st.lists(_message, max_size=4),
+                    st.one_of(_text, _wrong, st.lists(_message, max_size=4),
                               st.lists(st.lists(_text, max_size=3), max_size=2)), max_size=5),
     st.fixed_dictionaries({"messages": st.lists(_message, max_size=4)}),
     st.fixed_dictionaries({"conversations": st.lists(_message, max_size=4)}),
+    _broken,
 )
 _value = st.one_of(_record, st.integers(), _text, st.none(), st.lists(st.integers(), max_size=2))
 
@@ -209,7 +243,10 @@ def _check_messages(messages: list) -> None:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(values=st.lists(_value, max_size=4), as_array=st.booleans(), max_samples=st.one_of(
     st.none(), st.integers(min_value=-3, max_value=5)))
-def test_random_records_read_cleanly_or_fail_cleanly(tmp_path_factory, values, as_array, max_samples):
+def test_random_records_read_cleanly_or_fail_cleanly(tmp_path_factory, small_bpe_tok, values, as_array,
+                                                     max_samples):
+    """A file either fails its check with one line, or every record renders with a real chat
+    template and tokenises (what happens after the model loads): never a traceback then."""
     path = tmp_path_factory.mktemp("prop") / "eval.json"
     if as_array:
         path.write_text(json.dumps(values), encoding="utf-8")
@@ -225,6 +262,31 @@ def test_random_records_read_cleanly_or_fail_cleanly(tmp_path_factory, values, a
     assert source.records, "a file that reads cleanly has records"
     for i, r in enumerate(source.records):
         _check_messages(to_messages(r, f"record {i}"))
+    try:
+        examples = source.examples(small_bpe_tok)
+    except TokcalError as exc:  # only what no check can know before the tokenizer (e.g. the template)
+        assert str(exc) and "\n" not in str(exc).strip()
+        return
+    assert len(examples) == len(source.records)
+    assert all(len(e.input_ids) == len(e.labels) > 0 for e in examples)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(good=st.lists(_good, min_size=0, max_size=2), broken=_broken, at=st.integers(0, 2))
+def test_a_field_of_the_wrong_type_is_one_line_before_any_model(tmp_path_factory, small_bpe_tok, good, broken, at):
+    """One record with one field set to null or another wrong type, among good ones: the
+    check (before any model loads) names it in one line, or it renders and tokenises."""
+    records = good[:at] + [broken] + good[at:]
+    path = _write(tmp_path_factory.mktemp("field") / "eval.jsonl", records)
+    source = DataFile(path)
+    try:
+        source.check()
+    except TokcalError as exc:
+        msg = str(exc)
+        assert "\n" not in msg.strip() and f"line {records.index(broken) + 1}" in msg, msg
+        return
+    examples = source.examples(small_bpe_tok)  # no model needed; must not raise now
+    assert len(examples) == len(records)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

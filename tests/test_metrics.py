@@ -162,7 +162,7 @@ def test_scalars_match_references_on_random_data(seed, k, n):
     expected_keys = {
         *(f"eval_avg_p_{x}" for x in lk),
         *(f"eval_decision_{x}" for x in ["prob_mass", "confidence", "accuracy", "ece", "mce", "brier", "nll",
-                                         "samples", "missing", "temperature", "ece_temp"]),
+                                         "samples", "missing", "nonfinite", "temperature", "ece_temp"]),
         *(f"eval_decision_pred_rate_{x}" for x in lk),
         *(f"eval_decision_true_rate_{x}" for x in lk),
         *(f"eval_decision_{x}" for x in ["balanced_accuracy", "macro_f1", "mcc", "mass_p05", "mass_below_half",
@@ -494,7 +494,7 @@ def test_prefix_and_labels_are_keyed():
 @pytest.mark.parametrize("probs", [np.empty((0, 2)), np.asarray([]), []])
 def test_empty_input_reports_counts_only(probs):
     m = compute_metrics(probs, np.asarray([], dtype=int), ["Accept", "Reject"], n_missing=4)
-    assert m.scalars == {"eval_decision_samples": 0.0, "eval_decision_missing": 4.0}
+    assert m.scalars == {"eval_decision_samples": 0.0, "eval_decision_missing": 4.0, "eval_decision_nonfinite": 0.0}
     assert m.reliability is None and m.positive_reliability is None and m.histograms == {}
     assert len(m.notes) == 1
     back = DecisionMetrics.from_dict(json.loads(json.dumps(m.to_dict(), allow_nan=False)))

@@ -79,6 +79,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                     help="the image processor resizes each image to at most N pixels (default: the checkpoint's)")
     im.add_argument("--min-pixels", type=int, metavar="N",
                     help="...and to at least N pixels (default: the checkpoint's)")
+    im.add_argument("--image-pixel-limit", type=int, metavar="N",
+                    help="refuse image files larger than N pixels (width x height), checked before the model "
+                         "loads (default: Pillow's 89478485)")
     g = p.add_argument_group("LLaMA-Factory data (instead of --data)")
     g.add_argument("--llamafactory-config", metavar="CONFIG.yaml",
                    help="the LLaMA-Factory training YAML: build the eval set with its template, dataset_info.json, "
@@ -103,7 +106,8 @@ def source_from(args: argparse.Namespace) -> Any:
         raise TokcalError("expected --data or --llamafactory-config, not both")
     image_opts = [n for n, v in (("--image-dir", getattr(args, "image_dir", None)),
                                  ("--max-pixels", getattr(args, "max_pixels", None)),
-                                 ("--min-pixels", getattr(args, "min_pixels", None))) if v is not None]
+                                 ("--min-pixels", getattr(args, "min_pixels", None)),
+                                 ("--image-pixel-limit", getattr(args, "image_pixel_limit", None))) if v is not None]
     if cfg and image_opts:
         raise TokcalError(f"{' and '.join(image_opts)} apply to --data; with --llamafactory-config set "
                           "media_dir/image_max_pixels/image_min_pixels in the YAML (or --llamafactory-set)")
@@ -120,7 +124,8 @@ def source_from(args: argparse.Namespace) -> Any:
 
     return open_data_file(data, chat_template=read_template(args), max_samples=args.max_samples,
                           image_dir=getattr(args, "image_dir", None), min_pixels=getattr(args, "min_pixels", None),
-                          max_pixels=getattr(args, "max_pixels", None))
+                          max_pixels=getattr(args, "max_pixels", None),
+                          image_pixel_limit=getattr(args, "image_pixel_limit", None))
 
 
 #: What ``--quiet`` sets for the libraries tokcal drives (read when they start or load).

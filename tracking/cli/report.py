@@ -58,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "before step N (default: each run's last evaluation)")
     p.add_argument("--no-step-figures", action="store_true",
                    help="leave out the per-step reliability diagrams and histograms (faster)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     check_outputs({"--output": args.output}, [s for s in args.sources if Path(s).is_file()])
     series = read_sources(args.sources, tracking_uri=args.tracking_uri, steps=args.steps, labels=args.labels)
     out = write_report(series, args.output, title=args.title, step_figures=not args.no_step_figures,
-                       compare_step=args.compare_step)
+                       compare_step=args.compare_step, progress=not args.quiet)
     for s in series:
         back = sum(p.backfilled for p in s.points)
         print(f"{s.name}: {len(s.points)} steps ({s.steps[0]}..{s.steps[-1]}), {back} backfilled")

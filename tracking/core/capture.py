@@ -99,7 +99,8 @@ class DecisionCapture:
 
         Batches are interleaved step-major, rank-minor (the order of accelerate's
         ``gather_for_metrics``), then rows past ``num_samples`` are dropped: those are
-        the padding duplicates of the last batch.
+        the padding duplicates of the last batch. Decisions whose probabilities are not
+        finite are left out and counted (``nonfinite``).
         """
         per_rank = all_gather(self.batches)
         labels = list(self.resolved.labels)
@@ -134,4 +135,4 @@ class DecisionCapture:
         )
         if self.keep_inputs:
             scores.inputs = inputs
-        return scores
+        return scores.without_nonfinite()

@@ -283,6 +283,7 @@ def compute_metrics(
     labels: Sequence[str],
     *,
     n_missing: int = 0,
+    n_nonfinite: int = 0,
     n_bins: int = 15,
     hist_bins: int = 20,
     prefix: str = "eval_",
@@ -295,6 +296,9 @@ def compute_metrics(
         gt: (N,) index of the true label.
         labels: the K labels, positive class first.
         n_missing: supervised answers where no decision token was found.
+        n_nonfinite: decisions left out before because their probabilities were not finite
+            (:meth:`~tokcal.core.scores.DecisionScores.without_nonfinite`); ``probs`` itself
+            must be finite.
         n_bins: reliability bins; hist_bins: histogram bins on [0, 1].
         prefix: metric-name prefix (``eval_`` or ``eval_<name>_``).
 
@@ -327,7 +331,8 @@ def compute_metrics(
     bad = ~np.isfinite(p) | (p < 0)
     if np.any(bad):
         i, j = np.argwhere(bad)[0]
-        raise TokcalError(f"expected finite probabilities >= 0, got {float(p[i, j])!r} at row {int(i)}, label {int(j)}")
+        raise TokcalError(f"expected finite probabilities >= 0, got {float(p[i, j])!r} at row {int(i)}, label {int(j)} "
+                          "(DecisionScores.without_nonfinite leaves non-finite rows out and counts them)")
     row_sum = p.sum(axis=1)
     if np.any(row_sum > 1 + 1e-4):
         i = int(np.argmax(row_sum))
@@ -338,6 +343,7 @@ def compute_metrics(
     s: dict[str, float] = {
         f"{prefix}decision_samples": float(n),
         f"{prefix}decision_missing": float(n_missing),
+        f"{prefix}decision_nonfinite": float(n_nonfinite),
     }
     notes: list[str] = []
     if n == 0:

@@ -38,6 +38,8 @@ class DecisionScores:
         sample_index: (N,) index of the sample (record) each decision came from.
         missing: supervised spans where no decision token was found.
         sample_ids: optional id per sample index (from the data file).
+        nonfinite: decisions left out because their probabilities were not finite (NaN or
+            inf logits, e.g. an fp16 model gone unstable); see :meth:`without_nonfinite`.
     """
 
     labels: list[str]
@@ -47,6 +49,7 @@ class DecisionScores:
     missing: int = 0
     sample_ids: Sequence[Any] | None = None
     inputs: list[list[int]] | None = field(default=None, repr=False)  # tokens before each decision
+    nonfinite: int = 0
 
     @classmethod
     def empty(cls, labels: Sequence[str]) -> "DecisionScores":
@@ -64,6 +67,7 @@ class DecisionScores:
             np.concatenate([p.sample_index for p in parts]).astype(np.int64),
             int(sum(p.missing for p in parts)),
             parts[0].sample_ids,
+            nonfinite=int(sum(p.nonfinite for p in parts)),
         )
 
     def __len__(self) -> int:
@@ -73,11 +77,36 @@ class DecisionScores:
         """Ordered by sample index (stable), so results do not depend on batching."""
         o = np.argsort(self.sample_index, kind="stable")
         return DecisionScores(self.labels, self.probs[o], self.gt[o], self.sample_index[o],
-                              self.missing, self.sample_ids)
+                              self.missing, self.sample_ids, nonfinite=self.nonfinite)
+
+    def without_nonfinite(self) -> "DecisionScores":
+        """These scores less the decisions whose probabilities are not finite (counted in
+        ``nonfinite``), so one NaN row does not take the whole evaluation with it.
+
+        Example:
+            >>> s = DecisionScores(["A", "B"], np.array([[0.9, 0.1], [np.nan, np.nan]]), np.array([0, 1]),
+            ...                    np.array([0, 1])).without_nonfinite()
+            >>> len(s), s.nonfinite
+            (1, 1)
+        """
+        bad = ~np.isfinite(self.probs).all(axis=1) if self.probs.size else np.zeros(len(self), bool)
+        if not bad.any():
+            return self
+        keep = ~bad
+        inputs = None if self.inputs is None else [x for x, k in zip(self.inputs, keep) if k]
+        return DecisionScores(self.labels, self.probs[keep], self.gt[keep], self.sample_index[keep], self.missing,
+                              self.sample_ids, inputs, nonfinite=self.nonfinite + int(bad.sum()))
+
+    def nonfinite_message(self, where: str) -> str:
+        """The warning for decisions left out as not finite (``where``: which evaluation)."""
+        total = len(self) + self.nonfinite
+        return (f"{where}: {self.nonfinite} of {total} decisions had non-finite probabilities (NaN or inf in the "
+                f"logits, e.g. float16 overflow) and are left out of the metrics (counted in decision_nonfinite); "
+                f"the other {len(self)} are scored as usual")
 
     def metrics(self, *, n_bins: int = 15, hist_bins: int = 20, prefix: str = "eval_") -> DecisionMetrics:
         return compute_metrics(self.probs, self.gt, self.labels, n_missing=self.missing,
-                               n_bins=n_bins, hist_bins=hist_bins, prefix=prefix)
+                               n_nonfinite=self.nonfinite, n_bins=n_bins, hist_bins=hist_bins, prefix=prefix)
 
     def records(self) -> list[dict[str, Any]]:
         """One dict per decision: ``sample_id``, ``index`` (the sample's position in the

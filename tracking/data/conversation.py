@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from tokcal.core.positions import IGNORE_INDEX
-from tokcal.data.records import message_text, to_messages
-from tokcal.errors import TokcalError
+from tokcal.data.records import message_text, record_where, sample_id, to_messages
+from tokcal.errors import TokcalError, first_line
 
 
 @dataclass
@@ -28,12 +28,15 @@ class Example:
 
 
 def tokenize_conversation(
-    tokenizer: Any, messages: list[dict[str, Any]], *, chat_template: str | None = None
+    tokenizer: Any, messages: list[dict[str, Any]], *, chat_template: str | None = None, where: str = "record"
 ) -> tuple[list[int], list[int]]:
     """Render with the chat template and tokenise; label the assistant turns only.
 
     The supervised span of a turn is its content plus the end-of-sequence token that the
     template puts right after it, matched through the tokeniser's character offsets.
+
+    Raises:
+        TokcalError: no chat template, or the template fails on this record (naming ``where``).
     """
     template = chat_template or getattr(tokenizer, "chat_template", None)
     if not template:
@@ -41,8 +44,21 @@ def tokenize_conversation(
             "the tokenizer has no chat template; add one to the checkpoint's tokenizer_config.json "
             "or pass --chat-template FILE"
         )
-    text = tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template)
+    text = render_chat(tokenizer, messages, template, where)
     return tokenize_rendered(tokenizer, text, messages)
+
+
+def render_chat(renderer: Any, messages: list[dict[str, Any]], template: str | None, where: str) -> str:
+    """``renderer.apply_chat_template(messages, tokenize=False)`` (a tokenizer or processor);
+    a template that fails on this record (``raise_exception``, a missing key) is a one-line
+    error naming the record."""
+    import jinja2
+
+    try:
+        return renderer.apply_chat_template(messages, tokenize=False, chat_template=template)
+    except (jinja2.TemplateError, TypeError) as exc:  # TypeError: e.g. text + a list of parts in the template
+        raise TokcalError(f"{where}: the chat template cannot render this record "
+                          f"({first_line(exc, with_type=True)}); check its roles and fields") from exc
 
 
 def tokenize_rendered(tokenizer: Any, text: str, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
@@ -91,8 +107,10 @@ def tokenize_records(
     max_samples: int | None = None,
     progress: bool = False,
     name: str = "data",
+    lines: Sequence[int] | None = None,
 ) -> list[Example]:
-    """Render and tokenise records already read with :func:`read_records`."""
+    """Render and tokenise records already read with :func:`read_records` (``lines``: the
+    line each starts on, to name it in messages)."""
     if max_samples is not None:
         records = records[:max_samples]
     it: Iterable[tuple[int, dict[str, Any]]] = enumerate(records)
@@ -102,9 +120,11 @@ def tokenize_records(
         it = tqdm(it, total=len(records), desc="tokenising", unit="rec", leave=False)
     out = []
     for i, r in it:
-        where = f"{name}, record {i}"
-        ids, labels = tokenize_conversation(tokenizer, to_messages(r, where), chat_template=chat_template)
-        out.append(Example(ids, labels, r.get("id", i)))
+        where = record_where(name, i, lines)
+        # Text parts joined into one string: the form a text model's chat template renders.
+        messages = [{**m, "content": message_text(m["content"])} for m in to_messages(r, where)]
+        ids, labels = tokenize_conversation(tokenizer, messages, chat_template=chat_template, where=where)
+        out.append(Example(ids, labels, sample_id(r, i, where)))
     return out
 
 

@@ -36,6 +36,8 @@ import copy
 import hashlib
 import os
 import re
+import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -44,14 +46,34 @@ import numpy as np
 
 from tokcal.core.positions import IGNORE_INDEX
 from tokcal.data.batches import pad_id_of, pad_rows
-from tokcal.data.conversation import Example, tokenize_rendered
-from tokcal.data.records import message_text, to_messages
+from tokcal.data.conversation import Example, render_chat, tokenize_rendered
+from tokcal.data.records import message_text, record_where, sample_id, to_messages
 from tokcal.errors import TokcalError, first_line
 
 #: LLaMA-Factory's image placeholder in the text of records with an ``images`` column.
 IMAGE_PLACEHOLDER = "<image>"
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://|^data:")
 _ORIENTATION_TAG = 0x0112  # EXIF orientation; 5-8 swap width and height
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def default_pixel_limit() -> int | None:
+    """The largest image (width x height) read without ``image_pixel_limit``: Pillow's own
+    decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, 89,478,485 by default)."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else int(limit)
+
+
+def allow_pixels(limit: int) -> None:
+    """Let Pillow open images up to ``limit`` pixels in this process (the processor opens
+    them with Pillow when the batch is scored); a lower limit already set is raised, never lowered."""
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = int(limit)
 
 
 def record_has_images(record: dict[str, Any]) -> bool:
@@ -154,28 +176,56 @@ def resolve_image(raw: str, base: Path, where: str) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
-def image_size(path: Path, where: str) -> tuple[int, int]:
+def image_size(path: Path, where: str, pixel_limit: int | None = None) -> tuple[int, int]:
     """``(height, width)`` from the file's header, EXIF orientation applied; the file is
     verified but its pixels are not decoded.
 
+    Args:
+        pixel_limit: refuse images of more pixels (width x height) than this; default
+            :func:`default_pixel_limit`.
+
     Raises:
-        TokcalError: the file is missing or not a readable image (naming ``where`` and the path).
+        TokcalError: the file is missing, not a regular file (a FIFO, a device), larger
+            than ``pixel_limit``, or not a readable image (naming ``where`` and the path).
     """
     from PIL import Image, UnidentifiedImageError
 
-    if not path.is_file():
-        raise TokcalError(f"{where}: image not found: {path}")
     try:
-        with Image.open(path) as im:
-            im.verify()  # checks the file's structure without decoding the pixels
-        with Image.open(path) as im:
-            w, h = im.size
-            orientation = _orientation(im)
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise TokcalError(f"{where}: image not found: {path}") from None
+    except OSError as exc:
+        raise TokcalError(f"{where}: cannot read image {path}: {first_line(exc, with_type=True)}") from exc
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+        raise TokcalError(f"{where}: image {path} is {kind}, not a regular file; expected an image file")
+    limit = default_pixel_limit() if pixel_limit is None else pixel_limit
+    try:
+        with warnings.catch_warnings():
+            # Sizes are checked below against ``limit``, with a message that says what to do.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if limit is None or w * h <= limit:
+                    im.verify()  # checks the file's structure without decoding the pixels
+            with Image.open(path) as im:
+                orientation = _orientation(im)
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else "more pixels than Pillow allows"
+        raise TokcalError(_too_large(where, path, size, limit)) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise TokcalError(f"{where}: cannot read image {path}: {first_line(exc, with_type=True)}") from exc
     if w < 1 or h < 1:
         raise TokcalError(f"{where}: image {path} is empty ({w}x{h})")
+    if limit is not None and w * h > limit:
+        raise TokcalError(_too_large(where, path, f"{w}x{h} = {w * h:,} pixels", limit))
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def _too_large(where: str, path: Path, size: str, limit: int | None) -> str:
+    return (f"{where}: image {path} has {size}, more than the limit of {limit or 0:,}; if it is a real image, "
+            "raise the limit with --image-pixel-limit N (image_pixel_limit=N)")
 
 
 def _orientation(im: Any) -> int:
@@ -224,13 +274,14 @@ def pixel_bounds(processor: Any) -> dict[str, int | None]:
     return {"min_pixels": None if lo is None else int(lo), "max_pixels": None if hi is None else int(hi)}
 
 
-def _chat_text(processor: Any, messages: list[dict[str, Any]], chat_template: str | None) -> str:
+def _chat_text(processor: Any, messages: list[dict[str, Any]], chat_template: str | None,
+               where: str = "record") -> str:
     template = chat_template or getattr(processor, "chat_template", None) or getattr(
         processor.tokenizer, "chat_template", None)
     if not template:
         raise TokcalError("the processor has no chat template; add chat_template.jinja to the checkpoint "
                           "or pass --chat-template FILE")
-    return processor.apply_chat_template(messages, tokenize=False, chat_template=template)
+    return render_chat(processor, messages, template, where)
 
 
 def conversation_example(processor: Any, conv: ImageConversation, index: int, *,
@@ -238,7 +289,7 @@ def conversation_example(processor: Any, conv: ImageConversation, index: int, *,
     """Token ids and labels of one record as the processor will make them, image tokens
     expanded by the image processor's arithmetic (no pixels decoded)."""
     tok = processor.tokenizer
-    text = _chat_text(processor, conv.messages, chat_template)
+    text = _chat_text(processor, conv.messages, chat_template, conv.where)
     ids, labels = tokenize_rendered(tok, text, conv.messages)
     img = image_token_id(processor)
     slots = [i for i, t in enumerate(ids) if t == img]
@@ -260,30 +311,38 @@ def conversation_example(processor: Any, conv: ImageConversation, index: int, *,
     return Example(out_ids, out_labels, conv.sample_id, extra={"record": index, "images": len(conv.images)})
 
 
-def build_conversations(records: Sequence[dict[str, Any]], name: str, base: Path) -> list[ImageConversation]:
+def build_conversations(records: Sequence[dict[str, Any]], name: str, base: Path, *,
+                        lines: Sequence[int] | None = None,
+                        pixel_limit: int | None = None) -> list[ImageConversation]:
     """Normalise, resolve and check every record's images (headers only).
+
+    Args:
+        lines: the line each record starts on (named in messages).
+        pixel_limit: the largest image in pixels (see :func:`image_size`).
 
     Raises:
         TokcalError: the first bad record: its shape, a placeholder/image count mismatch,
-            a URL, or a missing or unreadable image (naming the record and the path).
+            a URL, or a missing, unreadable, too large or not regular image file (naming the
+            record and the path).
     """
     sizes: dict[Path, tuple[int, int]] = {}
     out = []
     for i, r in enumerate(records):
-        rid = r.get("id")
-        where = f"{name}, record {i}" + (f" (id {rid!r})" if rid is not None else "")
+        where = record_where(name, i, lines)
+        rid = sample_id(r, i, where)
+        where += f" (id {rid!r})" if "id" in r else ""
         msgs, raw = image_messages(r, where)
         paths = [resolve_image(x, base, where) for x in raw]
         for p in paths:
             if p not in sizes:
-                sizes[p] = image_size(p, where)
+                sizes[p] = image_size(p, where, pixel_limit)
         it = iter(paths)
         for m in msgs:
             if isinstance(m["content"], list):
                 for part in m["content"]:
                     if part["type"] == "image":
                         part["image"] = str(next(it))
-        out.append(ImageConversation(as_parts(msgs), paths, [sizes[p] for p in paths], r.get("id", i), where))
+        out.append(ImageConversation(as_parts(msgs), paths, [sizes[p] for p in paths], rid, where))
     return out
 
 

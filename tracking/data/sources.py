@@ -37,7 +37,7 @@ from typing import Any, Sequence
 from tokcal.data import images as img
 from tokcal.data.batches import LazyBatches, group_by_length, make_batches, pad_id_of
 from tokcal.data.conversation import Example, tokenize_records
-from tokcal.data.records import read_records, to_messages
+from tokcal.data.records import read_located, record_where, sample_id, to_messages
 from tokcal.errors import TokcalError
 
 
@@ -108,6 +108,7 @@ class DataFile(EvalSource):
         self.chat_template = chat_template
         self.max_samples = max_samples
         self._records: list[dict[str, Any]] | None = None
+        self._lines: list[int] | None = None  # the line each record starts on, for messages
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -116,19 +117,30 @@ class DataFile(EvalSource):
             self.check()
         return self._records or []
 
+    def _read(self) -> list[dict[str, Any]]:
+        if self._records is None:
+            records, self._lines = read_located(self.path)
+            self._records = records[: self.max_samples]
+        return self._records
+
     def check(self) -> None:
-        records = self._records if self._records is not None else read_records(self.path)[: self.max_samples]
+        records = self._read()
         for i, r in enumerate(records):
-            where = f"{self.name}, record {i}"
+            where = record_where(self.name, i, self._lines)
             if img.record_has_images(r):
                 raise TokcalError(f"{where} has images; score image data sets with ImageDataFile "
                                   "(open_data_file picks it)")
-            to_messages(r, where)
-        self._records = records
+            for j, m in enumerate(to_messages(r, where)):
+                if isinstance(m["content"], list):
+                    kinds = sorted({p["type"] for p in m["content"]} - {"text"})
+                    if kinds:
+                        raise TokcalError(f"{where}, message {j}: expected text parts in a data set without images, "
+                                          f"got a {kinds[0]!r} part")
+            sample_id(r, i, where)
 
     def examples(self, tokenizer: Any, *, progress: bool = False) -> list[Example]:
         return tokenize_records(self.records, tokenizer, chat_template=self.chat_template,
-                                progress=progress, name=self.name)
+                                progress=progress, name=self.name, lines=self._lines)
 
     def cache_key(self, tokenizer: Any) -> str:
         return tokenizer_fingerprint(tokenizer, self.chat_template)
@@ -150,6 +162,9 @@ class ImageDataFile(DataFile):
             default: the data file's folder.
         min_pixels, max_pixels: passed to the image processor (it resizes each image into
             this many pixels); default: the checkpoint's own.
+        image_pixel_limit: refuse image files of more pixels (width x height) than this,
+            before any model loads; default: Pillow's decompression-bomb limit (89,478,485).
+            A higher limit is also Pillow's for the rest of the process.
         padding_side: ``"right"`` (default) or ``"left"``.
         chat_template, max_samples: as for :class:`DataFile`.
 
@@ -160,9 +175,14 @@ class ImageDataFile(DataFile):
 
     def __init__(self, path: str | os.PathLike[str], *, image_dir: str | os.PathLike[str] | None = None,
                  min_pixels: int | None = None, max_pixels: int | None = None, padding_side: str = "right",
-                 chat_template: str | None = None, max_samples: int | None = None) -> None:
+                 chat_template: str | None = None, max_samples: int | None = None,
+                 image_pixel_limit: int | None = None) -> None:
         super().__init__(path, chat_template=chat_template, max_samples=max_samples)
         img.check_pixels(min_pixels, max_pixels)
+        if image_pixel_limit is not None and (isinstance(image_pixel_limit, bool)
+                                              or not isinstance(image_pixel_limit, int) or image_pixel_limit < 1):
+            raise TokcalError(f"expected image_pixel_limit as a positive integer, got {image_pixel_limit!r}")
+        self.image_pixel_limit = image_pixel_limit
         if padding_side not in ("right", "left"):
             raise TokcalError(f"expected padding_side 'right' or 'left', got {padding_side!r}")
         self.image_dir = image_dir
@@ -179,10 +199,12 @@ class ImageDataFile(DataFile):
         return self._convs or []
 
     def check(self) -> None:
-        records = self._records if self._records is not None else read_records(self.path)[: self.max_samples]
+        records = self._read()
         base = img.base_dir(self.path, self.image_dir)
-        self._convs = img.build_conversations(records, self.name, base)
-        self._records = records
+        if self.image_pixel_limit is not None:
+            img.allow_pixels(self.image_pixel_limit)  # the processor opens the images with Pillow too
+        self._convs = img.build_conversations(records, self.name, base, lines=self._lines,
+                                              pixel_limit=self.image_pixel_limit)
 
     def processor_options(self) -> dict[str, Any]:
         return {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels}
@@ -233,7 +255,8 @@ def _require_processor(tokenizer: Any) -> Any:
 
 def open_data_file(path: str | os.PathLike[str], *, chat_template: str | None = None,
                    max_samples: int | None = None, image_dir: str | os.PathLike[str] | None = None,
-                   min_pixels: int | None = None, max_pixels: int | None = None) -> DataFile:
+                   min_pixels: int | None = None, max_pixels: int | None = None,
+                   image_pixel_limit: int | None = None) -> DataFile:
     """A :class:`DataFile`, or an :class:`ImageDataFile` when a record carries images.
 
     The file is read here (a bad file fails here, before any model loads).
@@ -245,18 +268,21 @@ def open_data_file(path: str | os.PathLike[str], *, chat_template: str | None = 
     if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
                                     or max_samples < 1):
         raise TokcalError(f"expected max_samples >= 1, got {max_samples!r}")
-    records = read_records(p)[:max_samples]
+    records, lines = read_located(p)
+    records = records[:max_samples]
     if any(img.record_has_images(r) for r in records):
         source: DataFile = ImageDataFile(p, image_dir=image_dir, min_pixels=min_pixels, max_pixels=max_pixels,
-                                         chat_template=chat_template, max_samples=max_samples)
+                                         chat_template=chat_template, max_samples=max_samples,
+                                         image_pixel_limit=image_pixel_limit)
     else:
         given = [n for n, v in (("--image-dir", image_dir), ("--min-pixels", min_pixels),
-                                ("--max-pixels", max_pixels)) if v is not None]
+                                ("--max-pixels", max_pixels), ("--image-pixel-limit", image_pixel_limit))
+                 if v is not None]
         if given:
             raise TokcalError(f"{' and '.join(given)} given but {p.name} has no images; expected records with "
                               "image parts or an 'images' column")
         source = DataFile(p, chat_template=chat_template, max_samples=max_samples)
-    source._records = records
+    source._records, source._lines = records, lines
     return source
 
 

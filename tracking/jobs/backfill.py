@@ -251,8 +251,12 @@ def log_one(res: CheckpointResult, scores: DecisionScores, trackers: Sequence[An
 
     ``history`` holds the decisions of the checkpoints scored before this one (in step
     order): from the second on, the evaluation carries the flips since the previous one."""
+    import warnings
+
     from tokcal.io import write_jsonl
 
+    if scores.nonfinite:  # left out of the metrics and the file, counted in decision_nonfinite
+        warnings.warn(scores.nonfinite_message(str(res.path)), stacklevel=2)
     metrics = scores.metrics(n_bins=settings.n_bins, hist_bins=settings.hist_bins, prefix=prefix)
     record = PerSample.from_scores(scores)
     if history is not None and len(record) and (history.last_step is None or res.step >= history.last_step):
@@ -335,7 +339,8 @@ def backfill(
     settings = settings or TrackingSettings()
     dist = Dist()
     trackers = ([trackers] if isinstance(trackers, Tracker) else list(trackers)) if dist.main else []
-    check_load_options(load_kw.get("device"), load_kw.get("dtype"), max_tokens=max_tokens)
+    check_load_options(load_kw.get("device"), load_kw.get("dtype"), max_tokens=max_tokens,
+                       tokenizer=load_kw.get("tokenizer"))
     source = as_source(data, chat_template=chat_template, max_samples=max_samples)
     checkpoints = resolve_checkpoints(checkpoints)
     what = "the per-decision files (--output-dir" + (")" if output_dir is not None else " picks another folder)")

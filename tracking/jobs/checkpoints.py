@@ -71,12 +71,14 @@ def inspect_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> Check
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
-def check_load_options(device: str | None = None, dtype: str | None = None, *, max_tokens: int = 16384) -> None:
+def check_load_options(device: str | None = None, dtype: str | None = None, *, max_tokens: int = 16384,
+                       tokenizer: str | os.PathLike[str] | None = None) -> None:
     """Check the loading and batching options before anything loads.
 
     Raises:
         TokcalError: an unknown device or dtype, a CUDA device on a machine without one
-            (or an index past the last GPU), or ``max_tokens`` < 1.
+            (or an index past the last GPU), ``max_tokens`` < 1, or a ``tokenizer`` path
+            that is not a folder (a hub name such as ``org/name`` is left to loading).
 
     Example:
         >>> check_load_options("cpu", "float32")
@@ -87,6 +89,8 @@ def check_load_options(device: str | None = None, dtype: str | None = None, *, m
     """
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise TokcalError(f"expected --max-tokens >= 1, got {max_tokens!r}")
+    if tokenizer is not None:
+        _check_tokenizer_path(tokenizer)
     if dtype is not None and dtype not in _DTYPES:
         raise TokcalError(f"expected --dtype one of {', '.join(_DTYPES)}, got {dtype!r}")
     if device is None:
@@ -104,6 +108,19 @@ def check_load_options(device: str | None = None, dtype: str | None = None, *, m
             raise TokcalError(f"--device {device}: this machine has {n} GPU(s) (cuda:0..cuda:{n - 1})")
     if m.group(1) == "mps" and not torch.backends.mps.is_available():
         raise TokcalError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
+def _check_tokenizer_path(tokenizer: str | os.PathLike[str]) -> None:
+    """``--tokenizer``: a folder, or a hub name; a path that is clearly local must exist."""
+    text = os.fspath(tokenizer)
+    p = Path(text).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise TokcalError(f"expected --tokenizer to be a tokenizer folder, got a file: {p}")
+        return
+    local = p.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1 or (os.sep != "/" and os.sep in text)
+    if local:
+        raise TokcalError(f"tokenizer folder not found: {p} (--tokenizer); expected a folder with tokenizer_config.json")
 
 
 # Files a tokenizer or processor is built from. Checkpoints of one run hold the same ones,
@@ -334,6 +351,9 @@ def load_checkpoint(
     torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if dev.startswith("cuda") else torch.float32)
     kw: dict[str, Any] = dict(trust_remote_code=trust_remote_code, dtype=torch_dtype,
                               use_safetensors=not info.pickle)
+    # The tokenizer first: a problem with it shows before the weights load.
+    tok = checkpoint_tokenizer(info, tokenizer=tokenizer, trust_remote_code=trust_remote_code,
+                               processor_options=processor_options)
     try:
         if info.kind == "adapter":
             model = _load_adapter(info.path, kw)
@@ -345,8 +365,7 @@ def load_checkpoint(
         raise TokcalError(f"could not load the model in {info.path}: {first_line(exc)}") from exc
     model.to(dev)
     model.eval()
-    return model, checkpoint_tokenizer(info, tokenizer=tokenizer, trust_remote_code=trust_remote_code,
-                                       processor_options=processor_options)
+    return model, tok
 
 
 def checkpoint_tokenizer(
@@ -435,7 +454,8 @@ def resolve_checkpoints(sources: Iterable[str | os.PathLike[str]]) -> list[tuple
     """``(folder, step)`` in step order from output folders, checkpoint folders or globs.
 
     An output folder stands for its ``checkpoint-N`` sub-folders; a glob for its matching
-    folders. The step is ``trainer_state.json``'s ``global_step`` (else the folder name).
+    folders. The step is ``trainer_state.json``'s ``global_step`` (else the folder's name as
+    given: a symlink's own name, not its target's).
     Paths are absolute but links are kept as given (a folder of links to a shared run's
     checkpoints stays that folder); one checkpoint reached twice counts once.
 
@@ -474,6 +494,8 @@ def resolve_checkpoints(sources: Iterable[str | os.PathLike[str]]) -> list[tuple
         if not subs:
             raise TokcalError(f"no checkpoint-N folders in {p}; expected the Trainer's output_dir or checkpoint paths")
         add(subs)
+    # The step from trainer_state.json, else the name as given: a symlink checkpoint-N to a
+    # folder named otherwise (a snapshot, a hash) is step N.
     plan = sorted(((p, checkpoint_step(p)) for p in found.values()), key=lambda x: (x[1], str(x[0])))
     for (a, sa), (b, sb) in zip(plan, plan[1:]):
         if sa == sb:

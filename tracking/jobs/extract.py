@@ -35,7 +35,8 @@ def score_examples(
     desc: str = "scoring",
     shard: tuple[int, int] | None = None,
 ) -> DecisionScores:
-    """Score tokenised examples with a loaded model; results in sample order.
+    """Score tokenised examples with a loaded model; results in sample order. Decisions
+    whose probabilities are not finite are left out and counted (``nonfinite``).
 
     Args:
         tokenizer: the tokenizer, or the processor for image sources (its ``.tokenizer``
@@ -50,6 +51,8 @@ def score_examples(
         batches = source.batches(examples, tokenizer, max_tokens=max_tokens, model=model)
     else:
         batches = make_batches(examples, pad_id_of(tokenizer), max_tokens=max_tokens)
+    if shard is None or shard[0] == 0:
+        _warn_too_long(model, examples)
     if shard is not None:
         batches = batches[shard[0]::shard[1]]
     bar = None
@@ -64,7 +67,32 @@ def score_examples(
         if bar is not None:
             bar.close()
     scores.sample_ids = [e.sample_id for e in examples]
-    return scores
+    return scores.without_nonfinite()
+
+
+def max_positions(model: Any) -> int | None:
+    """The model's ``max_position_embeddings`` (a vision-language model's text part's)."""
+    config = getattr(model, "config", None)
+    for cfg in (config, getattr(config, "text_config", None)):
+        n = getattr(cfg, "max_position_embeddings", None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def _warn_too_long(model: Any, examples: Sequence[Example]) -> None:
+    """One warning when records are longer than the model's positions: they are scored as
+    they are (cutting them would cut the answer), but past what the model was trained on."""
+    limit = max_positions(model)
+    if limit is None:
+        return
+    long = [e for e in examples if len(e) > limit]
+    if long:
+        worst = max(long, key=len)
+        warnings.warn(f"{len(long)} of {len(examples)} records are longer than the model's {limit} positions "
+                      f"(the longest, {worst.sample_id!r}, has {len(worst)} tokens); they are scored as they are, "
+                      "beyond the length the model handles, so their probabilities may be off; shorten them or "
+                      "leave them out of the data file", stacklevel=3)
 
 
 def score_checkpoint(
@@ -92,7 +120,8 @@ def score_checkpoint(
         load_checkpoint,
     )
 
-    check_load_options(load_kw.get("device"), load_kw.get("dtype"), max_tokens=max_tokens)
+    check_load_options(load_kw.get("device"), load_kw.get("dtype"), max_tokens=max_tokens,
+                       tokenizer=load_kw.get("tokenizer"))
     source = as_source(data, chat_template=chat_template, max_samples=max_samples)
     source.check()  # a bad eval set fails before the model loads
     tok_kw = {k: v for k, v in load_kw.items() if k in ("tokenizer", "trust_remote_code", "allow_pickle")}
@@ -102,8 +131,11 @@ def score_checkpoint(
     find_eval_decisions(examples, spec, tokenizer)  # answers without a decision token fail before the model loads
     model, tokenizer = load_checkpoint(Path(checkpoint), **load_kw, processor_options=source.processor_options())
     tokenizer = source.tokenizer_for(tokenizer)
-    return score_examples(model, tokenizer, examples, spec, source=source, max_tokens=max_tokens,
-                          progress=progress)
+    scores = score_examples(model, tokenizer, examples, spec, source=source, max_tokens=max_tokens,
+                            progress=progress)
+    if scores.nonfinite:
+        warnings.warn(scores.nonfinite_message(str(checkpoint)), stacklevel=2)
+    return scores
 
 
 #: How to fix answers without a decision token, from the command line.

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
-from tokcal.core.plots import histogram_figure, reliability_diagram
+from tokcal.core.plots import figure_to_png, metric_figures
 from tokcal.errors import TokcalError
 from tokcal.jobs.report_analysis import (
     COLORS,
@@ -122,7 +122,7 @@ document.querySelectorAll('.steps').forEach(function(box){
 
 
 def write_report(series: Sequence[Series], output: str | os.PathLike[str], *, title: str = "tokcal report",
-                 step_figures: bool = True, compare_step: int | None = None) -> Path:
+                 step_figures: bool = True, compare_step: int | None = None, progress: bool = False) -> Path:
     """Write ``output`` (HTML) and its PNGs in ``<output stem>_files/``; returns the HTML path.
 
     Args:
@@ -130,11 +130,23 @@ def write_report(series: Sequence[Series], output: str | os.PathLike[str], *, ti
         step_figures: draw each step's reliability diagrams and histograms (the slowest part).
         compare_step: compare (and list the wrong decisions of) each series' last evaluation
             at or before this step; default: the last evaluation.
+        progress: a progress bar of the evaluations drawn, on stderr.
 
     Raises:
         TokcalError: nothing to draw, ``output`` is a folder, or ``compare_step`` precedes
             every evaluation.
     """
+    import matplotlib
+
+    # Every text drawn as written: a ``$`` in a label or run name is a dollar sign, not TeX
+    # that matplotlib may fail to parse (which would fail every figure).
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _write_report(series, output, title=title, step_figures=step_figures, compare_step=compare_step,
+                             progress=progress)
+
+
+def _write_report(series: Sequence[Series], output: str | os.PathLike[str], *, title: str, step_figures: bool,
+                  compare_step: int | None, progress: bool) -> Path:
     if not series or not any(s.points for s in series):
         raise TokcalError("nothing to report: expected at least one evaluation")
     check_compare_step(series, compare_step)
@@ -159,6 +171,28 @@ def write_report(series: Sequence[Series], output: str | os.PathLike[str], *, ti
              f"{time.strftime('%Y-%m-%d %H:%M')} by tokcal report · PNGs in {html.escape(files.name)}/</div>",
              comparison_section(series, compare_step, save),
              "<h2>Evolution over steps</h2>", img_tag(evo, "decision metrics over steps", "wide")]
+    bar = None
+    if progress and step_figures:
+        import sys
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(len(s.points) for s in series), desc="report", unit="eval", file=sys.stderr)
+    try:
+        body = _series_blocks(series, compare_step, save, step_figures, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    parts += body
+    parts.append(f"<script>{_SCRIPT}</script></body></html>")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(parts), encoding="utf-8")
+    return out
+
+
+def _series_blocks(series: Sequence[Series], compare_step: int | None, save, step_figures: bool, bar) -> list[str]:
+    """Per series: its heading, notes, table, per-sample analysis and per-step figures."""
+    parts: list[str] = []
     used: set[str] = set()
     for s in series:
         slug = _slug(s.name)
@@ -170,11 +204,8 @@ def write_report(series: Sequence[Series], output: str | os.PathLike[str], *, ti
         parts.append(_table(s))
         parts.append(per_sample_section(s, slug, compare_step, save))
         if step_figures:
-            parts.append(_steps_block(s, slug, save))
-    parts.append(f"<script>{_SCRIPT}</script></body></html>")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(parts), encoding="utf-8")
-    return out
+            parts.append(_steps_block(s, slug, save, bar))
+    return parts
 
 
 def _table(s: Series) -> str:
@@ -191,22 +222,23 @@ def _table(s: Series) -> str:
     return "".join(rows) + "</table>"
 
 
-def _steps_block(s: Series, slug: str, save) -> str:
+#: The per-step figures (:func:`~tokcal.core.plots.metric_figures`' names) and their alt texts.
+STEP_FIGURES = (("reliability", "reliability"), ("reliability_positive", "positive-class reliability"),
+                ("histograms", "histograms"))
+
+
+def _steps_block(s: Series, slug: str, save, bar=None) -> str:
+    """Each step's figures. They are drawn on figures made once and repainted per step
+    (:func:`~tokcal.core.plots.metric_figures`): building a figure's axes and ticks took most
+    of the time when every step made new ones."""
     items = []
     for p in s.points:
-        m, where = p.metrics, f"step {p.step}"
-        imgs = []
-        if m.reliability is not None:
-            fig = reliability_diagram(m.reliability, ece=p.scalar("decision_ece"), title=f"Reliability @ {where}")
-            imgs.append(img_tag(save(f"{slug}/step_{p.step:06d}_reliability.png", png(fig, STEP_DPI)), f"reliability {where}"))
-        if m.positive_reliability is not None:
-            fig = reliability_diagram(m.positive_reliability, title=f"P({m.labels[0]}) calibration @ {where}",
-                                      xlabel=f"mean q({m.labels[0]})")
-            imgs.append(img_tag(save(f"{slug}/step_{p.step:06d}_reliability_positive.png", png(fig, STEP_DPI)),
-                             f"positive-class reliability {where}"))
-        if m.histograms:
-            fig = histogram_figure(m.histograms, title=f"Histograms @ {where}")
-            imgs.append(img_tag(save(f"{slug}/step_{p.step:06d}_histograms.png", png(fig, STEP_DPI)), f"histograms {where}"))
+        where = f"step {p.step}"
+        figs = metric_figures(p.metrics, step=p.step)
+        imgs = [img_tag(save(f"{slug}/step_{p.step:06d}_{name}.png", figure_to_png(figs[name], STEP_DPI)),
+                        f"{alt} {where}") for name, alt in STEP_FIGURES if name in figs]
+        if bar is not None:
+            bar.update(1)
         if not imgs:
             continue
         label = f"step {p.step}" + (" (backfilled)" if p.backfilled else "")
