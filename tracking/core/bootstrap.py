@@ -100,7 +100,7 @@ def resample_indices(gt: Any, n_resamples: int = N_RESAMPLES, seed: int = SEED, 
     """
     g = np.asarray(gt).reshape(-1)
     n = len(g)
-    _check_resamples(n_resamples)
+    check_resamples(n_resamples)
     rng = np.random.default_rng(seed)
     groups = [np.flatnonzero(g == lab) for lab in np.unique(g)] if stratify else [np.arange(n)]
     for start in range(0, n_resamples, CHUNK):
@@ -111,7 +111,7 @@ def resample_indices(gt: Any, n_resamples: int = N_RESAMPLES, seed: int = SEED, 
         yield idx
 
 
-def _check_resamples(n_resamples: int) -> None:
+def check_resamples(n_resamples: int) -> None:
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
         raise TokcalError(f"expected n_resamples >= 1, got {n_resamples!r}")
 
@@ -197,7 +197,7 @@ def percentile_interval(samples: np.ndarray, level: float) -> tuple[float, float
     return float(lo), float(hi)
 
 
-def _check_level(level: float) -> None:
+def check_level(level: float) -> None:
     if not isinstance(level, (int, float)) or not 0 < level < 1:
         raise TokcalError(f"expected level between 0 and 1 (0.95 for 95 %), got {level!r}")
 
@@ -225,8 +225,8 @@ def confidence_intervals(record: PerSample, *, n_resamples: int = N_RESAMPLES, l
         >>> iv.value, 0.5 <= iv.low <= iv.high <= 1.0
         (0.75, True)
     """
-    _check_level(level)
-    _check_resamples(n_resamples)
+    check_level(level)
+    check_resamples(n_resamples)
     names = headline(record, metrics)
     d = Decisions(record)
     value = metric_samples(d, np.ones((1, d.n)), names)
@@ -241,5 +241,5 @@ def confidence_intervals(record: PerSample, *, n_resamples: int = N_RESAMPLES, l
     return out
 
 
-__all__ = ["CHUNK", "HEADLINE", "Decisions", "Interval", "LEVEL", "N_RESAMPLES", "SEED", "confidence_intervals",
+__all__ = ["CHUNK", "HEADLINE", "Decisions", "Interval", "LEVEL", "N_RESAMPLES", "SEED", "check_level", "check_resamples", "confidence_intervals",
            "counts_of", "headline", "metric_samples", "percentile_interval", "resample_indices"]

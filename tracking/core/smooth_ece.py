@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,7 +175,8 @@ class SmoothCurve:
     Attributes:
         mesh: (M,) confidences on [0, 1].
         mean: (M,) the kernel-smoothed outcome at each mesh point (relplot's main line,
-            fitted on the whole sample).
+            fitted on the whole sample); NaN outside the range of the confidences, where
+            the curve would only extrapolate.
         lower, upper: (M,) the band: percentiles of the same curve over bootstrap resamples.
         width: the kernel width (the smooth ECE's).
         level: the band's coverage (0.95).
@@ -193,12 +195,13 @@ class SmoothCurve:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SmoothCurve":
-        return cls(*(np.asarray(d[k], dtype=float) for k in ("mesh", "mean", "lower", "upper")),
+        return cls(*(np.array([np.nan if x is None else x for x in d[k]], dtype=float)
+                     for k in ("mesh", "mean", "lower", "upper")),
                    width=float(d["width"]), level=float(d.get("level", 0.95)))
 
 
-def _floats(a: np.ndarray) -> list[float]:
-    return [round(float(x), 6) for x in a]
+def _floats(a: np.ndarray) -> list[float | None]:
+    return [round(float(x), 6) if math.isfinite(x) else None for x in a]
 
 
 BAND_RESAMPLES = 100
@@ -229,7 +232,9 @@ def smooth_curve(confidence: Any, outcome: Any, *, width: float | None = None, r
         lower, upper = np.percentile(curves[1:], [100 * (1 - level) / 2, 100 * (1 + level) / 2], axis=0)
     else:
         lower = upper = curves[0]
-    return SmoothCurve(mesh, curves[0], lower, upper, width, level)
+    outside = (mesh < f.min()) | (mesh > f.max())
+    mean, lower, upper = (np.where(outside, np.nan, c) for c in (curves[0], lower, upper))
+    return SmoothCurve(mesh, mean, lower, upper, width, level)
 
 
 __all__ = ["BAND_RESAMPLES", "SmoothCurve", "smooth_curve", "smooth_ece"]

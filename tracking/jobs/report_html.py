@@ -106,6 +106,8 @@ text-align:right} th{background:#f4f4f4} tr.back td{color:#8a5a00}
 .note{color:#8a5a00}
 img.flips,img.risk-coverage{display:inline-block;max-width:49%} table.wrong td.text{text-align:left;max-width:520px;
 font-size:11px;color:#444} table.compare th{text-align:left} h4{margin:10px 0 2px;font-size:14px}
+table.compare .ci{color:#666;font-size:11px} table.compare .diff{font-size:11px} .diff.better{color:#2a7a2a}
+.diff.worse{color:#b03030} .diff.same{color:#666}
 """
 
 _SCRIPT = """
@@ -197,7 +199,8 @@ def _steps_block(s: Series, slug: str, save) -> str:
         m, where = p.metrics, f"step {p.step}"
         imgs = []
         if m.reliability is not None:
-            fig = reliability_diagram(m.reliability, ece=p.scalar("decision_ece"), title=f"Reliability @ {where}")
+            fig = reliability_diagram(m.reliability, ece=p.scalar("decision_ece"), title=f"Reliability @ {where}",
+                                      smooth=m.smooth_reliability)
             imgs.append(img_tag(save(f"{slug}/step_{p.step:06d}_reliability.png", png(fig, STEP_DPI)), f"reliability {where}"))
         if m.positive_reliability is not None:
             fig = reliability_diagram(m.positive_reliability, title=f"P({m.labels[0]}) calibration @ {where}",
