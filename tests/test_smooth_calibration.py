@@ -8,8 +8,12 @@ import json
 
 import numpy as np
 import pytest
-
-from tokcal.core.metrics import DecisionMetrics, brier_decomposition, compute_metrics, debiased_ece
+from tokcal.core.metrics import (
+    DecisionMetrics,
+    brier_decomposition,
+    compute_metrics,
+    debiased_ece,
+)
 from tokcal.core.smooth_ece import SmoothCurve, smooth_curve, smooth_ece
 from tokcal.errors import TokcalError
 
@@ -145,7 +149,7 @@ def test_smooth_curve_round_trip_and_figure():
     back = DecisionMetrics.from_dict(json.loads(json.dumps(m.to_dict(), allow_nan=False)))
     np.testing.assert_allclose(back.smooth_reliability.mean, m.smooth_reliability.mean, atol=1e-6, equal_nan=True)
     fig = metric_figures(back, step=1)["reliability"]
-    line = [ln for ln in fig.axes[0].lines if ln.get_label().startswith("smoothed")][0]
+    line = next(ln for ln in fig.axes[0].lines if ln.get_label().startswith("smoothed"))
     np.testing.assert_allclose(line.get_xdata(), back.smooth_reliability.mesh)
     assert len(fig.axes[0].collections) == 1  # the band
     back.smooth_reliability = None

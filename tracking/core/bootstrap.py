@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from tokcal.core.metrics import _EPS, bin_edges
 from tokcal.core.per_sample import PerSample
 from tokcal.core.smooth_ece import smooth_ece
@@ -241,5 +240,20 @@ def confidence_intervals(record: PerSample, *, n_resamples: int = N_RESAMPLES, l
     return out
 
 
-__all__ = ["CHUNK", "HEADLINE", "Decisions", "Interval", "LEVEL", "N_RESAMPLES", "SEED", "check_level", "check_resamples", "confidence_intervals",
-           "counts_of", "headline", "metric_samples", "percentile_interval", "resample_indices"]
+__all__ = [
+    "CHUNK",
+    "HEADLINE",
+    "LEVEL",
+    "N_RESAMPLES",
+    "SEED",
+    "Decisions",
+    "Interval",
+    "check_level",
+    "check_resamples",
+    "confidence_intervals",
+    "counts_of",
+    "headline",
+    "metric_samples",
+    "percentile_interval",
+    "resample_indices",
+]

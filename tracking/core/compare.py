@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from tokcal.core.bootstrap import (
     HEADLINE,
     LEVEL,
@@ -238,5 +237,15 @@ def compare_records(a: PerSample, b: PerSample, *, n_resamples: int = N_RESAMPLE
     return Comparison(rows, test, shared, only_a, only_b, level, n_resamples, seed, notes)
 
 
-__all__ = ["A_BETTER", "B_BETTER", "Comparison", "MIN_SHARED", "McNemar", "MetricDifference", "NO_DIFFERENCE",
-           "align", "compare_records", "mcnemar_exact"]
+__all__ = [
+    "A_BETTER",
+    "B_BETTER",
+    "MIN_SHARED",
+    "NO_DIFFERENCE",
+    "Comparison",
+    "McNemar",
+    "MetricDifference",
+    "align",
+    "compare_records",
+    "mcnemar_exact",
+]

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from tokcal.errors import TokcalError
 
 MIN_WIDTH = 0.001  # relplot's eps: widths below this are accepted without checking
@@ -194,7 +193,7 @@ class SmoothCurve:
                 "upper": _floats(self.upper), "width": float(self.width), "level": float(self.level)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SmoothCurve":
+    def from_dict(cls, d: dict[str, Any]) -> SmoothCurve:
         return cls(*(np.array([np.nan if x is None else x for x in d[k]], dtype=float)
                      for k in ("mesh", "mean", "lower", "upper")),
                    width=float(d["width"]), level=float(d.get("level", 0.95)))

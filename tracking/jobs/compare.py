@@ -114,18 +114,29 @@ def format_comparison(pair: ComparedPair) -> str:
                      f"{_signed(r.low)} to {_signed(r.high)}",
                      r.verdict + (" (exact test)" if r.metric == "accuracy" else "")])
     widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
-    line = lambda row: "  ".join(x.ljust(w) if i in (0, 5) else x.rjust(w)  # noqa: E731
+    line = lambda row: "  ".join(x.ljust(w) if i in (0, 5) else x.rjust(w)
                                  for i, (x, w) in enumerate(zip(row, widths))).rstrip()
     m = c.mcnemar
-    out = [f"A: {pair.a_name} @ step {pair.a_step}", f"B: {pair.b_name} @ step {pair.b_step}",
-           f"{c.shared} shared samples; {c.n_resamples} paired resamples (seed {c.seed}); verdicts at {pct} "
-           f"confidence", "", line(head), line(["-" * w for w in widths])]
+    summary = (f"{c.shared} shared samples; {c.n_resamples} paired resamples (seed {c.seed}); verdicts at {pct} "
+               "confidence")
+    counts = (f"accuracy, decision by decision: right in both {m.both_right}, only in A {m.a_only}, only in B "
+              f"{m.b_only}, in neither {m.both_wrong}; exact test p = {m.p_value:.3g}"
+              + (" (the accuracy verdict)" if any(r.metric == "accuracy" for r in c.rows) else ""))
+    out = [f"A: {pair.a_name} @ step {pair.a_step}", f"B: {pair.b_name} @ step {pair.b_step}", summary, "",
+           line(head), line(["-" * w for w in widths])]
     out += [line(row) for row in body]
-    out += ["", f"accuracy, decision by decision: right in both {m.both_right}, only in A {m.a_only}, only in B "
-                f"{m.b_only}, in neither {m.both_wrong}; exact test p = {m.p_value:.3g} (the accuracy verdict)"]
+    out += ["", counts]
     out += [f"note: {n}" for n in c.notes]
     return "\n".join(out)
 
 
-__all__ = ["ComparedPair", "HEADLINE", "NAMES", "compare_series", "compare_sources", "format_comparison",
-           "one_series", "pick_point"]
+__all__ = [
+    "HEADLINE",
+    "NAMES",
+    "ComparedPair",
+    "compare_series",
+    "compare_sources",
+    "format_comparison",
+    "one_series",
+    "pick_point",
+]
