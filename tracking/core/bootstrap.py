@@ -88,6 +88,14 @@ class Decisions:
         self.n_bins = n_bins
         self.score = q[:, 0]  # AUROC: q(positive label) against being positive
         self.positive = (self.gt == 0).astype(np.float64)
+        # every weighted sum the metrics need, one column each, so a block of resamples is one product:
+        # correct, mass, brier, nll | per label: right and true | per bin: correct - confidence
+        onehot = np.eye(self.k)[self.gt]
+        gap = np.zeros((self.n, n_bins))
+        gap[np.arange(self.n), self.bin] = self.correct - self.conf
+        self.groups = None  # AUROC's score groups, built when first needed
+        self.columns = np.column_stack([self.correct, self.mass, self.brier, self.nll,
+                                        onehot * self.correct[:, None], onehot, gap])
 
 
 def resample_indices(gt: Any, n_resamples: int = N_RESAMPLES, seed: int = SEED, *,
@@ -129,26 +137,19 @@ def metric_samples(d: Decisions, weights: np.ndarray, metrics: Sequence[str]) ->
     """
     w = np.asarray(weights, dtype=np.float64)
     total = w.sum(axis=1)
+    sums = w @ d.columns
+    k = d.k
     out: dict[str, np.ndarray] = {}
     for name in metrics:
-        if name == "accuracy":
-            out[name] = w @ d.correct / total
-        elif name == "mass":
-            out[name] = w @ d.mass / total
-        elif name == "brier":
-            out[name] = w @ d.brier / total
-        elif name == "nll":
-            out[name] = w @ d.nll / total
+        if name in ("accuracy", "mass", "brier", "nll"):
+            out[name] = sums[:, ("accuracy", "mass", "brier", "nll").index(name)] / total
         elif name == "balanced_accuracy":
-            onehot = np.eye(d.k)[d.gt]
-            hits, support = w @ (onehot * d.correct[:, None]), w @ onehot
+            hits, support = sums[:, 4: 4 + k], sums[:, 4 + k: 4 + 2 * k]
             with np.errstate(invalid="ignore", divide="ignore"):
                 recall = np.where(support > 0, hits / np.where(support > 0, support, 1), np.nan)
             out[name] = np.nanmean(recall, axis=1)
         elif name == "ece":
-            gap = np.zeros((d.n, d.n_bins))
-            gap[np.arange(d.n), d.bin] = d.correct - d.conf
-            out[name] = np.abs(w @ gap).sum(axis=1) / total
+            out[name] = np.abs(sums[:, 4 + 2 * k:]).sum(axis=1) / total
         elif name == "smece":
             out[name] = smooth_ece(d.conf, d.correct, w)
         elif name == "auroc":
@@ -158,16 +159,27 @@ def metric_samples(d: Decisions, weights: np.ndarray, metrics: Sequence[str]) ->
     return out
 
 
+def _group_sums(d: Decisions, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B, G) weight of the positive and of the negative decisions at each distinct score, in score order."""
+    if d.groups is None:
+        from scipy.sparse import csr_matrix
+
+        _, group = np.unique(d.score, return_inverse=True)
+        g = int(group.max()) + 1
+        rows = np.arange(d.n)
+        d.groups = csr_matrix((np.ones(d.n), (rows, group + g * (1 - d.positive).astype(np.int64))),
+                              shape=(d.n, 2 * g))
+    both = np.asarray((d.groups.T @ w.T).T)
+    half = both.shape[1] // 2
+    return both[:, :half], both[:, half:]
+
+
 def _weighted_auroc(d: Decisions, w: np.ndarray) -> np.ndarray:
     """Mann-Whitney AUROC where decision i counts w[b, i] times (ties count a half); NaN where a
     row lacks either class. Only for two labels."""
     if d.k != 2:
         return np.full(len(w), np.nan)
-    order = np.argsort(d.score, kind="mergesort")
-    s = d.score[order]
-    starts = np.flatnonzero(np.r_[True, np.diff(s) != 0])
-    pos = np.add.reduceat(w[:, order] * d.positive[order], starts, axis=1)
-    neg = np.add.reduceat(w[:, order] * (1 - d.positive[order]), starts, axis=1)
+    pos, neg = _group_sums(d, w)
     below = np.cumsum(neg, axis=1) - neg
     n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
