@@ -89,8 +89,12 @@ class _Grids:
             values = np.asarray((spread.T @ np.vstack([self.w * self.r, self.w]).T).T)
             # relplot's ReflectedGaussianKernel: [v reversed without its last, v, v reversed without its first]
             ext = np.concatenate([values[:, ::-1][:, :-1], values, values[:, ::-1][:, 1:]], axis=1)
-            length = next_fast_len(ext.shape[1] + g - 1, real=True)  # linear, not circular, convolution
-            self._cache[g] = (length, np.fft.rfft(ext, length, axis=1))
+            # relplot keeps np.convolve(ext, kernel, "valid")[g // 2: g // 2 + g], which reads only
+            # ext[g // 2: g // 2 + 2g - 1]; a circular convolution of that stretch of length >= 2g - 1
+            # leaves its outputs g - 1 .. 2g - 2 (the ones kept) free of wrap-around
+            seg = ext[:, g // 2: g // 2 + 2 * g - 1]
+            length = next_fast_len(2 * g - 1, real=True)
+            self._cache[g] = (length, np.fft.rfft(seg, length, axis=1))
         return self._cache[g]
 
 
@@ -102,8 +106,7 @@ def _smoothed(grids: _Grids, rows: np.ndarray, sigma: float, n_mesh: int) -> tup
     b = len(grids.w)
     picked = spec[np.r_[rows, rows + b]]
     full = np.fft.irfft(picked * _kernel_fft(g, sigma, length)[None, :], length, axis=1)
-    start = g // 2 + g - 1  # np.convolve(..., "valid")[g // 2:] in the full convolution's indices
-    sm = full[:, start: start + g]
+    sm = full[:, g - 1: 2 * g - 1]  # the kept outputs (see _Grids.spectra)
     inds, frac = _interpolation(g, np.linspace(0, 1, n_mesh))
     on_mesh = sm[:, inds] * (1 - frac) + sm[:, inds + 1] * frac
     return on_mesh[: len(rows)], on_mesh[len(rows):]
