@@ -11,7 +11,12 @@ For a binary spec (Accept/Reject), each step the median of ``--repeats``, wall a
 - ``log_evaluation`` for each backend: ``local`` (files), ``mlflow`` (a sqlite store) and
   ``wandb`` (offline), everything the tracker does for one evaluation, figures and the
   per-sample record included (the callback's defaults);
-- ``total``: metrics plus the tracker call, what one evaluation costs the logging thread.
+- ``total``: metrics plus the tracker call, what one evaluation costs the logging thread;
+- ``intervals``: the bootstrap intervals of the headline metrics (1,000 resamples, all eight
+  metrics; ``confidence_intervals``) at ``--decisions`` and at 1,000 decisions, each metric
+  group on its own (the smooth ECE's is most of it), and a paired comparison of two
+  evaluations (``compare_records``). Not part of ``log_evaluation``: the report and
+  ``tokcal compare`` compute them from the stored per-sample records.
 
 Targets: all figures of one evaluation together under 0.5 s; the whole evaluation under 1 s
 for each backend. ``--profile`` prints where the local backend's time goes.
@@ -171,6 +176,8 @@ def main() -> None:
         training_thread(a, report)
         report.write(a.json)
         return
+    import numpy as np
+
     from tokcal.core.per_sample import PerSample
     from tokcal.core.plots import figure_to_array, figure_to_png, metric_figures
 
@@ -188,6 +195,19 @@ def main() -> None:
         lambda i: [figure_to_png(f) for f in metric_figures(metrics, step=i).values()], a.repeats)
     steps["figures (arrays, MLflow/W&B)"] = repeat(
         lambda i: [figure_to_array(f) for f in metric_figures(metrics, step=i).values()], a.repeats)
+    from tokcal.core.bootstrap import HEADLINE, confidence_intervals
+    from tokcal.core.compare import compare_records
+
+    small = PerSample.from_scores(scores(1000, seed=1))
+    other = PerSample(record.labels, record.index, record.gt, record.probs ** 1.1)  # another model, same samples
+    intervals = {
+        f"intervals, all metrics, {a.decisions:,} decisions": repeat(lambda i: confidence_intervals(record), a.repeats),
+        "intervals, all metrics, 1,000 decisions": repeat(lambda i: confidence_intervals(small), a.repeats),
+        f"intervals, all but smooth ECE, {a.decisions:,} decisions": repeat(
+            lambda i: confidence_intervals(record, metrics=[m for m in HEADLINE if m != "smece"]), a.repeats),
+        f"paired comparison, all metrics, {a.decisions:,} decisions": repeat(
+            lambda i: compare_records(record, other), a.repeats),
+    }
     root = Path(tempfile.mkdtemp(dir=a.workdir if a.workdir.exists() else None, prefix="logging-"))
     calls: dict[str, tuple[float, float]] = {}
     bare: dict[str, tuple[float, float]] = {}  # the same call without the per-sample record
@@ -210,6 +230,7 @@ def main() -> None:
             pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
         tracker.close()
     rows = [[k, w, c] for k, (w, c) in steps.items()]
+    rows += [[k, w, c] for k, (w, c) in intervals.items()]
     rows += [[f"log_evaluation: {k}", w, c] for k, (w, c) in calls.items()]
     rows += [[f"log_evaluation: {k}, without the per-sample record", w, c] for k, (w, c) in bare.items()]
     rows += [[f"total: {k} (metrics + log_evaluation)", steps["metrics"][0] + w, steps["metrics"][1] + c]
@@ -235,7 +256,10 @@ def main() -> None:
         extra_wall, extra_cpu = w - bare[k][0], c - bare[k][1]
         report.check(f"per-sample record in {k}", f"{extra_wall * 1e3:+.0f} ms (CPU {extra_cpu * 1e3:+.0f} ms)",
                      "reported (#13)", None, note="log_evaluation with the record minus without it (medians; a few ms is within the noise)")
-    report.extra = {"steps": steps, "calls": calls, "bare": bare, "failed": failed, "per_sample_bytes": record_bytes}
+    iv_wall, iv_cpu = intervals[f"intervals, all metrics, {a.decisions:,} decisions"]
+    report.check(f"intervals of {a.decisions:,} decisions (1,000 resamples)", f"{iv_wall:.3f} s (CPU {iv_cpu:.3f} s)",
+                 "reported", None, note="computed by the report and tokcal compare from the per-sample record")
+    report.extra = {"intervals": intervals, "steps": steps, "calls": calls, "bare": bare, "failed": failed, "per_sample_bytes": record_bytes}
     report.write(a.json)
 
 

@@ -169,6 +169,10 @@ def test_scalars_match_references_on_random_data(seed, k, n):
                                          "aurc", "accuracy_cov50", "accuracy_cov80", "accuracy_cov90"]),
         *(f"eval_decision_precision_{x}" for x in lk),
         *(f"eval_decision_recall_{x}" for x in lk),
+        # smooth and debiased calibration error, the Brier score's split (checked against their
+        # authors' packages in tests/test_smooth_calibration.py)
+        *(f"eval_decision_{x}" for x in ["smece", "ece_debiased", "brier_calibration", "brier_discrimination",
+                                         "brier_uncertainty"]),
     }
     if k == 2:
         expected_keys |= {"eval_decision_best_threshold", "eval_decision_best_threshold_accuracy"}

@@ -166,7 +166,7 @@ def test_reused_figures_draw_what_fresh_figures_draw():
     assert metric_figures(sparse, step=5)["reliability"] is reused["reliability"]  # the same figure again
     fresh = {
         "reliability": reliability_diagram(sparse.reliability, ece=sparse.scalars["eval_decision_ece"],
-                                           title="Reliability @ step 5"),
+                                           title="Reliability @ step 5", smooth=sparse.smooth_reliability),
         "reliability_positive": reliability_diagram(sparse.positive_reliability,
                                                     title="P(Accept) calibration @ step 5",
                                                     xlabel="mean q(Accept)"),
@@ -191,7 +191,8 @@ def test_each_thread_draws_on_its_own_figures():
     """The callback draws in a background thread while W&B draws in the training thread:
     two threads drawing different evaluations at once each get their own numbers."""
     ms = [_metrics(2, n=500, seed=s) for s in (10, 11)]
-    expected = [_pixels(reliability_diagram(m.reliability, ece=m.scalars["eval_decision_ece"], title="Reliability"))
+    expected = [_pixels(reliability_diagram(m.reliability, ece=m.scalars["eval_decision_ece"], title="Reliability",
+                                            smooth=m.smooth_reliability))
                 for m in ms]
     got: dict[int, list] = {0: [], 1: []}
     start = threading.Barrier(2)

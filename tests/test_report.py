@@ -365,7 +365,9 @@ def test_per_sample_views_in_chromium(chromium, tmp_path):  # noqa: F811
     want = {rid: accuracy_score(sim.records[350].gt, sim.records[350].probs.argmax(axis=1)) for rid, sim in runs}
     want[old] = fake_metrics(100).scalars["eval_decision_accuracy"]
     cells = [re.sub("<.*?>", "", c) for c in re.findall(r"<td>(.*?)</td>", acc)]
-    assert cells == [f"{want[rid]:.3f}" for rid in order]
+    # the value, then its interval in brackets where the series holds per-sample records
+    assert [c.split(" [")[0] for c in cells] == [f"{want[rid]:.3f}" for rid in order]
+    assert [" [" in c for c in cells] == [rid != old for rid in order]
 
 
 def test_compare_step(tmp_path, capsys):

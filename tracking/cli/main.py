@@ -12,7 +12,7 @@ from tokcal.errors import TokcalError
 
 # Each module tokcal.cli.<name> defines ``register(subparsers)``, which adds its parser
 # and sets ``func`` (args -> exit code).
-SUBCOMMANDS: list[str] = ["extract", "sync", "backfill", "train", "report", "demo"]
+SUBCOMMANDS: list[str] = ["extract", "sync", "backfill", "train", "report", "compare", "demo"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -20,6 +20,7 @@ from tokcal.core.classification import (
     precision_recall,
 )
 from tokcal.core.selective import COVERAGES, RiskCoverage, selective_summary
+from tokcal.core.smooth_ece import SmoothCurve, smooth_curve, smooth_ece
 from tokcal.core.spec import label_key
 from tokcal.errors import TokcalError
 
@@ -99,6 +100,8 @@ class DecisionMetrics:
         histograms: ``p_<label>``, ``mass``, ``confidence`` over fixed edges.
         notes: why a metric was left out (e.g. one class absent for AUROC).
         risk_coverage: the risk-coverage curve on ``confidence`` (selective prediction).
+        smooth_reliability: the kernel-smoothed top-label reliability curve with its band
+            (:func:`~tokcal.core.smooth_ece.smooth_curve`, the smooth ECE's kernel).
     """
 
     labels: list[str]
@@ -109,6 +112,7 @@ class DecisionMetrics:
     histograms: dict[str, Histogram] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     risk_coverage: RiskCoverage | None = None
+    smooth_reliability: SmoothCurve | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,6 +126,7 @@ class DecisionMetrics:
             "histograms": {k: h.to_dict() for k, h in self.histograms.items()},
             "notes": list(self.notes),
             "risk_coverage": self.risk_coverage.to_dict() if self.risk_coverage else None,
+            "smooth_reliability": self.smooth_reliability.to_dict() if self.smooth_reliability else None,
         }
 
     @classmethod
@@ -139,6 +144,9 @@ class DecisionMetrics:
             histograms={k: Histogram.from_dict(h) for k, h in d.get("histograms", {}).items()},
             notes=list(d.get("notes", [])),
             risk_coverage=RiskCoverage.from_dict(d["risk_coverage"]) if d.get("risk_coverage") else None,
+            smooth_reliability=(
+                SmoothCurve.from_dict(d["smooth_reliability"]) if d.get("smooth_reliability") else None
+            ),
         )
 
 
@@ -253,6 +261,70 @@ def average_precision(y: np.ndarray, score: np.ndarray) -> float:
     recall = tp / n_pos
     recall_prev = np.r_[0.0, recall[:-1]]
     return float(np.sum((recall - recall_prev) * precision))
+
+
+def debiased_ece(confidence: np.ndarray, outcome: np.ndarray, n_bins: int = 15) -> float:
+    """Debiased calibration error (Kumar, Liang and Ma, 2019): the root of the mean squared gap
+    between confidence and outcome over equal-mass bins, minus each bin's sampling noise.
+
+    The plain binned estimate is biased upwards (a perfectly calibrated model shows a gap on a
+    finite sample); this one subtracts each bin's expected squared noise,
+    ``acc_b (1 - acc_b) / (n_b - 1)``, and clips at 0 before the root. It is on the scale of a
+    root mean square, so it reads like the ECE but is not equal to it. Bins are ``n_bins``
+    groups of about equal size, split half-way between neighbouring confidences (as the
+    authors' ``uncertainty-calibration`` package; a bin of one decision counts 0).
+
+    Example:
+        >>> round(debiased_ece(np.array([0.9, 0.9, 0.6, 0.6]), np.array([1, 0, 1, 1]), 2), 4)
+        0.1871
+    """
+    f = np.asarray(confidence, dtype=np.float64)
+    y = np.asarray(outcome, dtype=np.float64)
+    n = len(f)
+    if n == 0:
+        return math.nan
+    parts = np.array_split(np.sort(f), min(int(n_bins), n))
+    edges = np.unique(np.r_[[(a[-1] + b[0]) / 2.0 for a, b in zip(parts[:-1], parts[1:])], 1.0])
+    idx = np.searchsorted(edges, f, side="left")
+    m = len(edges) + 1
+    count = np.bincount(idx, minlength=m).astype(np.float64)
+    gap = np.bincount(idx, weights=f - y, minlength=m)
+    hit = np.bincount(idx, weights=y, minlength=m)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = hit / count
+        err = (gap / count) ** 2 - acc * (1 - acc) / (count - 1)
+    err = np.where(count >= 2, err, 0.0)
+    return float(max(np.sum(count * err) / n, 0.0) ** 0.5)
+
+
+def brier_decomposition(forecast: np.ndarray, outcome: np.ndarray) -> tuple[float, float, float]:
+    """The Brier score of one event split as ``calibration - discrimination + uncertainty``.
+
+    The CORP split (Dimitriadis, Gneiting and Jordan, 2021): the forecasts are recalibrated by
+    isotonic regression of the outcome on them (ties pooled); ``calibration`` is how much the
+    score drops by that recalibration (0 for a calibrated model), ``discrimination`` how much
+    better the recalibrated forecasts score than always forecasting the base rate, and
+    ``uncertainty`` the score of the base rate, ``r (1 - r)``. The three add up to the Brier
+    score exactly.
+
+    Example:
+        >>> cal, dsc, unc = brier_decomposition(np.array([0.8, 0.8, 0.3, 0.3]), np.array([1, 1, 0, 1]))
+        >>> round(cal, 4), round(dsc, 4), round(unc, 4), round(cal - dsc + unc, 4)
+        (0.04, 0.0625, 0.1875, 0.165)
+    """
+    from scipy.optimize import isotonic_regression
+
+    x = np.asarray(forecast, dtype=np.float64)
+    y = np.asarray(outcome, dtype=np.float64)
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan
+    values, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    means = np.bincount(inverse, weights=y) / counts
+    fitted = isotonic_regression(means, weights=counts.astype(np.float64)).x[inverse]
+    rate = float(y.mean())
+    score, recal = float(np.mean((x - y) ** 2)), float(np.mean((fitted - y) ** 2))
+    unc = float(np.mean((rate - y) ** 2))
+    return score - recal, unc - recal, unc
 
 
 def fit_temperature(log_p: np.ndarray, gt: np.ndarray) -> float:
@@ -388,7 +460,17 @@ def compute_metrics(
     ece, mce = calibration_errors(top)
     s[f"{prefix}decision_ece"] = ece
     s[f"{prefix}decision_mce"] = mce
+    smece, width = smooth_ece(q_conf, correct, return_width=True)
+    s[f"{prefix}decision_smece"] = float(smece[0])
+    s[f"{prefix}decision_ece_debiased"] = debiased_ece(q_conf, correct, n_bins)
     s[f"{prefix}decision_brier"] = brier_score(q, g)
+    # Split the Brier score: for two labels the positive label's event (what decision_brier
+    # scores), else the sum of each label's one-vs-rest split (the N-label Brier is that sum).
+    events = [0] if k == 2 else range(k)
+    split = np.sum([brier_decomposition(q[:, j], (g == j).astype(np.float64)) for j in events], axis=0)
+    s[f"{prefix}decision_brier_calibration"] = float(split[0])
+    s[f"{prefix}decision_brier_discrimination"] = float(split[1])
+    s[f"{prefix}decision_brier_uncertainty"] = float(split[2])
     s[f"{prefix}decision_nll"] = negative_log_likelihood(q, g)
 
     positive = None
@@ -420,4 +502,5 @@ def compute_metrics(
     hists = {f"p_{key}": Histogram(edges, np.histogram(pc[:, j], bins=edges)[0]) for j, key in enumerate(keys)}
     hists["mass"] = Histogram(edges, np.histogram(np.clip(mass, 0, 1), bins=edges)[0])
     hists["confidence"] = Histogram(edges, np.histogram(np.clip(p_pred, 0, 1), bins=edges)[0])
-    return DecisionMetrics(list(labels), prefix, s, top, positive, hists, notes, selective.curve)
+    curve = smooth_curve(q_conf, correct, width=float(width[0]))
+    return DecisionMetrics(list(labels), prefix, s, top, positive, hists, notes, selective.curve, curve)

@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tokcal.core.metrics import DecisionMetrics, Histogram, ReliabilityBins
+from tokcal.core.smooth_ece import SmoothCurve
 
 _BLUE, _RED, _GREEN = "#4C72B0", "#C44E52", "#55A868"
 # matplotlib's default y margin above the tallest bar (axes.ymargin).
@@ -56,6 +57,9 @@ class _ReliabilityPainter:
         self.gap = list(top.bar(left, zeros, bottom=zeros, width=width, align="edge", facecolor="none",
                                 edgecolor=_RED, hatch="//", linewidth=1.0, label="gap to confidence"))
         top.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="perfect")
+        # the kernel-smoothed curve (the smooth ECE's) and its band; empty until a curve is painted
+        (self.smooth,) = top.plot([], [], "-", color="black", lw=1.5, label="smoothed (95% band)")
+        self.band = None
         top.set_xlim(0, 1)
         top.set_ylim(0, 1)
         top.set_ylabel("accuracy")
@@ -69,7 +73,17 @@ class _ReliabilityPainter:
         self.fig.subplots_adjust(left=0.13, right=0.97, top=0.94, bottom=0.08, hspace=0.08)
         plain_text(self.fig)  # the labels come from the spec
 
-    def paint(self, bins: ReliabilityBins, *, ece: float | None, title: str, xlabel: str) -> Figure:
+    def paint(self, bins: ReliabilityBins, *, ece: float | None, title: str, xlabel: str,
+              smooth: SmoothCurve | None = None) -> Figure:
+        if self.band is not None:
+            self.band.remove()
+            self.band = None
+        if smooth is not None:
+            self.smooth.set_data(smooth.mesh, np.clip(smooth.mean, 0, 1))
+            self.band = self.top.fill_between(smooth.mesh, np.clip(smooth.lower, 0, 1), np.clip(smooth.upper, 0, 1),
+                                              color="black", alpha=0.15, lw=0, zorder=1.5)
+        else:
+            self.smooth.set_data([], [])
         full = bins.counts > 0
         acc = np.where(full, bins.accuracy, 0.0)
         conf = np.where(full, bins.confidence, 0.0)
@@ -125,9 +139,11 @@ def _histogram_painter(histograms: dict[str, Histogram]) -> _HistogramPainter:
 
 
 def reliability_diagram(
-    bins: ReliabilityBins, *, ece: float | None = None, title: str = "Reliability", xlabel: str = "confidence"
+    bins: ReliabilityBins, *, ece: float | None = None, title: str = "Reliability", xlabel: str = "confidence",
+    smooth: SmoothCurve | None = None,
 ) -> Figure:
-    """Accuracy per bin against the diagonal, the gap shaded, counts underneath (a new figure).
+    """Accuracy per bin against the diagonal, the gap shaded, counts underneath (a new figure);
+    with ``smooth``, the kernel-smoothed reliability curve and its band over the bars.
 
     Example:
         >>> from tokcal.core.metrics import reliability_bins
@@ -135,7 +151,7 @@ def reliability_diagram(
         >>> len(fig.axes)
         2
     """
-    return _reliability_painter(bins).paint(bins, ece=ece, title=title, xlabel=xlabel)
+    return _reliability_painter(bins).paint(bins, ece=ece, title=title, xlabel=xlabel, smooth=smooth)
 
 
 def histogram_figure(histograms: dict[str, Histogram], *, title: str = "Decision histograms") -> Figure:
@@ -185,7 +201,8 @@ def metric_figures(metrics: DecisionMetrics, *, step: int | None = None) -> dict
         bins = metrics.reliability
         painter = _reused_painter("reliability", _edges_key(bins.edges), lambda: _reliability_painter(bins))
         figs["reliability"] = painter.paint(bins, ece=metrics.scalars.get(f"{metrics.prefix}decision_ece"),
-                                            title=f"Reliability{where}", xlabel="confidence")
+                                            title=f"Reliability{where}", xlabel="confidence",
+                                            smooth=metrics.smooth_reliability)
     if metrics.positive_reliability is not None:
         bins = metrics.positive_reliability
         painter = _reused_painter("reliability_positive", _edges_key(bins.edges),

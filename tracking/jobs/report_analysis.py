@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
+from tokcal.core.bootstrap import HEADLINE, confidence_intervals
+from tokcal.core.compare import A_BETTER, B_BETTER, NO_DIFFERENCE, Comparison, compare_records
 from tokcal.core.per_sample import PerSample
 from tokcal.core.per_sample_views import (
     TOP_WRONG,
@@ -47,8 +49,10 @@ COMPARE_ROWS: tuple[tuple[str, str, int], ...] = (
     ("macro F1", "decision_macro_f1", 1),
     ("MCC", "decision_mcc", 1),
     ("ECE", "decision_ece", -1),
+    ("smooth ECE", "decision_smece", -1),
     ("Brier", "decision_brier", -1),
     ("NLL", "decision_nll", -1),
+    ("AUROC", "decision_auroc", 1),
     ("mass", "decision_prob_mass", 1),
     ("mass p05", "decision_mass_p05", 1),
     ("AURC", "decision_aurc", -1),
@@ -184,18 +188,74 @@ def comparison_section(series: Sequence[Series], compare_step: int | None, save:
     return "".join(parts)
 
 
+def _uncertainty(chosen: Sequence[tuple[Series, Point]]) -> tuple[list[dict], list[Comparison | None], list[str]]:
+    """Each evaluation's bootstrap intervals and each later one's paired comparison with the
+    first, from their per-sample records (empty where a record is missing), and notes."""
+    intervals: list[dict] = []
+    paired: list[Comparison | None] = []
+    notes: list[str] = []
+    first = chosen[0][1].per_sample if chosen else None
+    for i, (s, p) in enumerate(chosen):
+        rec = p.per_sample
+        intervals.append(confidence_intervals(rec) if rec is not None and len(rec) else {})
+        if i == 0 or rec is None or first is None or not len(rec) or not len(first):
+            paired.append(None)
+            continue
+        try:
+            paired.append(compare_records(first, rec))
+        except TokcalError as exc:  # e.g. another eval set: the table still shows the values, and says why
+            paired.append(None)
+            notes.append(f"{s.name} is not compared with {chosen[0][0].name}: {exc}")
+        else:
+            notes += [f"{s.name} against {chosen[0][0].name}: {n}" for n in paired[-1].notes]
+    if any(not iv for iv in intervals):
+        notes.append("no interval where a series holds no per-sample record")
+    return intervals, paired, notes
+
+
+_VERDICT_WORDS = {B_BETTER: "better", A_BETTER: "worse", NO_DIFFERENCE: "no difference detected"}
+
+
+def _diff_cell(c: Comparison | None, metric: str | None) -> str:
+    if c is None or metric is None or metric not in {r.metric for r in c.rows}:
+        return ""
+    r = c.row(metric)
+    word = _VERDICT_WORDS[r.verdict] + (" (exact test)" if metric == "accuracy" else "")
+    cls = {B_BETTER: "better", A_BETTER: "worse"}.get(r.verdict, "same")
+    return (f'<br><span class="diff {cls}" title="difference with the first series and its paired interval">'
+            f"{r.diff:+.3f} [{r.low:+.3f}, {r.high:+.3f}] {word}</span>")
+
+
 def _compare_table(chosen: Sequence[tuple[Series, Point]]) -> str:
+    intervals, paired, notes = _uncertainty(chosen)
+    by_key = {key: name for name, (key, _) in HEADLINE.items()}
     heads = "".join(f"<th>{html.escape(s.name)}<br><span class=meta>step {p.step}</span></th>" for s, p in chosen)
     rows = [f"<table class=compare id=compare-table><tr><th>metric</th>{heads}</tr>"]
     for name, key, better in COMPARE_ROWS:
         vals = [p.scalar(key) for _, p in chosen]
         finite = [v for v in vals if not math.isnan(v)]
         best = (max(finite) if better > 0 else min(finite)) if better and len(finite) > 1 else None
-        cells = "".join(f"<td>{'<b>' + fmt3(v) + '</b>' if best is not None and v == best else fmt3(v)}</td>"
-                        if key != "decision_samples" else f"<td>{'–' if math.isnan(v) else int(v)}</td>"
-                        for v in vals)
-        rows.append(f'<tr data-metric="{key}"><th>{html.escape(name)}</th>{cells}</tr>')
-    return "".join(rows) + "</table>"
+        metric = by_key.get(key)
+        cells = []
+        for i, v in enumerate(vals):
+            if key == "decision_samples":
+                cells.append(f"<td>{'–' if math.isnan(v) else int(v)}</td>")
+                continue
+            text = "<b>" + fmt3(v) + "</b>" if best is not None and v == best else fmt3(v)
+            iv = intervals[i].get(metric) if metric else None
+            if iv is not None:
+                text += f' <span class=ci title="{100 * iv.level:g}% interval">[{fmt3(iv.low)}, {fmt3(iv.high)}]</span>'
+            cells.append(f"<td>{text}{_diff_cell(paired[i], metric)}</td>")
+        rows.append(f'<tr data-metric="{key}"><th>{html.escape(name)}</th>{"".join(cells)}</tr>')
+    out = "".join(rows) + "</table>"
+    if any(iv for iv in intervals):
+        out += ("<p class=meta>In brackets: the 95% interval of each value (bootstrap over the samples, 1,000 "
+                "resamples). Below, for each series after the first: the difference with the first, its 95% "
+                "interval over the samples both evaluated, and whether it is better, worse or no difference was "
+                "detected (accuracy: exact test on the samples they answer differently). See docs/comparisons.md."
+                "</p>")
+    out += "".join(f"<p class=note>{html.escape(n)}</p>" for n in notes)
+    return out
 
 
 # --------------------------------------------------------------------------- per sample

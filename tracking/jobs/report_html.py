@@ -106,6 +106,8 @@ text-align:right} th{background:#f4f4f4} tr.back td{color:#8a5a00}
 .note{color:#8a5a00}
 img.flips,img.risk-coverage{display:inline-block;max-width:49%} table.wrong td.text{text-align:left;max-width:520px;
 font-size:11px;color:#444} table.compare th{text-align:left} h4{margin:10px 0 2px;font-size:14px}
+table.compare .ci{color:#666;font-size:11px} table.compare .diff{font-size:11px} .diff.better{color:#2a7a2a}
+.diff.worse{color:#b03030} .diff.same{color:#666}
 """
 
 _SCRIPT = """
