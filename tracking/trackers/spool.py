@@ -46,6 +46,7 @@ from tokcal.trackers.base import (
     redact,
     to_jsonable,
     write_atomic,
+    writer_wait,
 )
 
 logger = logging.getLogger(__name__)
@@ -193,6 +194,11 @@ class SpoolingTracker(Tracker):
 
     def writer_lock(self) -> Path:
         return self.inner.writer_lock()
+
+    def viewer(self) -> str:
+        if self.pending:
+            return f"not created yet (the server did not answer); kept in {self.spool_dir}, replay with: tokcal sync {self.spool_dir}"
+        return self.inner.viewer()
 
     def _call(self, call: Callable[[], None], entry: Callable[[], dict[str, Any]]) -> None:
         """Make ``call``, or spool ``entry()`` when it fails or the server failed recently."""
@@ -441,7 +447,7 @@ def sync_spool(
         tracker = open_tracker(spool=False, **opens[key])
         result.targets.append(tracker.describe())
         try:
-            with exclusive_lock(tracker.writer_lock(), f"{tracker.name} run {tracker.run_id}"):
+            with exclusive_lock(tracker.writer_lock(), f"{tracker.name} run {tracker.run_id}", wait=writer_wait()):
                 _replay(tracker, group, result)
         except Exception as exc:
             result.remaining = _count(dirs)
