@@ -11,6 +11,7 @@ import itertools
 import atexit
 import logging
 import sys
+import time
 import warnings
 import weakref
 from contextlib import ExitStack, contextmanager
@@ -57,6 +58,9 @@ PREFIX_DEPTH = 12
 LOCK_WAIT_S = 2.0
 #: At the end of training (``flush``): how long writes held back by such a lock wait for it.
 FINAL_LOCK_WAIT_S = 60.0
+#: After each live write, the background thread leaves the writer lock free this long, so
+#: that a backfill or sync waiting for it gets its turn between evaluations.
+LOCK_GAP_S = 0.1
 
 
 @dataclass
@@ -766,6 +770,8 @@ class DecisionTrackingCallback(TrainerCallback):
                 slot.steps[key].add(step)
             except Exception as exc:  # a tracking error never stops training
                 self._warn_once(f"log:{t.name}", f"tokcal could not log evaluation at step {step} to {t.name}: {exc}")
+        if slot.background:
+            time.sleep(LOCK_GAP_S)  # a waiting backfill or sync gets the lock before the next write
         return True
 
     @contextmanager

@@ -339,3 +339,71 @@ def test_the_mlflow_line_has_the_ui_command_and_no_password(tiny_bpe_checkpoint,
     run_id = read_state(out2 / "tokcal.json")["trackers"][0]["run_id"]
     assert f"tokcal: decision metrics go to mlflow run {run_id}, http://alice:***@" in shown.out
     assert "s3cretpw" not in shown.out + shown.err
+
+
+# ------------------------------------------------------------------------ one writer per step
+
+
+@pytest.mark.slow
+def test_live_training_and_a_backfill_loop_make_one_point_per_step(tiny_bpe_checkpoint, tmp_path, mlflow_server,
+                                                                   monkeypatch):
+    """A real training logs into an MLflow run while `tokcal backfill` processes run again
+    and again over its checkpoints into the same run. Live logging is slowed by a real
+    delay before each MLflow write (as a server under load would), so backfill gets to
+    steps the training has not written yet. Every metric has one point per step."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    mlflow = pytest.importorskip("mlflow")
+    from tokcal.trackers.mlflow import MlflowTracker
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("TOKCAL_LOCK_DIR", str(tmp_path / "locks"))  # the lock both sides take
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    slow_write = MlflowTracker._write_evaluation
+
+    def lagging(self, *args, **kwargs):  # the training process only; the subprocesses write at full speed
+        time.sleep(6.0)
+        return slow_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowTracker, "_write_evaluation", lagging)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", f"one-writer-{tmp_path.name}")
+    out = tmp_path / "out"
+    done = threading.Event()
+    runs: list[int] = []
+    summaries: list[list[str]] = []
+
+    def backfill_loop() -> None:
+        while not (out / "tokcal.json").exists() and not done.is_set():
+            time.sleep(0.2)
+        while not done.is_set():
+            proc = subprocess.run([sys.executable, "-m", "tokcal.cli.main", "backfill", str(out), "--data",
+                                   str(out / "eval.jsonl"), "--quiet", "--output-dir", str(tmp_path / "decisions")],
+                                  env=env, capture_output=True, text=True, timeout=600)
+            runs.append(proc.returncode)
+            summaries.append(proc.stdout.strip().splitlines()[-1:] + proc.stderr.strip().splitlines()[-2:])
+
+    loop = threading.Thread(target=backfill_loop)
+    loop.start()
+    cb = DecisionTrackingCallback(backend="mlflow", tracking_uri=mlflow_server, verbose=False)
+    try:
+        make_trainer(tiny_bpe_checkpoint, out, [cb], max_steps=16, eval_steps=2, save_steps=2, logging_steps=2).train()
+        cb.close()
+    finally:
+        done.set()
+        loop.join()
+    run_id = read_state(out / "tokcal.json")["trackers"][0]["run_id"]
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    assert runs, "no backfill ran beside the training"
+    for key in ("eval_decision_samples", "eval_decision_accuracy", "eval_decision_ece", "eval_avg_p_accept"):
+        steps = sorted(m.step for m in client.get_metric_history(run_id, key))
+        assert steps == list(range(2, 17, 2)), (key, steps, runs)
+    from tokcal.trackers.mlflow import read_mlflow
+
+    (series,) = read_mlflow(run_id, mlflow_server)
+    backfilled = [p.step for p in series.points if p.backfilled]
+    print(f"backfill runs: {runs}; backfilled steps: {backfilled}; {summaries}")
+    assert backfilled, f"backfill wrote no step, so the two writers never met: {summaries}"
