@@ -407,3 +407,24 @@ def test_live_training_and_a_backfill_loop_make_one_point_per_step(tiny_bpe_chec
     backfilled = [p.step for p in series.points if p.backfilled]
     print(f"backfill runs: {runs}; backfilled steps: {backfilled}; {summaries}")
     assert backfilled, f"backfill wrote no step, so the two writers never met: {summaries}"
+
+
+@pytest.mark.slow
+def test_the_wandb_line_says_how_to_upload_an_offline_run(tiny_bpe_checkpoint, tmp_path, capfd, wandb_offline,
+                                                          monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_PROJECT", "tokcal-test")
+    cb = DecisionTrackingCallback()
+    try:
+        make_trainer(tiny_bpe_checkpoint, tmp_path / "out", [cb], report_to="wandb", max_steps=4).train()
+        cb.close()
+    finally:
+        if wandb.run is not None:
+            wandb.run.finish()
+    shown = capfd.readouterr().out
+    found = re.search(r"tokcal: decision metrics go to wandb run (\S+), offline; upload with: wandb sync (\S+)", shown)
+    assert found, shown
+    run_id, folder = found.groups()
+    assert Path(folder).is_dir() and Path(folder).name.endswith(run_id) and Path(folder).name.startswith("offline-run")
+    assert re.search(r"^tokcal eval step 4: mass \d\.\d{3}, accuracy \d\.\d{3}, ECE \d\.\d{3} \(13 decisions\)$",
+                     shown, re.MULTILINE)
