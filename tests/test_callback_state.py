@@ -7,7 +7,6 @@ forward over the saved checkpoint (``score_checkpoint``) or a brute-force loop.
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from pathlib import Path

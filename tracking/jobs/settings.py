@@ -22,7 +22,7 @@ class TrackingSettings:
         spec: labels, prefix, variants.
         backend: ``"auto"`` (follow the Trainer's ``report_to``), one of ``local``,
             ``mlflow``, ``wandb``, or a list of them.
-        every: log every N-th evaluation.
+        every: log every N-th evaluation of each eval set (metric prefix).
         n_bins: reliability bins; hist_bins: histogram bins.
         log_per_sample: keep the per-sample record of every evaluation (sample index,
             record id, gt, the probability of each label; no text) in every backend, for
