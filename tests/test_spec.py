@@ -139,8 +139,12 @@ def test_qwen_ids_match_tiktoken_reference(qwen25_tok: Any) -> None:
 
 
 def test_qwen_case_labels_collide(qwen25_tok: Any) -> None:
+    # Labels that differ only in case share a metric key: refused when the spec is made.
+    with pytest.raises(TokcalError, match="labels 'Accept' and 'accept' both give the metric key 'accept'"):
+        DecisionSpec(labels=("Accept", "accept"))
+    # Surface forms of two labels that are one token: refused when resolved, naming the id.
     with pytest.raises(TokcalError) as err:
-        DecisionSpec(labels=("Accept", "accept")).resolve(qwen25_tok)
+        DecisionSpec(labels=("Accept", "Reject"), variants={"Reject": ("accept",)}).resolve(qwen25_tok)
     msg = str(err.value)
     assert "'Accept'" in msg and "'accept'" in msg and "id 10330" in msg
 
@@ -243,3 +247,16 @@ def test_llama3_ids_match_quicktok(llama3_tok: Any) -> None:
     assert llama3_tok.convert_ids_to_tokens(list(resolved.token_ids[0])) == ["Accept", "accept"]
     assert list(resolved.context_ids) == enc.encode("\\boxed{")
     assert all(t < 128000 for t in resolved.all_ids)
+
+
+@pytest.mark.parametrize("labels, key", [(("A+", "A-"), "a_"), (("A-B", "A B"), "a_b"), (("YES", "Yes"), "yes")])
+def test_labels_whose_metric_keys_collide_are_refused(labels, key) -> None:
+    """Two labels with one metric key would overwrite each other's scalars (avg_p_<key>)."""
+    from tokcal.core.spec import label_key
+
+    assert label_key(labels[0]) == label_key(labels[1]) == key  # the collision is real
+    with pytest.raises(TokcalError) as err:
+        DecisionSpec(labels=labels, lowercase=False)
+    msg = str(err.value)
+    assert f"labels {labels[0]!r} and {labels[1]!r} both give the metric key {key!r}" in msg and "\n" not in msg
+    DecisionSpec(labels=(labels[0], "Other"), lowercase=False)  # one of them alone is fine

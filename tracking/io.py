@@ -247,9 +247,10 @@ def check_writable(folder: str | Path, what: str, *, create: bool = True) -> Non
 
 
 @contextmanager
-def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
+def exclusive_lock(path: str | Path, what: str, wait: float = 0.0) -> Iterator[None]:
     """Hold a lock file for the block, so that one process at a time writes ``what`` on
-    this machine; another process that holds it makes this fail at once (no waiting).
+    this machine; another process that holds it makes this fail, at once or after waiting
+    up to ``wait`` seconds for it to let go.
 
     The file records the holder's PID and command (``tokcal backfill``) for the message; it is left in
     place (removing it would let a third process lock a different file). Where there is
@@ -280,7 +281,7 @@ def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
     fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_within(fcntl, fd, wait)
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
             raise TokcalError(
@@ -297,6 +298,22 @@ def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _flock_within(fcntl: Any, fd: int, wait: float) -> None:
+    """Take the lock on ``fd``, trying every 20 ms for up to ``wait`` seconds; raises
+    ``BlockingIOError`` when another process still holds it."""
+    import time
+
+    deadline = time.monotonic() + max(0.0, wait)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _holder_text(recorded: str) -> str:

@@ -48,6 +48,7 @@ class DecisionSpec:
             raise TokcalError(f"expected distinct decision labels, got {list(labels)}")
         if any(not x for x in labels):
             raise TokcalError("expected non-empty decision labels, got an empty string")
+        _check_distinct_keys(labels)
         unknown = set(self.variants) - set(labels)
         if unknown:
             raise TokcalError(
@@ -111,6 +112,20 @@ class DecisionSpec:
 def label_key(label: str) -> str:
     """``"Accept"`` -> ``"accept"``; spaces and dashes become underscores."""
     return "".join(c if c.isalnum() else "_" for c in label.strip().lower())
+
+
+def _check_distinct_keys(labels: Sequence[str]) -> None:
+    """Two labels with one metric key (``A+``/``A-``, ``A-B``/``A B``, ``YES``/``Yes``) would
+    overwrite each other's scalars (``avg_p_<key>``): an error naming both labels and the key."""
+    seen: dict[str, str] = {}
+    for label in labels:
+        key = label_key(label)
+        if key in seen:
+            raise TokcalError(
+                f"labels {seen[key]!r} and {label!r} both give the metric key {key!r} (avg_p_{key}); "
+                "expected labels that differ in letters or digits, not only in case, spaces or punctuation"
+            )
+        seen[key] = label
 
 
 @dataclass(frozen=True)

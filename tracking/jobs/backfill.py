@@ -56,7 +56,7 @@ from tokcal.jobs.checkpoints import (
     resolve_checkpoints,
 )
 from tokcal.jobs.settings import TrackingSettings
-from tokcal.trackers.base import MARKER, Tracker
+from tokcal.trackers.base import MARKER, Tracker, writer_wait
 
 log = logging.getLogger(__name__)
 
@@ -490,7 +490,7 @@ def _claim(trackers: Sequence[Tracker], locks: ExitStack, dist: Dist) -> None:
             t.check_writable()
             lock = t.writer_lock().resolve()
             if lock not in held:  # the same run given twice is one writer
-                locks.enter_context(exclusive_lock(lock, f"{t.name} run {t.run_id}"))
+                locks.enter_context(exclusive_lock(lock, f"{t.name} run {t.run_id}", wait=writer_wait()))
                 held.add(lock)
     except TokcalError as exc:
         error = str(exc)

@@ -22,7 +22,7 @@ class TrackingSettings:
         spec: labels, prefix, variants.
         backend: ``"auto"`` (follow the Trainer's ``report_to``), one of ``local``,
             ``mlflow``, ``wandb``, ``tensorboard``, or a list of them.
-        every: log every N-th evaluation.
+        every: log every N-th evaluation of each eval set (metric prefix).
         n_bins: reliability bins; hist_bins: histogram bins.
         log_per_sample: keep the per-sample record of every evaluation (sample index,
             record id, gt, the probability of each label; no text) in every backend, for
@@ -39,6 +39,9 @@ class TrackingSettings:
             always logged in the calling thread. ``flush()`` on the callback waits for it.
         project, entity: W&B; tracking_uri, experiment: MLflow; run_id: attach to that run;
             local_dir: the local store (default ``<output_dir>/tokcal``).
+        verbose: the training callback prints one line at train begin (each backend, its
+            run id and how to open it) and one per evaluation (mass, accuracy, ECE); on by
+            default, ``False`` for none.
 
     Example:
         >>> TrackingSettings(backend="mlflow", every=2).every
@@ -62,6 +65,7 @@ class TrackingSettings:
     experiment: str | None = None
     run_id: str | None = None
     local_dir: str | None = None
+    verbose: bool = True
 
     def __post_init__(self) -> None:
         b = self.backend
@@ -79,6 +83,8 @@ class TrackingSettings:
             raise TokcalError(f"expected max_samples >= 1 or None, got {self.max_samples!r}")
         if self.scorer not in SCORERS:
             raise TokcalError(f"expected scorer in {list(SCORERS)}, got {self.scorer!r}")
+        if not isinstance(self.verbose, bool):
+            raise TokcalError(f"expected verbose to be true or false, got {self.verbose!r}")
         if not isinstance(self.spec, DecisionSpec):
             raise TokcalError(f"expected spec to be a DecisionSpec, got {type(self.spec).__name__}")
 

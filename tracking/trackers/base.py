@@ -43,6 +43,18 @@ from tokcal.io import to_jsonable, write_atomic  # noqa: F401  (re-exported for 
 
 DEFAULT_LOCAL_DIR = "tokcal-runs"  # the local store, and the parent of the default spool folder
 LOCK_DIR_ENV = "TOKCAL_LOCK_DIR"  # where the writer locks of remote runs live (default: a folder in the temp dir)
+WRITER_WAIT_ENV = "TOKCAL_WRITER_WAIT"  # seconds backfill and sync wait for a run's writer lock (default 30)
+
+
+def writer_wait() -> float:
+    """How long backfill and sync wait for a run's writer lock: a live training holds it for
+    one evaluation's write at a time (a second or so), so they wait that out instead of
+    failing; ``TOKCAL_WRITER_WAIT`` (seconds) changes it."""
+    try:
+        return max(0.0, float(os.environ.get(WRITER_WAIT_ENV, "30")))
+    except ValueError:
+        raise TokcalError(f"expected {WRITER_WAIT_ENV} to be a number of seconds, "
+                          f"got {os.environ[WRITER_WAIT_ENV]!r}") from None
 
 
 class TrackerUnreachable(TokcalError):
@@ -53,6 +65,13 @@ class TrackerUnreachable(TokcalError):
     calls in the spool (see :class:`~tokcal.trackers.spool.SpoolingTracker`) instead of
     failing, and ``tokcal sync`` creates the run later.
     """
+
+
+class TrackerDisabled(TokcalError):
+    """The backend is switched off where the run is opened (``WANDB_MODE=disabled``):
+    nothing written to it would be kept. The training callback logs to the local store
+    instead, with one warning."""
+
 
 #: The tag every backfilled evaluation carries (``tokcal backfill``); the readers set
 #: :attr:`Point.backfilled` from it.
@@ -513,6 +532,11 @@ class Tracker(ABC):
     def logged_steps(self, key: str) -> set[int]:
         """Steps at which the scalar ``key`` (tokcal's name, e.g. ``eval_decision_ece``)
         already exists in the run; used to replay and backfill without doubling points."""
+
+    def viewer(self) -> str:
+        """How a person opens this run, for the callback's first line (a folder, a URL, a
+        command); credentials redacted. Default: nothing to say."""
+        return ""
 
     @property
     def started_run(self) -> bool:

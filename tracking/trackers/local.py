@@ -150,6 +150,11 @@ class LocalTracker(Tracker):
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "run_id": self._run_id, "local_dir": str(self._dir.resolve())}
 
+    def viewer(self) -> str:
+        """The run's folder, and the command that turns it into a report."""
+        folder = self._dir.resolve()
+        return f"folder {folder} (report: tokcal report {folder})"
+
     def check_writable(self) -> None:
         check_writable(self._dir, f"the local run {self._run_id}")
 

@@ -378,6 +378,12 @@ class MlflowTracker(Tracker):
     def started_run(self) -> bool:
         return self._owned
 
+    def viewer(self) -> str:
+        """The run's page on a server, or the ``mlflow ui`` command for a file or database store."""
+        if self._uri.startswith(("http://", "https://")):
+            return redact(f"{self._uri.rstrip('/')}/#/experiments/{self._experiment_id_value}/runs/{self._run_id}")
+        return f"open with: mlflow ui --backend-store-uri {redact(self._uri)}"
+
     @property
     def run_id(self) -> str:
         return self._run_id

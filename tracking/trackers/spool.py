@@ -53,6 +53,7 @@ from tokcal.trackers.base import (
     sample_columns,
     to_jsonable,
     write_atomic,
+    writer_wait,
 )
 
 logger = logging.getLogger(__name__)
@@ -200,6 +201,11 @@ class SpoolingTracker(Tracker):
 
     def writer_lock(self) -> Path:
         return self.inner.writer_lock()
+
+    def viewer(self) -> str:
+        if self.pending:
+            return f"not created yet (the server did not answer); kept in {self.spool_dir}, replay with: tokcal sync {self.spool_dir}"
+        return self.inner.viewer()
 
     def _call(self, call: Callable[[], None], entry: Callable[[], dict[str, Any]]) -> None:
         """Make ``call``, or spool ``entry()`` when it fails or the server failed recently."""
@@ -618,7 +624,7 @@ def sync_spool(
             continue
         result.targets.append(tracker.describe())
         try:
-            with exclusive_lock(tracker.writer_lock(), f"{tracker.name} run {tracker.run_id}"):
+            with exclusive_lock(tracker.writer_lock(), f"{tracker.name} run {tracker.run_id}", wait=writer_wait()):
                 _replay(tracker, group, result)
         except Exception as exc:  # deliberate: said below, after the other runs are replayed
             at = f" at {result.failed_at.name}" if result.failed_at else ""

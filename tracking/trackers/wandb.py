@@ -56,6 +56,7 @@ from tokcal.trackers.base import (
     Point,
     Series,
     Tracker,
+    TrackerDisabled,
     bins_rows,
     finite_scalars,
     labels_from_keys,
@@ -187,6 +188,10 @@ class WandbTracker(Tracker):
         else:
             self._run = wandb.init(project=project, entity=entity, name=run_name, mode=mode, dir=directory)
             self._owned = True
+        if getattr(self._run, "disabled", False):  # WANDB_MODE=disabled: a run that keeps nothing
+            if self._owned:
+                self._run.finish()
+            raise TrackerDisabled("W&B is disabled (WANDB_MODE=disabled), so nothing logged to it would be kept")
         self._run.define_metric(STEP_METRIC)
         self._sections: set[str] = set()
         # What the first evaluation would otherwise pay in the training thread, paid here
@@ -228,6 +233,12 @@ class WandbTracker(Tracker):
     @property
     def started_run(self) -> bool:
         return self._owned
+
+    def viewer(self) -> str:
+        """The run's URL, or for an offline run the command that uploads it."""
+        if self.offline:
+            return f"offline; upload with: wandb sync {Path(self._run.dir).parent}"
+        return redact(str(self._run.url or ""))
 
     @property
     def run_id(self) -> str:
