@@ -468,7 +468,7 @@ class DecisionTrackingCallback(TrainerCallback):
         if not len(scores):
             return None
         try:
-            return eval_set_identity(scores.sample_index, scores.gt, list(scores.labels))
+            return scores.identity()
         except Exception as exc:  # the identity is extra; the evaluation is logged without it
             self._warn_once(f"identity:{type(exc).__name__}", f"tokcal could not fingerprint the eval set at step "
                                                                f"{step}: {exc}")

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from tokcal.core.identity import eval_set_identity
 from tokcal.core.metrics import DecisionMetrics, compute_metrics
 from tokcal.core.spec import ResolvedSpec, label_key
 
@@ -50,6 +51,8 @@ class DecisionScores:
     sample_ids: Sequence[Any] | None = None
     inputs: list[list[int]] | None = field(default=None, repr=False)  # tokens before each decision
     nonfinite: int = 0
+    #: (sample_index, gt) of the decisions left out as not finite: still part of the eval set
+    left_out: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def empty(cls, labels: Sequence[str]) -> "DecisionScores":
@@ -68,6 +71,7 @@ class DecisionScores:
             int(sum(p.missing for p in parts)),
             parts[0].sample_ids,
             nonfinite=int(sum(p.nonfinite for p in parts)),
+            left_out=_joined([p.left_out for p in parts]),
         )
 
     def __len__(self) -> int:
@@ -77,7 +81,7 @@ class DecisionScores:
         """Ordered by sample index (stable), so results do not depend on batching."""
         o = np.argsort(self.sample_index, kind="stable")
         return DecisionScores(self.labels, self.probs[o], self.gt[o], self.sample_index[o],
-                              self.missing, self.sample_ids, nonfinite=self.nonfinite)
+                              self.missing, self.sample_ids, nonfinite=self.nonfinite, left_out=self.left_out)
 
     def without_nonfinite(self) -> "DecisionScores":
         """These scores less the decisions whose probabilities are not finite (counted in
@@ -95,7 +99,24 @@ class DecisionScores:
         keep = ~bad
         inputs = None if self.inputs is None else [x for x, k in zip(self.inputs, keep) if k]
         return DecisionScores(self.labels, self.probs[keep], self.gt[keep], self.sample_index[keep], self.missing,
-                              self.sample_ids, inputs, nonfinite=self.nonfinite + int(bad.sum()))
+                              self.sample_ids, inputs, nonfinite=self.nonfinite + int(bad.sum()),
+                              left_out=_joined([self.left_out, (self.sample_index[bad], self.gt[bad])]))
+
+    def identity(self) -> dict[str, Any]:
+        """The eval set's identity (:func:`~tokcal.core.identity.eval_set_identity`) over every
+        decision found, those left out as not finite included: one NaN row does not make the
+        same eval set look like another.
+
+        Example:
+            >>> s = DecisionScores(["A", "B"], np.array([[0.9, 0.1], [np.nan, np.nan]]), np.array([0, 1]),
+            ...                    np.array([0, 1]))
+            >>> s.without_nonfinite().identity() == s.identity()
+            True
+        """
+        si, gt = self.sample_index, self.gt
+        if self.left_out is not None:
+            si, gt = np.concatenate([si, self.left_out[0]]), np.concatenate([gt, self.left_out[1]])
+        return eval_set_identity(si, gt, self.labels)
 
     def nonfinite_message(self, where: str) -> str:
         """The warning for decisions left out as not finite (``where``: which evaluation)."""
@@ -135,3 +156,11 @@ class DecisionScores:
             )
             out.append(rec)
         return out
+
+
+def _joined(parts: Sequence[tuple[np.ndarray, np.ndarray] | None]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The (sample_index, gt) pairs of several parts end to end (``None`` when there are none)."""
+    have = [p for p in parts if p is not None and len(p[0])]
+    if not have:
+        return None
+    return (np.concatenate([p[0] for p in have]).astype(np.int64), np.concatenate([p[1] for p in have]).astype(np.int64))

@@ -505,15 +505,13 @@ def _run_one(res: CheckpointResult, cache: ExampleCache, settings: TrackingSetti
              history: TrajectoryState | None = None, eval_set: EvalSetCheck | None = None) -> None:
     """Score one checkpoint, check its decisions are the eval set's, log it on rank 0, and
     agree on its outcome on every rank."""
-    from tokcal.core.identity import eval_set_identity
-
     t0 = time.perf_counter()
     scores, error = score_one(res, cache, settings.spec, dist, max_tokens=max_tokens, progress=progress,
                               load_kw=load_kw)
     other_set = None
     if error is None and dist.main and eval_set is not None:
         try:
-            eval_set.check(eval_set_identity(scores.sample_index, scores.gt, scores.labels))
+            eval_set.check(scores.identity())
         except TokcalError as exc:
             other_set = str(exc)
     other_set = dist.broadcast(other_set)
