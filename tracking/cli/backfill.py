@@ -63,6 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--state", metavar="tokcal.json", help="read the run and spec from this file "
                    "(default: tokcal.json in PATH or beside the checkpoints)")
     p.add_argument("--metric-prefix", default="eval_", help="metric name prefix, as the Trainer logs it (default: eval_)")
+    p.add_argument("--metrics", nargs="+", metavar="NAME",
+                   help="metrics to chart in MLflow / W&B: 'default' (the headline set), 'all', or names such "
+                        "as decision_ece avg_p_accept (default: as recorded in tokcal.json); every metric stays "
+                        "in each evaluation's stored record")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     g = p.add_argument_group("run (default: the one recorded in tokcal.json)")
     g.add_argument("--backend", choices=backend_names(), help="log into this backend's run only")
@@ -124,6 +128,8 @@ def _settings(args: argparse.Namespace, state: dict | None) -> "TrackingSettings
     if args.bins is not None:
         bin_edges(args.bins)
         changes["n_bins"] = args.bins
+    if args.metrics:
+        changes["metrics"] = args.metrics[0] if args.metrics in (["all"], ["default"]) else tuple(args.metrics)
     return settings.replace(**changes)
 
 

@@ -31,47 +31,80 @@ def _count_limit(counts: np.ndarray) -> float:
     return top * _YMARGIN if top > 0 else 1.0
 
 
+#: Bins holding fewer decisions than this are drawn faint: their fraction is mostly noise
+#: (1 of 1 right is 100 %) and a full-height bar would dominate the diagram.
+MIN_BIN_COUNT = 4
+_FAINT = 0.25
+
+#: Words of the two reliability diagrams: (y axis and bar legend, gap legend, x axis). The top-label
+#: diagram puts the normalised confidence q = p / (sum of the labels' p) of the predicted label
+#: on x; "confidence" alone means the raw p of the predicted label everywhere in tokcal.
+TOP_LABEL_WORDS = ("accuracy", "gap to normalised confidence", "normalised confidence q of the predicted label")
+
+
+def positive_words(label: str) -> tuple[str, str, str]:
+    """Words of the positive-label diagram: the fraction truly ``label`` against mean q(``label``).
+
+    Example:
+        >>> positive_words("Accept")[0]
+        'fraction truly Accept'
+    """
+    return (f"fraction truly {label}", f"gap to mean q({label})", f"mean q({label}) per bin (q: P normalised over the labels)")
+
+
 class _ReliabilityPainter:
-    """Accuracy bars, the gap to confidence (hatched outline), the diagonal, counts below."""
+    """Bars of the observed fraction per bin, the gap to the bin's mean q (hatched outline),
+    the diagonal, counts below; bins under :data:`MIN_BIN_COUNT` decisions faint. The legend
+    sits above the axes, so it covers no bar."""
 
     def __init__(self, edges: np.ndarray) -> None:
+        from matplotlib.patches import Patch
+
         n = len(edges) - 1
         left, width, zeros = edges[:-1], np.diff(edges), np.zeros(n)
-        self.fig = Figure(figsize=(5.0, 6.0), dpi=100)
+        self.fig = Figure(figsize=(5.0, 6.4), dpi=100)
         top, bottom = self.fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
         self.top, self.bottom = top, bottom
-        self.acc = list(top.bar(left, zeros, width=width, align="edge", color=_BLUE, edgecolor="white",
-                                label="accuracy"))
+        self.acc = list(top.bar(left, zeros, width=width, align="edge", color=_BLUE, edgecolor="white"))
         self.gap = list(top.bar(left, zeros, bottom=zeros, width=width, align="edge", facecolor="none",
-                                edgecolor=_RED, hatch="//", linewidth=1.0, label="gap to confidence"))
-        top.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="perfect")
+                                edgecolor=_RED, hatch="//", linewidth=1.0))
+        top.plot([0, 1], [0, 1], ls="--", color="gray", lw=1)
         top.set_xlim(0, 1)
         top.set_ylim(0, 1)
-        top.set_ylabel("accuracy")
-        top.legend(loc="upper left", fontsize=8)
-        # An explicit y turns off matplotlib's title placement, which measures the axes'
-        # tick labels at every draw; nothing sits above these axes, so the place is the same.
-        self.title = top.set_title("", y=1.0)
+        handles = [Patch(color=_BLUE), Patch(facecolor="none", edgecolor=_RED, hatch="//"),
+                   top.lines[0], Patch(color=_BLUE, alpha=_FAINT)]
+        self.legend = self.fig.legend(handles, ["", "", "perfect calibration", f"bin of < {MIN_BIN_COUNT} decisions"],
+                                      loc="upper center", bbox_to_anchor=(0.55, 0.945), ncol=2, fontsize=8,
+                                      frameon=False, handlelength=1.6, columnspacing=1.2)
+        self.title = self.fig.suptitle("", y=0.985, fontsize=11)
         self.counts = list(bottom.bar(left, zeros, width=width, align="edge", color=_GREEN, edgecolor="white"))
         bottom.set_ylabel("count")
         # Fixed margins: tight_layout would draw the whole figure once more to measure it.
-        self.fig.subplots_adjust(left=0.13, right=0.97, top=0.94, bottom=0.08, hspace=0.08)
+        self.fig.subplots_adjust(left=0.13, right=0.97, top=0.855, bottom=0.08, hspace=0.08)
 
-    def paint(self, bins: ReliabilityBins, *, ece: float | None, title: str, xlabel: str) -> Figure:
+    def paint(self, bins: ReliabilityBins, *, ece: float | None, title: str,
+              words: tuple[str, str, str] = TOP_LABEL_WORDS) -> Figure:
         full = bins.counts > 0
         acc = np.where(full, bins.accuracy, 0.0)
         conf = np.where(full, bins.confidence, 0.0)
-        for bar, a in zip(self.acc, acc):
+        faint = bins.counts < MIN_BIN_COUNT
+        for bar, a, f in zip(self.acc, acc, faint):
             bar.set_height(a)
-        for bar, a, c, f in zip(self.gap, acc, conf, full):
+            bar.set_alpha(_FAINT if f else 1.0)
+        for bar, a, c, f, few in zip(self.gap, acc, conf, full, faint):
             bar.set_y(a)
             bar.set_height(c - a)
             bar.set_visible(bool(f))  # an empty bin has no gap to show
+            bar.set_alpha(_FAINT if few else 1.0)
         for bar, c in zip(self.counts, bins.counts):
             bar.set_height(c)
         self.bottom.set_ylim(0, _count_limit(bins.counts))
         self.title.set_text(title if ece is None or np.isnan(ece) else f"{title} (ECE = {ece:.4f})")
-        self.bottom.set_xlabel(xlabel)
+        texts = self.legend.get_texts()
+        texts[0].set_text(words[0])
+        texts[1].set_text(words[1])
+        self.top.set_ylabel(words[0])
+        self.bottom.set_xlabel(words[2])
         return self.fig
 
 
@@ -112,9 +145,13 @@ def _histogram_painter(histograms: dict[str, Histogram]) -> _HistogramPainter:
 
 
 def reliability_diagram(
-    bins: ReliabilityBins, *, ece: float | None = None, title: str = "Reliability", xlabel: str = "confidence"
+    bins: ReliabilityBins, *, ece: float | None = None, title: str = "Reliability",
+    positive: str | None = None,
 ) -> Figure:
-    """Accuracy per bin against the diagonal, the gap shaded, counts underneath (a new figure).
+    """Accuracy per bin against the normalised confidence q of the predicted label, the gap
+    shaded, counts underneath, bins of fewer than :data:`MIN_BIN_COUNT` decisions faint (a
+    new figure). ``positive``: the label of a positive-label diagram (the fraction truly
+    that label against mean q(label)).
 
     Example:
         >>> from tokcal.core.metrics import reliability_bins
@@ -122,7 +159,8 @@ def reliability_diagram(
         >>> len(fig.axes)
         2
     """
-    return _reliability_painter(bins).paint(bins, ece=ece, title=title, xlabel=xlabel)
+    words = TOP_LABEL_WORDS if positive is None else positive_words(positive)
+    return _reliability_painter(bins).paint(bins, ece=ece, title=title, words=words)
 
 
 def histogram_figure(histograms: dict[str, Histogram], *, title: str = "Decision histograms") -> Figure:
@@ -172,13 +210,13 @@ def metric_figures(metrics: DecisionMetrics, *, step: int | None = None) -> dict
         bins = metrics.reliability
         painter = _reused_painter("reliability", _edges_key(bins.edges), lambda: _reliability_painter(bins))
         figs["reliability"] = painter.paint(bins, ece=metrics.scalars.get(f"{metrics.prefix}decision_ece"),
-                                            title=f"Reliability{where}", xlabel="confidence")
+                                            title=f"Reliability{where}")
     if metrics.positive_reliability is not None:
         bins = metrics.positive_reliability
         painter = _reused_painter("reliability_positive", _edges_key(bins.edges),
                                   lambda: _reliability_painter(bins))
         figs["reliability_positive"] = painter.paint(bins, ece=None, title=f"P({metrics.labels[0]}) calibration{where}",
-                                                     xlabel=f"mean q({metrics.labels[0]})")
+                                                     words=positive_words(metrics.labels[0]))
     if metrics.histograms:
         hists = metrics.histograms
         layout = tuple((name, *_edges_key(h.edges)) for name, h in hists.items())

@@ -42,8 +42,8 @@ from tokcal.trackers.base import (
     Tracker,
     TrackerUnreachable,
     backend_class,
-    finite_scalars,
     redact,
+    selected_scalars,
     to_jsonable,
     write_atomic,
 )
@@ -107,7 +107,8 @@ class UnopenedRun(Tracker):
         raise self._down()
 
     def _write_evaluation(self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None,
-                          per_sample: PerSample | None, tags: dict[str, Any]) -> None:
+                          per_sample: PerSample | None, tags: dict[str, Any],
+                          scalars: str | tuple[str, ...] = "all") -> None:
         raise self._down()
 
     def logged_steps(self, key: str) -> set[int]:
@@ -213,12 +214,14 @@ class SpoolingTracker(Tracker):
 
     def _write_evaluation(
         self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None,
-        per_sample: PerSample | None, tags: dict[str, Any],
+        per_sample: PerSample | None, tags: dict[str, Any], scalars: str | tuple[str, ...] = "all",
     ) -> None:
         self._call(
-            lambda: self.inner.log_evaluation(metrics, step, samples=samples, per_sample=per_sample, tags=tags),
+            lambda: self.inner.log_evaluation(metrics, step, samples=samples, per_sample=per_sample, tags=tags,
+                                              scalars=scalars),
             lambda: {"kind": "evaluation", "step": step, "metrics": metrics.to_dict(),
                      "samples": to_jsonable(samples), "tags": to_jsonable(tags),
+                     "scalars": scalars if isinstance(scalars, str) else list(scalars),
                      "per_sample": None if per_sample is None else json.loads(per_sample.to_json())},
         )
 
@@ -517,7 +520,8 @@ def _replay(tracker: Tracker, group: list[tuple[Path, dict[str, Any]]], result: 
             continue
         step = int(entry["step"])
         metrics = DecisionMetrics.from_dict(entry["metrics"])
-        scalars = finite_scalars(metrics)
+        selection = entry.get("scalars", "all")  # entries spooled before the choice existed logged all
+        scalars = selected_scalars(metrics, selection)
         for k in scalars:
             if k not in known:
                 known[k] = set(tracker.logged_steps(k))
@@ -528,7 +532,7 @@ def _replay(tracker: Tracker, group: list[tuple[Path, dict[str, Any]]], result: 
             if present:
                 metrics.scalars = {k: v for k, v in metrics.scalars.items() if k not in present}
             tracker.log_evaluation(metrics, step, samples=entry.get("samples"), tags=entry.get("tags"),
-                                   per_sample=_per_sample(entry, file))
+                                   per_sample=_per_sample(entry, file), scalars=selection)
             for k in scalars:
                 if k not in present:
                     known[k].add(step)

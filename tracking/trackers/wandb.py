@@ -6,7 +6,9 @@
   ``define_metric("eval/*", step_metric="train/global_step")``. ``wandb.log`` is never
   given ``step=``: W&B drops rows whose ``step`` is lower than the run's current one,
   which would lose backfilled points for old checkpoints.
-* Per evaluation (``prefix="eval_"``): the scalars; ``eval/decision_hist_<name>`` as
+* Per evaluation (``prefix="eval_"``): the scalars that ``scalars`` picks
+  (:func:`~tokcal.trackers.base.selected_scalars`), and every scalar in the run file
+  ``tokcal/step_000120_eval_scalars.json``; ``eval/decision_hist_<name>`` as
   ``wandb.Histogram`` over the fixed edges; ``eval/decision_reliability`` (and
   ``_positive``, ``eval/decision_histograms``) as ``wandb.Image``; ``eval/decision_bins``
   as a ``wandb.Table`` with a ``step`` column; ``eval/decision_reliability_curve`` and
@@ -31,6 +33,7 @@ turning the keys back into tokcal's names with :func:`tokcal_key`, the inverse o
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -59,6 +62,8 @@ from tokcal.trackers.base import (
     prefix_of,
     redact,
     sample_columns,
+    selected_scalars,
+    step_name,
     to_jsonable,
     write_atomic,
 )
@@ -68,6 +73,7 @@ logger = logging.getLogger(__name__)
 STEP_METRIC = "train/global_step"
 RECORD_FOLDER = "tokcal"  # run files: tokcal/step_000120_eval_per_sample.json
 _RECORD_FILE = re.compile(r"^tokcal/step_(\d+)_(.*)per_sample\.json$")
+_SCALARS_FILE = re.compile(r"^tokcal/step_(\d+)_(.*)scalars\.json$")
 _OFFLINE_MODES = ("offline", "dryrun")
 _SECTIONS = ("eval", "test")  # the Trainer's prefixes that get a section of their own
 
@@ -239,13 +245,15 @@ class WandbTracker(Tracker):
 
     def _write_evaluation(
         self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None,
-        per_sample: PerSample | None, tags: dict[str, Any],
+        per_sample: PerSample | None, tags: dict[str, Any], scalars: str | tuple[str, ...] = "all",
     ) -> None:
         from tokcal.core.plots import figure_to_array, metric_figures
 
         wandb = self._wandb
         p = metrics.prefix
-        row: dict[str, Any] = {wandb_key(k): v for k, v in finite_scalars(metrics).items()}
+        row: dict[str, Any] = {wandb_key(k): v for k, v in selected_scalars(metrics, scalars).items()}
+        self._save_file(json.dumps(finite_scalars(metrics), sort_keys=True).encode("utf-8"),
+                        f"{step_name(step)}_{p}scalars.json")
         for name, hist in metrics.histograms.items():
             row[wandb_key(f"{p}decision_hist_{name}")] = wandb.Histogram(
                 np_histogram=(hist.counts.tolist(), hist.edges.tolist())
@@ -275,8 +283,12 @@ class WandbTracker(Tracker):
     def _save_record(self, record: PerSample, step: int, prefix: str) -> None:
         """The per-sample record as a run file under ``tokcal/``, uploaded now (online) or
         by ``wandb sync`` (offline)."""
+        self._save_file(record.to_json(), per_sample_name(step, prefix))
+
+    def _save_file(self, data: bytes, name: str) -> None:
+        """A run file ``tokcal/<name>``, uploaded now (online) or by ``wandb sync`` (offline)."""
         base = Path(self._run.dir)
-        path = write_atomic(base / RECORD_FOLDER / per_sample_name(step, prefix), record.to_json())
+        path = write_atomic(base / RECORD_FOLDER / name, data)
         self._run.save(str(path), base_path=str(base), policy="now")
 
     def logged_steps(self, key: str) -> set[int]:
@@ -380,13 +392,15 @@ def read_wandb(path: str) -> list[Series]:
     if not prefixes:
         raise TokcalError(f"W&B run {path} has no tokcal metrics (no 'eval/*decision_samples' key)")
     recorded = _config_labels(getattr(run, "config", None) or {})
-    files = _record_files(run)
+    files, scalar_files = _record_files(run)
     out = []
     for prefix in prefixes:
         points = []
         for step, values in sorted(merged.items()):
             mine = {k: v for k, v in values.items() if prefix_of(k, prefixes) == prefix}
             if f"{prefix}decision_samples" in mine:
+                if (prefix, step) in scalar_files:  # the scalars not logged as charts
+                    mine = {**_download_scalars(run, scalar_files[(prefix, step)]), **mine}
                 labels = labels_from_keys(mine, prefix)
                 if recorded and sorted(label_key(x) for x in recorded) == sorted(labels):
                     labels = list(recorded)  # the spec's order (positive first) and spelling
@@ -398,26 +412,43 @@ def read_wandb(path: str) -> list[Series]:
     return out
 
 
-def _record_files(run: Any) -> dict[tuple[str, int], str]:
-    """(prefix, step) -> name of each per-sample record among an online run's files."""
+def _record_files(run: Any) -> tuple[dict[tuple[str, int], str], dict[tuple[str, int], str]]:
+    """(prefix, step) -> name of each per-sample record, and of each scalars file, among
+    an online run's files."""
     try:
         names = [f.name for f in run.files()]
     except Exception as exc:  # no network, no permission
         raise TokcalError(f"could not list the files of W&B run {run.id}: {first_line(exc)}") from exc
-    return {(m.group(2), int(m.group(1))): n for n in names if (m := _RECORD_FILE.match(n))}
+    return ({(m.group(2), int(m.group(1))): n for n in names if (m := _RECORD_FILE.match(n))},
+            {(m.group(2), int(m.group(1))): n for n in names if (m := _SCALARS_FILE.match(n))})
+
+
+def _download_scalars(run: Any, name: str) -> dict[str, float]:
+    """Every scalar of one evaluation, from its ``tokcal/step_*_<prefix>scalars.json`` file."""
+    data = _download(run, name)
+    try:
+        values = json.loads(data)
+        return {str(k): float(v) for k, v in values.items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise TokcalError(f"W&B run {run.id}: expected {name} to hold a JSON object of numbers, got "
+                          f"{first_line(exc)}") from exc
 
 
 def _download_record(run: Any, name: str) -> PerSample:
     """One per-sample record file of an online run, through the public API."""
+    return PerSample.from_json(_download(run, name), where=f"W&B run {run.id}: {name}")
+
+
+def _download(run: Any, name: str) -> bytes:
+    """One run file of an online run, through the public API."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="tokcal-wandb-") as tmp:
         try:
             run.file(name).download(root=tmp, replace=True).close()
-            data = (Path(tmp) / name).read_bytes()
+            return (Path(tmp) / name).read_bytes()
         except Exception as exc:  # no network, file gone
             raise TokcalError(f"could not read {name} of W&B run {run.id}: {first_line(exc)}") from exc
-    return PerSample.from_json(data, where=f"W&B run {run.id}: {name}")
 
 
 def _config_labels(config: Any) -> list[str] | None:
