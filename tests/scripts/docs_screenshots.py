@@ -18,18 +18,91 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from tests.helpers.browser import _run, find_chromium, screenshot
+from tests.helpers.browser import find_chromium, screenshot
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
-def _shot(chrome: str, url: str, png: Path, work: Path, size: tuple[int, int], wait_ms: int = 20000) -> Path:
-    proc = _run(chrome, ["--hide-scrollbars", f"--window-size={size[0]},{size[1]}",
-                         f"--virtual-time-budget={wait_ms}", f"--screenshot={png}", url], work / "profile")
-    if not png.is_file():
-        raise SystemExit(f"no screenshot of {url} (rc {proc.returncode}): {proc.stderr[-1500:]}")
-    return png
+# MLflow's UI is a single-page app that draws its charts after fetching the metrics, which
+# --screenshot does not wait for; a DevTools Protocol session (aiohttp's websocket client)
+# lets the page settle, closes the assistant panel and picks the "Model training" view.
+_HIDE = "var s = document.createElement('style'); s.textContent = '.modebar{display:none !important}'; " \
+        "document.head.appendChild(s); 1"
+
+
+class _Page:
+    def __init__(self, ws: Any) -> None:
+        self.ws, self.n = ws, 0
+
+    async def call(self, method: str, **params: Any) -> dict:
+        self.n += 1
+        await self.ws.send_json({"id": self.n, "method": method, "params": params})
+        while True:
+            msg = await self.ws.receive_json(timeout=120)
+            if msg.get("id") == self.n:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    async def js(self, expr: str) -> Any:
+        r = await self.call("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
+        return r.get("result", {}).get("value")
+
+
+def _click(text_or_label: str) -> str:
+    return ("(function () { var b = Array.prototype.find.call(document.querySelectorAll('button,label,span'), "
+            f"function (e) {{ return e.getAttribute('aria-label') === {text_or_label!r} || e.innerText === {text_or_label!r}; }}); "
+            "if (b) { b.click(); } return !!b; })()")
+
+
+def _shots(chrome: str, work: Path, shots: list[tuple[str, Path]], size: tuple[int, int], settle_s: float = 20) -> None:
+    """Screenshots of MLflow UI pages: each URL opened, given ``settle_s`` seconds, saved."""
+    import asyncio
+    import base64
+    import json
+    import subprocess
+    import urllib.request
+
+    import aiohttp
+
+    from tests.helpers.mlflow_server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([chrome, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                             "--hide-scrollbars", "--no-first-run", f"--remote-debugging-port={port}",
+                             f"--user-data-dir={work / 'profile-cdp'}", f"--window-size={size[0]},{size[1]}",
+                             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def run() -> None:
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list") as r:
+                    ws_url = [p for p in json.load(r) if p["type"] == "page"][0]["webSocketDebuggerUrl"]
+                break
+            except OSError:
+                await asyncio.sleep(0.2)
+        async with aiohttp.ClientSession() as session, session.ws_connect(ws_url, max_msg_size=0) as ws:
+            page = _Page(ws)
+            await page.call("Page.enable")
+            await page.call("Page.navigate", url=shots[0][0])
+            await asyncio.sleep(8)
+            await page.js(_click("Close"))  # the assistant panel
+            await page.js(_click("Model training"))
+            await asyncio.sleep(2)
+            for url, png in shots:
+                await page.call("Page.navigate", url=url)
+                await asyncio.sleep(settle_s)
+                await page.js(_HIDE)
+                data = (await page.call("Page.captureScreenshot", format="png"))["data"]
+                png.write_bytes(base64.b64decode(data))
+
+    try:
+        asyncio.run(run())
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def _save(src: Path, dst: Path, width: int | None = None, crop: tuple[int, int, int, int] | None = None) -> None:
@@ -67,11 +140,11 @@ def mlflow_pages(chrome: str, work: Path) -> None:
         client = MlflowClient(server.uri)
         client.set_tag(t["run_id"], "mlflow.runName", "my-finetune")
         base = f"{server.uri}/#/experiments/{t['experiment_id']}/runs/{t['run_id']}"
-        shot = _shot(chrome, f"{base}/model-metrics", work / "run.png", work, (1400, 1500))
-        _save(shot, DOCS / "mlflow_run.png", width=1100)
         path = "tokcal/plots/eval/reliability/step_000040.png"
-        shot = _shot(chrome, f"{base}/artifacts/{path}", work / "arts.png", work, (1400, 1000))
-        _save(shot, DOCS / "mlflow_artifacts.png", width=1100)
+        _shots(chrome, work, [(f"{base}/model-metrics", work / "run.png"),
+                              (f"{base}/artifacts/{path}", work / "arts.png")], (1400, 1150))
+        _save(work / "run.png", DOCS / "mlflow_run.png", width=1100)
+        _save(work / "arts.png", DOCS / "mlflow_artifacts.png", width=1100)
     finally:
         server.stop()
 
