@@ -117,6 +117,19 @@ def test_default_and_all_read_back_from_mlflow_and_wandb(selection, tiny_bpe_che
                                                                                                        rel=1e-12)
     assert every >= want
 
+    # tokcal report reads the W&B run back whole: the charts and the scalars files.
+    import wandb
+
+    from tests.helpers.wandb_reader import OfflineRun
+    from tokcal.trackers.wandb import read_wandb
+
+    offline = OfflineRun(run_file, name="w")
+    monkeypatch.setattr(wandb, "Api", lambda timeout=None: type("Api", (), {"run": lambda self, path: offline})())
+    monkeypatch.delenv("WANDB_MODE")
+    (series,) = read_wandb("me/tokcal-dashboard/x")
+    assert {p.step: p.metrics.scalars for p in series.points} == {s: pytest.approx(v, rel=1e-12)
+                                                                   for s, v in hist.items()}
+
 
 def test_an_explicit_list_and_the_error_for_an_unknown_name(tiny_bpe_checkpoint, tmp_path, mlflow_server,
                                                              monkeypatch):
@@ -145,3 +158,39 @@ def test_yaml_metrics_all(tmp_path):
     cfg.write_text("tracking:\n  metrics: [decision_ece, avg_p_reject]\n")
     assert DecisionTrackingCallback(config=cfg).settings.metrics == ("decision_ece", "avg_p_reject")
     assert TrackingSettings.from_dict(TrackingSettings(metrics=["decision_ece"]).to_dict()).metrics == ("decision_ece",)
+
+
+def test_a_spooled_evaluation_keeps_its_selection_through_sync(mlflow_server_process, tmp_path, monkeypatch):
+    """Logged with the headline set while the server is down, replayed by tokcal sync: the run
+    gets the headline charts (not every metric), and every metric in the bins artifact."""
+    import mlflow
+    import numpy as np
+
+    from tokcal.cli.main import main
+    from tokcal.core.metrics import compute_metrics
+    from tokcal.trackers import open_tracker
+
+    server = mlflow_server_process
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TOKCAL_MLFLOW_MAX_RETRIES", "0")
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet([2.0, 2.0, 1.0], size=80)[:, :2]
+    m = compute_metrics(probs, rng.integers(0, 2, size=80), ["Accept", "Reject"])
+    tracker = open_tracker("mlflow", tracking_uri=server.uri, spool_dir=tmp_path / "spool", local_dir=tmp_path)
+    run_id = tracker.run_id
+    server.stop()
+    tracker.log_evaluation(m, 40, scalars="default")
+    (entry,) = [json.loads(f.read_text()) for f in (tmp_path / "spool").glob("*.spool.json")
+                if json.loads(f.read_text())["kind"] == "evaluation"]
+    assert entry["scalars"] == "default"
+    server.start()
+    assert main(["sync", str(tmp_path / "spool"), "--tracking-uri", server.uri]) == 0
+    client = mlflow.MlflowClient(tracking_uri=server.uri)
+    finite = {k: v for k, v in m.scalars.items() if not math.isnan(v)}
+    assert mlflow_pairs(client, run_id) == {(k, 40) for k in finite if k in HEADLINE}
+    base = client.get_run(run_id).info.artifact_uri
+    assert mlflow.artifacts.load_dict(f"{base}/tokcal/eval/bins_step_000040.json")["scalars"] == \
+        pytest.approx(finite, rel=1e-12)
+    assert main(["sync", str(tmp_path / "spool"), "--tracking-uri", server.uri]) == 0  # nothing doubled
+    assert mlflow_pairs(client, run_id) == {(k, 40) for k in finite if k in HEADLINE}

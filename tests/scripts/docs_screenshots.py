@@ -133,8 +133,8 @@ def mlflow_pages(chrome: str, work: Path) -> None:
         ckpt = make_tiny_checkpoint(work / "base", small_bpe_tokenizer(), seed=0)
         out = work / "out"
         callback = DecisionTrackingCallback(backend="mlflow", tracking_uri=server.uri, experiment="my-finetune")
-        train_tiny(ckpt, out, callbacks=[callback], max_steps=40, eval_steps=8, n_train=64, n_eval=24,
-                   logging_steps=8)
+        train_tiny(ckpt, out, callbacks=[callback], max_steps=40, eval_steps=8, n_train=64, n_eval=48,
+                   logging_steps=8, learning_rate=3e-2)
         callback.close()
         (t,) = read_state(out / "tokcal.json")["trackers"]
         client = MlflowClient(server.uri)
