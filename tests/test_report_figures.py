@@ -142,6 +142,26 @@ def test_comparison_reliability_zooms_to_the_data_with_the_diagonal():
     assert data_range([np.array([0.02, 0.98])]) == (0.0, 1.0)
 
 
+def test_small_bins_far_off_do_not_undo_the_zoom():
+    """As in the demo: every large bin above 0.8, one wrong decision alone in a bin at q 0.6
+    (accuracy 0): the view stays on the large bins and the title counts those below it."""
+    rng = np.random.default_rng(5)
+    n = 200
+    gt = rng.integers(0, 2, n)
+    q = np.r_[rng.uniform(0.82, 0.98, n - 1), 0.61]
+    pred = gt.copy()
+    pred[-1] = 1 - gt[-1]
+    pred[: 15] = 1 - gt[: 15]
+    probs = np.zeros((n, 2))
+    probs[np.arange(n), pred] = q
+    probs[np.arange(n), 1 - pred] = 1 - q
+    m = compute_metrics(probs, gt, LABELS)
+    s = Series("demo · eval", [Point(10, m)], "test")
+    rel = comparison_figure([(s, s.points[0]), (s, s.points[0])]).axes[0]
+    assert rel.get_xlim()[0] >= 0.7
+    assert "2 small bins below it" in rel.get_title().replace("\n", " ")  # one per series
+
+
 def test_live_records_take_the_backfilled_ids_by_index(tmp_path):
     live = series_of("live · eval")  # the callback's records: no ids
     back = series_of("backfill · eval", ids=True)  # the same eval set, from its JSONL

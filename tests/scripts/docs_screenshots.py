@@ -79,7 +79,7 @@ def _shots(chrome: str, work: Path, shots: list[tuple[str, Path]], size: tuple[i
         for _ in range(100):
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list") as r:
-                    ws_url = [p for p in json.load(r) if p["type"] == "page"][0]["webSocketDebuggerUrl"]
+                    ws_url = next(p for p in json.load(r) if p["type"] == "page")["webSocketDebuggerUrl"]
                 break
             except OSError:
                 await asyncio.sleep(0.2)

@@ -215,13 +215,16 @@ def data_range(values: Sequence[np.ndarray], pad: float = 0.05) -> tuple[float, 
 
 def comparison_figure(chosen: Sequence[tuple[Series, Point]]) -> Figure:
     """Reliability curves (top label: mean normalised confidence q against accuracy per
-    bin), zoomed to where the bins are with the diagonal kept, and risk-coverage curves of
-    the chosen evaluations, one colour per series; the legends under the axes."""
+    bin), zoomed to the bins on the lines (those holding at least :data:`LINE_SHARE` of the
+    decisions; the title counts the smaller ones left below the view) with the diagonal kept,
+    and risk-coverage curves of the chosen evaluations, one colour per series; the legends
+    under the axes."""
     fig = Figure(figsize=(12, 5.2 + 0.18 * len(chosen)))
     rel, rc = fig.subplots(1, 2)
     rel.plot([0, 1], [0, 1], ":", color="#888", lw=1, label="perfect calibration")
     any_curve = False
-    seen: list[np.ndarray] = []
+    seen: list[np.ndarray] = []  # the bins on the lines: the zoom holds them all
+    small: list[tuple[np.ndarray, np.ndarray]] = []  # the other non-empty bins
     for i, (s, p) in enumerate(chosen):
         color = COLORS[i % len(COLORS)]
         name = f"{s.name} @ {p.step}"
@@ -233,7 +236,8 @@ def comparison_figure(chosen: Sequence[tuple[Series, Point]]) -> Figure:
             # ECE weighs); the line only through bins with at least LINE_SHARE, so that a bin of
             # one or two decisions does not draw a spike
             line = share >= LINE_SHARE
-            seen += [conf[share > 0], acc[share > 0]]
+            seen += [conf[line], acc[line]]
+            small.append((conf[(share > 0) & ~line], acc[(share > 0) & ~line]))
             rel.plot(conf[line], acc[line], "-", color=color, lw=1.5,
                      label=f"{name} (ECE {fmt3(p.scalar('decision_ece'))})")
             rel.scatter(conf[share > 0], acc[share > 0], s=8 + 200 * share[share > 0], color=color, alpha=0.6,
@@ -245,10 +249,12 @@ def comparison_figure(chosen: Sequence[tuple[Series, Point]]) -> Figure:
                     label=f"{name} (AURC {fmt3(p.scalar('decision_aurc'))})")
     lo, hi = data_range(seen)
     top = hi + 0.02 * (hi - lo)  # room for the markers of bins at accuracy 1
+    outside = sum(int(np.sum((c < lo) | (a < lo))) for c, a in small)
     rel.set(xlim=(lo, top), ylim=(lo, top), aspect="equal", adjustable="box",
             xlabel="normalised confidence q of the predicted label (mean per bin)", ylabel="accuracy",
             title=wrapped(f"Reliability (marker area: share of decisions; line: bins >= {LINE_SHARE:.0%})"
-                          + ("" if (lo, hi) == (0.0, 1.0) else f"\nzoomed to [{lo:g}, {hi:g}]"), 6.0, 12))
+                          + ("" if (lo, hi) == (0.0, 1.0) else f"\nzoomed to [{lo:g}, {hi:g}]")
+                          + (f"; {outside} small bin{'s' * (outside > 1)} below it" if outside else ""), 6.0, 12))
     rc.set(xlim=(0, 1.02), xlabel="coverage (most confident kept)", ylabel="risk (error rate of the kept)",
            title="Risk-coverage")
     if not any_curve:
