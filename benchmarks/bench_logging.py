@@ -176,7 +176,6 @@ def main() -> None:
         training_thread(a, report)
         report.write(a.json)
         return
-    import numpy as np
 
     from tokcal.core.per_sample import PerSample
     from tokcal.core.plots import figure_to_array, figure_to_png, metric_figures

@@ -125,6 +125,8 @@ class DecisionTrackingCallback(TrainerCallback):
         **options:
             Any field of [`~tokcal.jobs.settings.TrackingSettings`]: `every`, `n_bins`,
             `hist_bins`, `log_per_sample`, `log_samples`, `sample_text`, `max_samples`, `scorer`,
+            `metrics` (`"default"`: the headline charts in MLflow and W&B; `"all"`; or a list of
+            names; every scalar still goes into the evaluation's metrics dict either way),
             `project`, `entity`, `tracking_uri`, `run_id`, `local_dir`, `verbose` (`False`: no
             line at train begin saying where the numbers go, none per evaluation).
 
@@ -771,7 +773,7 @@ class DecisionTrackingCallback(TrainerCallback):
                                                    f"evaluation at step {step}; not logged again (one point per step)")
                 return True
             try:
-                t.log_evaluation(metrics, step, samples=samples, per_sample=per_sample)
+                t.log_evaluation(metrics, step, samples=samples, per_sample=per_sample, scalars=self.settings.metrics)
                 slot.steps[key].add(step)
             except Exception as exc:  # a tracking error never stops training
                 self._warn_once(f"log:{t.name}", f"tokcal could not log evaluation at step {step} to {t.name}: {exc}")

@@ -14,7 +14,7 @@ from tokcal.errors import TokcalError  # noqa: E402
 from tokcal.trackers import open_tracker  # noqa: E402
 from tokcal.trackers.base import BINS_COLUMNS  # noqa: E402
 
-IMAGE_KEYS = ("eval_decision_reliability", "eval_decision_reliability_positive", "eval_decision_histograms")
+IMAGE_KEYS = ("reliability", "reliability_positive", "histograms")
 
 
 def make_metrics(seed: int, n: int = 64) -> DecisionMetrics:
@@ -24,13 +24,15 @@ def make_metrics(seed: int, n: int = 64) -> DecisionMetrics:
 
 
 def image_steps(client, run_id: str) -> dict[str, list[int]]:
-    """Steps of the full-size step-indexed images per key, from the artifact names."""
+    """Steps of the full-size PNGs per figure, from the artifact names
+    (``tokcal/plots/eval/<figure>/step_000120.png``), in the order the store lists them."""
     found: dict[str, list[int]] = {}
-    for info in client.list_artifacts(run_id, "images"):
-        m = re.match(r"images/(.+)\+step\+(\d+)\+timestamp\+\d+\+[0-9a-f-]+\.png$", info.path)
-        if m:
-            found.setdefault(m.group(1), []).append(int(m.group(2)))
-    return {k: sorted(v) for k, v in found.items()}
+    for folder in client.list_artifacts(run_id, "tokcal/plots/eval"):
+        for info in client.list_artifacts(run_id, folder.path):
+            m = re.match(r"tokcal/plots/eval/(.+)/step_(\d{6})\.png$", info.path)
+            if m:
+                found.setdefault(m.group(1), []).append(int(m.group(2)))
+    return found
 
 
 @pytest.fixture

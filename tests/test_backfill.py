@@ -80,8 +80,9 @@ def test_mlflow_resume_idempotent(run_dir: Path, expected, mlflow_server: str, t
     run_id = client.create_run(exp).info.run_id
     client.log_batch(run_id, metrics=[Metric(KEY, 9.0, 0, 100)], synchronous=True)  # a later step
     client.set_terminated(run_id, "FINISHED")
+    # --metrics all: every scalar is a metric series (checked one by one below).
     flags = ["--data", run_dir / "eval.jsonl", "--backend", "mlflow", "--tracking-uri", mlflow_server,
-             "--run-id", run_id, "--output-dir", tmp_path / "rescored"]
+             "--run-id", run_id, "--output-dir", tmp_path / "rescored", "--metrics", "all"]
 
     # Interrupted after the first checkpoint, then run again on all: the rest is added.
     assert cli(run_dir / "checkpoint-2", *flags) == 0
@@ -113,6 +114,30 @@ def test_mlflow_resume_idempotent(run_dir: Path, expected, mlflow_server: str, t
 
 
 FLIPS = ("eval_decision_flips_to_wrong", "eval_decision_flips_to_right", "eval_decision_forgotten")
+
+
+def test_mlflow_default_metrics_are_the_headline_set(run_dir: Path, expected, mlflow_server: str, tmp_path: Path):
+    """Without --metrics (and no tokcal.json), the headline set becomes metric series; every
+    scalar is in the evaluation's bins artifact."""
+    import mlflow
+
+    from tests.test_dashboard import HEADLINE
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    run_id = client.create_run(client.create_experiment(f"backfill-default-{tmp_path.name}")).info.run_id
+    assert cli(run_dir, "--data", run_dir / "eval.jsonl", "--backend", "mlflow", "--tracking-uri", mlflow_server,
+               "--run-id", run_id, "--output-dir", tmp_path / "rescored") == 0
+    every = {s: {k: v for k, v in expected[s].metrics().scalars.items() if not math.isnan(v)} for s in STEPS}
+    for before, after in zip(STEPS, STEPS[1:]):
+        every[after].update(flips_between(expected[before], expected[after]))
+    logged = {(k, int(m.step)) for k in client.get_run(run_id).data.metrics
+              for m in client.get_metric_history(run_id, k)}
+    assert logged == {(k, s) for s in STEPS for k in every[s] if k in HEADLINE}
+    assert {k for k, _ in logged} >= {"eval_decision_ece", "eval_avg_p_accept", "eval_decision_flips_to_wrong"}
+    for s in STEPS:
+        table = json.loads(Path(client.download_artifacts(run_id, f"tokcal/eval/bins_step_{s:06d}.json",
+                                                          str(tmp_path))).read_text())
+        assert table["scalars"] == pytest.approx(every[s], rel=1e-12)
 
 
 def stored(record: dict) -> dict[str, float]:

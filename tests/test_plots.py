@@ -169,7 +169,7 @@ def test_reused_figures_draw_what_fresh_figures_draw():
                                            title="Reliability @ step 5", smooth=sparse.smooth_reliability),
         "reliability_positive": reliability_diagram(sparse.positive_reliability,
                                                     title="P(Accept) calibration @ step 5",
-                                                    xlabel="mean q(Accept)"),
+                                                    positive="Accept"),
         "histograms": histogram_figure(sparse.histograms, title="Decision histograms @ step 5"),
     }
     for name, fig in fresh.items():

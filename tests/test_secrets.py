@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers.mlflow_server import MlflowServer, free_port
 from tests.helpers.training import train_tiny
-from tests.helpers.wandb_reader import find_run_file, read_config
+from tests.helpers.wandb_reader import read_config
 from tokcal import DecisionTrackingCallback
 from tokcal.cli.main import main
 from tokcal.jobs.state import STATE_FILE, read_state

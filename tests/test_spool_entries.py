@@ -140,7 +140,7 @@ FIELDS = [("step",), ("kind",), ("target",), ("target", "backend"), ("target", "
           ("metrics", "reliability"), ("metrics", "reliability", "edges"), ("metrics", "positive_reliability"),
           ("metrics", "histograms"), ("metrics", "notes"), ("metrics", "risk_coverage"), ("per_sample",),
           ("per_sample", "labels"), ("per_sample", "gt"), ("per_sample", "n"), ("samples",), ("tags",),
-          ("created",), ("version",)]
+          ("created",), ("version",), ("scalars",)]
 
 
 @pytest.fixture(scope="module")

@@ -85,6 +85,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metric-prefix", default="eval_",
                    help="metric name prefix, as the Trainer logs it (default: eval_); another eval set needs its "
                         "own, e.g. eval_heldout_")
+    p.add_argument("--metrics", nargs="+", metavar="NAME",
+                   help="metrics to chart in MLflow / W&B: 'default' (the headline set), 'all', or names such "
+                        "as decision_ece avg_p_accept (default: as recorded in tokcal.json); every metric stays "
+                        "in each evaluation's stored record")
     p.add_argument("--quiet", action="store_true",
                    help="print nothing but errors and the one-line result: no progress bars, no messages from "
                         "the model libraries")
@@ -174,6 +178,8 @@ def _settings(args: argparse.Namespace, state: dict | None) -> "TrackingSettings
     if args.bins is not None:
         bin_edges(args.bins)
         changes["n_bins"] = args.bins
+    if args.metrics:
+        changes["metrics"] = args.metrics[0] if args.metrics in (["all"], ["default"]) else tuple(args.metrics)
     return settings.replace(**changes)
 
 

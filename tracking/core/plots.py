@@ -43,38 +43,64 @@ def _count_limit(counts: np.ndarray) -> float:
     return top * _YMARGIN if top > 0 else 1.0
 
 
+#: Bins holding fewer decisions than this are drawn faint: their fraction is mostly noise
+#: (1 of 1 right is 100 %) and a full-height bar would dominate the diagram.
+MIN_BIN_COUNT = 4
+_FAINT = 0.25
+
+#: Words of the two reliability diagrams: (y axis and bar legend, gap legend, x axis). The top-label
+#: diagram puts the normalised confidence q = p / (sum of the labels' p) of the predicted label
+#: on x; "confidence" alone means the raw p of the predicted label everywhere in tokcal.
+TOP_LABEL_WORDS = ("accuracy", "gap to normalised confidence", "normalised confidence q of the predicted label")
+
+
+def positive_words(label: str) -> tuple[str, str, str]:
+    """Words of the positive-label diagram: the fraction truly ``label`` against mean q(``label``).
+
+    Example:
+        >>> positive_words("Accept")[0]
+        'fraction truly Accept'
+    """
+    return (f"fraction truly {label}", f"gap to mean q({label})", f"mean q({label}) per bin (q: P normalised over the labels)")
+
+
 class _ReliabilityPainter:
-    """Accuracy bars, the gap to confidence (hatched outline), the diagonal, counts below."""
+    """Bars of the observed fraction per bin, the gap to the bin's mean q (hatched outline),
+    the diagonal, counts below; bins under :data:`MIN_BIN_COUNT` decisions faint. The legend
+    sits above the axes, so it covers no bar."""
 
     def __init__(self, edges: np.ndarray) -> None:
+        from matplotlib.patches import Patch
+
         n = len(edges) - 1
         left, width, zeros = edges[:-1], np.diff(edges), np.zeros(n)
-        self.fig = Figure(figsize=(5.0, 6.0), dpi=100)
+        self.fig = Figure(figsize=(5.0, 6.4), dpi=100)
         top, bottom = self.fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
         self.top, self.bottom = top, bottom
-        self.acc = list(top.bar(left, zeros, width=width, align="edge", color=_BLUE, edgecolor="white",
-                                label="accuracy"))
+        self.acc = list(top.bar(left, zeros, width=width, align="edge", color=_BLUE, edgecolor="white"))
         self.gap = list(top.bar(left, zeros, bottom=zeros, width=width, align="edge", facecolor="none",
-                                edgecolor=_RED, hatch="//", linewidth=1.0, label="gap to confidence"))
-        top.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="perfect")
+                                edgecolor=_RED, hatch="//", linewidth=1.0))
+        top.plot([0, 1], [0, 1], ls="--", color="gray", lw=1)
         # the kernel-smoothed curve (the smooth ECE's) and its band; empty until a curve is painted
-        (self.smooth,) = top.plot([], [], "-", color="black", lw=1.5, label="smoothed (95% band)")
+        (self.smooth,) = top.plot([], [], "-", color="black", lw=1.5)
         self.band = None
         top.set_xlim(0, 1)
         top.set_ylim(0, 1)
-        top.set_ylabel("accuracy")
-        top.legend(loc="upper left", fontsize=8)
-        # An explicit y turns off matplotlib's title placement, which measures the axes'
-        # tick labels at every draw; nothing sits above these axes, so the place is the same.
-        self.title = top.set_title("", y=1.0)
+        handles = [Patch(color=_BLUE), Patch(facecolor="none", edgecolor=_RED, hatch="//"),
+                   top.lines[0], Patch(color=_BLUE, alpha=_FAINT), self.smooth]
+        self.legend = self.fig.legend(handles, ["", "", "perfect calibration", f"bin of < {MIN_BIN_COUNT} decisions",
+                                                "smoothed (95% band)"],
+                                      loc="upper center", bbox_to_anchor=(0.55, 0.945), ncol=2, fontsize=8,
+                                      frameon=False, handlelength=1.6, columnspacing=1.2)
+        self.title = self.fig.suptitle("", y=0.985, fontsize=11)
         self.counts = list(bottom.bar(left, zeros, width=width, align="edge", color=_GREEN, edgecolor="white"))
         bottom.set_ylabel("count")
         # Fixed margins: tight_layout would draw the whole figure once more to measure it.
-        self.fig.subplots_adjust(left=0.13, right=0.97, top=0.94, bottom=0.08, hspace=0.08)
+        self.fig.subplots_adjust(left=0.13, right=0.97, top=0.855, bottom=0.08, hspace=0.08)
         plain_text(self.fig)  # the labels come from the spec
 
-    def paint(self, bins: ReliabilityBins, *, ece: float | None, title: str, xlabel: str,
-              smooth: SmoothCurve | None = None) -> Figure:
+    def paint(self, bins: ReliabilityBins, *, ece: float | None, title: str,
+              words: tuple[str, str, str] = TOP_LABEL_WORDS, smooth: SmoothCurve | None = None) -> Figure:
         if self.band is not None:
             self.band.remove()
             self.band = None
@@ -87,17 +113,26 @@ class _ReliabilityPainter:
         full = bins.counts > 0
         acc = np.where(full, bins.accuracy, 0.0)
         conf = np.where(full, bins.confidence, 0.0)
-        for bar, a in zip(self.acc, acc):
+        faint = bins.counts < MIN_BIN_COUNT
+        for bar, a, f in zip(self.acc, acc, faint):
             bar.set_height(a)
-        for bar, a, c, f in zip(self.gap, acc, conf, full):
+            bar.set_alpha(_FAINT if f else 1.0)
+        for bar, a, c, f, few in zip(self.gap, acc, conf, full, faint):
             bar.set_y(a)
             bar.set_height(c - a)
             bar.set_visible(bool(f))  # an empty bin has no gap to show
+            bar.set_alpha(_FAINT if few else 1.0)
         for bar, c in zip(self.counts, bins.counts):
             bar.set_height(c)
         self.bottom.set_ylim(0, _count_limit(bins.counts))
         self.title.set_text(title if ece is None or np.isnan(ece) else f"{title} (ECE = {ece:.4f})")
-        self.bottom.set_xlabel(xlabel)
+        texts = self.legend.get_texts()
+        texts[0].set_text(words[0])
+        texts[1].set_text(words[1])
+        texts[4].set_visible(smooth is not None)  # the smoothed curve's entry only where one is drawn
+        self.legend.legend_handles[4].set_visible(smooth is not None)
+        self.top.set_ylabel(words[0])
+        self.bottom.set_xlabel(words[2])
         return self.fig
 
 
@@ -139,11 +174,14 @@ def _histogram_painter(histograms: dict[str, Histogram]) -> _HistogramPainter:
 
 
 def reliability_diagram(
-    bins: ReliabilityBins, *, ece: float | None = None, title: str = "Reliability", xlabel: str = "confidence",
-    smooth: SmoothCurve | None = None,
+    bins: ReliabilityBins, *, ece: float | None = None, title: str = "Reliability",
+    positive: str | None = None, smooth: SmoothCurve | None = None,
 ) -> Figure:
-    """Accuracy per bin against the diagonal, the gap shaded, counts underneath (a new figure);
-    with ``smooth``, the kernel-smoothed reliability curve and its band over the bars.
+    """Accuracy per bin against the normalised confidence q of the predicted label, the gap
+    shaded, counts underneath, bins of fewer than :data:`MIN_BIN_COUNT` decisions faint (a
+    new figure). ``positive``: the label of a positive-label diagram (the fraction truly
+    that label against mean q(label)). With ``smooth``, the kernel-smoothed reliability
+    curve and its band over the bars.
 
     Example:
         >>> from tokcal.core.metrics import reliability_bins
@@ -151,7 +189,8 @@ def reliability_diagram(
         >>> len(fig.axes)
         2
     """
-    return _reliability_painter(bins).paint(bins, ece=ece, title=title, xlabel=xlabel, smooth=smooth)
+    words = TOP_LABEL_WORDS if positive is None else positive_words(positive)
+    return _reliability_painter(bins).paint(bins, ece=ece, title=title, words=words, smooth=smooth)
 
 
 def histogram_figure(histograms: dict[str, Histogram], *, title: str = "Decision histograms") -> Figure:
@@ -201,14 +240,13 @@ def metric_figures(metrics: DecisionMetrics, *, step: int | None = None) -> dict
         bins = metrics.reliability
         painter = _reused_painter("reliability", _edges_key(bins.edges), lambda: _reliability_painter(bins))
         figs["reliability"] = painter.paint(bins, ece=metrics.scalars.get(f"{metrics.prefix}decision_ece"),
-                                            title=f"Reliability{where}", xlabel="confidence",
-                                            smooth=metrics.smooth_reliability)
+                                            title=f"Reliability{where}", smooth=metrics.smooth_reliability)
     if metrics.positive_reliability is not None:
         bins = metrics.positive_reliability
         painter = _reused_painter("reliability_positive", _edges_key(bins.edges),
                                   lambda: _reliability_painter(bins))
         figs["reliability_positive"] = painter.paint(bins, ece=None, title=f"P({metrics.labels[0]}) calibration{where}",
-                                                     xlabel=f"mean q({metrics.labels[0]})")
+                                                     words=positive_words(metrics.labels[0]))
     if metrics.histograms:
         hists = metrics.histograms
         layout = tuple((name, *_edges_key(h.edges)) for name, h in hists.items())

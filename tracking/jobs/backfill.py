@@ -274,7 +274,8 @@ def log_one(res: CheckpointResult, scores: DecisionScores, trackers: Sequence[An
         if not force and res.step in tracker.logged_steps(f"{prefix}decision_samples"):
             log.info("step %d is in %s run %s by now; not logged again", res.step, tracker.name, tracker.run_id)
             continue
-        tracker.log_evaluation(metrics, res.step, samples=samples, per_sample=per_sample, tags=dict(tags))
+        tracker.log_evaluation(metrics, res.step, samples=samples, per_sample=per_sample, tags=dict(tags),
+                               scalars=settings.metrics)
         logged += 1
     res.scalars = dict(metrics.scalars)
     return logged

@@ -19,7 +19,7 @@ import base64
 import html
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -125,16 +125,110 @@ def _where(compare_step: int | None) -> str:
     return "last evaluation" if compare_step is None else f"last evaluation at or before step {compare_step}"
 
 
+# --------------------------------------------------------------------------- sample names
+
+
+def share_ids(series: Sequence[Series]) -> list[Series]:
+    """The series with one name per sample: a per-sample record without record ids (the
+    callback's, when the eval set has no ``id`` column) takes them, by sample index, from a
+    record of the same metric prefix that has them (a backfill of the same data), so the
+    report names sample 112 ``holdout-r2-55`` everywhere instead of ``#112`` on one side.
+
+    Ids are shared only where that is safe: every record with ids under the prefix agrees on
+    the id and the true label of each index, and the record without ids has each of its
+    indices there with the same true label. The series given are not changed.
+
+    Example:
+        >>> from tokcal.core.metrics import compute_metrics
+        >>> from tokcal.trackers.base import Point, Series
+        >>> probs, gt = np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([0, 1])
+        >>> m = compute_metrics(probs, gt, ["Accept", "Reject"])
+        >>> live = PerSample(["Accept", "Reject"], np.arange(2), gt, probs)
+        >>> back = PerSample(["Accept", "Reject"], np.arange(2), gt, probs, ids=["a-1", "a-2"])
+        >>> out = share_ids([Series("run", [Point(10, m, False, live), Point(20, m, True, back)])])
+        >>> out[0].points[0].per_sample.sample_name(1)
+        'a-2'
+    """
+    import dataclasses
+
+    known: dict[str, dict[int, tuple[str, int]]] = {}  # prefix -> index -> (id, gt)
+    clash: set[str] = set()
+    for s in series:
+        for p in s.points:
+            rec = p.per_sample
+            if rec is None or rec.ids is None:
+                continue
+            table = known.setdefault(p.metrics.prefix, {})
+            for i, (idx, rid, g) in enumerate(zip(rec.index.tolist(), rec.ids, rec.gt.tolist())):
+                if table.setdefault(int(idx), (str(rid), int(g))) != (str(rid), int(g)):
+                    clash.add(p.metrics.prefix)
+    out = []
+    for s in series:
+        points = []
+        for p in s.points:
+            rec, table = p.per_sample, known.get(p.metrics.prefix)
+            if (rec is not None and rec.ids is None and table and p.metrics.prefix not in clash
+                    and all(table.get(int(i), ("", -1))[1] == int(g) for i, g in zip(rec.index.tolist(), rec.gt.tolist()))):
+                p = dataclasses.replace(p, per_sample=dataclasses.replace(
+                    rec, ids=[table[int(i)][0] for i in rec.index.tolist()]))
+            points.append(p)
+        out.append(dataclasses.replace(s, points=points))
+    return out
+
+
+def legend_below(ax: Any, ncol: int = 1) -> None:
+    """The axes' legend under the axes, where it covers no line."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, frameon=False)
+
+
+def wrapped(text: str, width_in: float, fontsize: float = 10) -> str:
+    """``text`` broken into lines that fit a figure ``width_in`` inches wide.
+
+    Example:
+        >>> len(wrapped("a " * 30, 2.0).splitlines()) > 1
+        True
+    """
+    import textwrap
+
+    chars = max(20, int(width_in * 72 / (0.55 * fontsize)))  # a character is about 0.55 em wide
+    return "\n".join(textwrap.fill(part, chars) for part in text.split("\n"))
+
+
+def data_range(values: Sequence[np.ndarray], pad: float = 0.05) -> tuple[float, float]:
+    """A square plot's common [lo, hi] range that holds every value (and a margin), inside
+    [0, 1]; [0, 1] when there is none.
+
+    Example:
+        >>> data_range([np.array([0.8, 0.95]), np.array([0.9])]), data_range([])
+        ((0.75, 1.0), (0.0, 1.0))
+    """
+    finite = np.concatenate([np.asarray(v, dtype=float).ravel() for v in values] or [np.zeros(0)])
+    finite = finite[np.isfinite(finite)]
+    if not len(finite):
+        return 0.0, 1.0
+    lo = max(0.0, math.floor((float(finite.min()) - pad) * 20) / 20)  # on a 0.05 grid
+    hi = min(1.0, math.ceil((float(finite.max()) + pad) * 20) / 20)
+    if hi - lo < 0.2:  # a range too small to read: 0.2 wide at least
+        lo, hi = (max(0.0, hi - 0.2), hi) if hi - 0.2 >= 0 else (0.0, 0.2)
+    return round(lo, 2), round(hi, 2)
+
+
 # --------------------------------------------------------------------------- comparison
 
 
 def comparison_figure(chosen: Sequence[tuple[Series, Point]]) -> Figure:
-    """Reliability curves (top label: mean confidence against accuracy per bin) and
-    risk-coverage curves of the chosen evaluations, one colour per series."""
-    fig = Figure(figsize=(12, 4.8))
+    """Reliability curves (top label: mean normalised confidence q against accuracy per
+    bin), zoomed to the bins on the lines (those holding at least :data:`LINE_SHARE` of the
+    decisions; the title counts the smaller ones left below the view) with the diagonal kept,
+    and risk-coverage curves of the chosen evaluations, one colour per series; the legends
+    under the axes."""
+    fig = Figure(figsize=(12, 5.2 + 0.18 * len(chosen)))
     rel, rc = fig.subplots(1, 2)
     rel.plot([0, 1], [0, 1], ":", color="#888", lw=1, label="perfect calibration")
     any_curve = False
+    seen: list[np.ndarray] = []  # the bins on the lines: the zoom holds them all
+    small: list[tuple[np.ndarray, np.ndarray]] = []  # the other non-empty bins
     for i, (s, p) in enumerate(chosen):
         color = COLORS[i % len(COLORS)]
         name = f"{s.name} @ {p.step}"
@@ -146,6 +240,8 @@ def comparison_figure(chosen: Sequence[tuple[Series, Point]]) -> Figure:
             # ECE weighs); the line only through bins with at least LINE_SHARE, so that a bin of
             # one or two decisions does not draw a spike
             line = share >= LINE_SHARE
+            seen += [conf[line], acc[line]]
+            small.append((conf[(share > 0) & ~line], acc[(share > 0) & ~line]))
             rel.plot(conf[line], acc[line], "-", color=color, lw=1.5,
                      label=f"{name} (ECE {fmt3(p.scalar('decision_ece'))})")
             rel.scatter(conf[share > 0], acc[share > 0], s=8 + 200 * share[share > 0], color=color, alpha=0.6,
@@ -155,8 +251,14 @@ def comparison_figure(chosen: Sequence[tuple[Series, Point]]) -> Figure:
             any_curve = True
             rc.plot(curve.coverage, curve.risk, "o-", color=color, ms=3, lw=1.5,
                     label=f"{name} (AURC {fmt3(p.scalar('decision_aurc'))})")
-    rel.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence (top label, per bin)", ylabel="accuracy",
-            title=f"Reliability (marker area: share of decisions; line: bins >= {LINE_SHARE:.0%})")
+    lo, hi = data_range(seen)
+    top = hi + 0.02 * (hi - lo)  # room for the markers of bins at accuracy 1
+    outside = sum(int(np.sum((c < lo) | (a < lo))) for c, a in small)
+    rel.set(xlim=(lo, top), ylim=(lo, top), aspect="equal", adjustable="box",
+            xlabel="normalised confidence q of the predicted label (mean per bin)", ylabel="accuracy",
+            title=wrapped(f"Reliability (marker area: share of decisions; line: bins >= {LINE_SHARE:.0%})"
+                          + ("" if (lo, hi) == (0.0, 1.0) else f"\nzoomed to [{lo:g}, {hi:g}]")
+                          + (f"; {outside} small bin{'s' * (outside > 1)} below it" if outside else ""), 6.0, 12))
     rc.set(xlim=(0, 1.02), xlabel="coverage (most confident kept)", ylabel="risk (error rate of the kept)",
            title="Risk-coverage")
     if not any_curve:
@@ -164,8 +266,7 @@ def comparison_figure(chosen: Sequence[tuple[Series, Point]]) -> Figure:
                 transform=rc.transAxes, color="#888")
     for ax in (rel, rc):
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="best")
+        legend_below(ax)
     fig.tight_layout()
     return fig
 
@@ -283,8 +384,8 @@ def heatmap_figure(records: Sequence[tuple[int, PerSample]], title: str) -> Figu
         ax.axhline(learned - 0.5, color="black", lw=1)
     ax.set_xlabel("step")
     ax.set_ylabel(f"{n} samples: learned early → late, then not learned")
-    ax.set_title(f"{title}: q(true label); {learned} learned, {n - learned - never} forgotten, "
-                 f"{never} never learned", fontsize=10)
+    ax.set_title(wrapped(f"{title}\nq(true label) per sample and step: {learned} learned, "
+                         f"{n - learned - never} forgotten, {never} never learned", 9.0), fontsize=10)
     fig.colorbar(im, ax=ax, label="q(true label)", fraction=0.04, pad=0.02)
     fig.tight_layout()
     return fig
@@ -293,16 +394,17 @@ def heatmap_figure(records: Sequence[tuple[int, PerSample]], title: str) -> Figu
 def flips_figure(records: Sequence[tuple[int, PerSample]], title: str) -> Figure:
     """Flips to wrong, flips to right and forgotten samples at each evaluation."""
     tr = sample_trajectories(records)
-    fig = Figure(figsize=(6, 3.6))
+    fig = Figure(figsize=(6, 4.4))
     ax = fig.subplots()
     for y, label, color, style in ((tr.flips_to_wrong, "to wrong (forgetting events)", "#C44E52", "o-"),
                                    (tr.flips_to_right, "to right", "#55A868", "s-"),
                                    (tr.forgotten, "forgotten (wrong, once right)", "#DD8452", "^--")):
         ax.plot(tr.steps, y, style, color=color, ms=4, lw=1.5, label=label)
-    ax.set(xlabel="step", ylabel="samples", title=f"{title}: flips per step")
+    ax.set(xlabel="step", ylabel="samples")
+    ax.set_title(wrapped(f"{title}\nflips per step", 5.5), fontsize=10)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    legend_below(ax, ncol=2)
     fig.tight_layout()
     return fig
 
@@ -311,7 +413,7 @@ def risk_coverage_figure(points: Sequence[Point], selected: Point, title: str) -
     """Every step's risk-coverage curve, light (early) to dark (late), the selected step bold."""
     import matplotlib
 
-    fig = Figure(figsize=(6, 3.6))
+    fig = Figure(figsize=(6, 4.4))
     ax = fig.subplots()
     cmap = matplotlib.colormaps["Blues"]
     curves = [(p, c) for p in points if (c := _curve_of(p)) is not None]
@@ -323,11 +425,11 @@ def risk_coverage_figure(points: Sequence[Point], selected: Point, title: str) -
     if sel is not None:
         ax.plot(sel.coverage, sel.risk, "o-", color="black", ms=3, lw=2,
                 label=f"step {selected.step} (AURC {fmt3(selected.scalar('decision_aurc'))})")
-        ax.legend(fontsize=7)
-    ax.set(xlim=(0, 1.02), xlabel="coverage (most confident kept)", ylabel="risk",
-           title=f"{title}: risk-coverage, all steps (light: early)")
+    ax.set(xlim=(0, 1.02), xlabel="coverage (most confident kept)", ylabel="risk")
+    ax.set_title(wrapped(f"{title}\nrisk-coverage, all steps (light: early)", 5.5), fontsize=10)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
+    legend_below(ax)
     fig.tight_layout()
     return fig
 
@@ -338,7 +440,7 @@ def wrong_table(step: int, rec: PerSample, k: int = TOP_WRONG) -> str:
     rows = confidently_wrong([(step, rec)], k=k)
     if not rows:
         return f"<p class=meta>No wrong decision at step {step}.</p>"
-    heads = ["#", "sample", "step", "truth", "predicted", "confidence"] + [f"P({lab})" for lab in rec.labels]
+    heads = ["#", "sample", "step", "truth", "predicted", "normalised confidence q"] + [f"P({lab})" for lab in rec.labels]
     heads += ["mass"] + (["text"] if rec.text is not None else [])
     out = ["<table class=wrong><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr>"]
     for i, w in enumerate(rows, 1):

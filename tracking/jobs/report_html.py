@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
-from tokcal.core.plots import figure_to_png, metric_figures
+from tokcal.core.plots import MIN_BIN_COUNT, figure_to_png, metric_figures
 from tokcal.errors import TokcalError
 from tokcal.jobs.report_analysis import (
     COLORS,
@@ -32,6 +32,7 @@ from tokcal.jobs.report_analysis import (
     img_tag,
     per_sample_section,
     png,
+    share_ids,
 )
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 PANELS: tuple[tuple[str, str | None], ...] = (
     ("decision mass (sum of P(label))", "decision_prob_mass"),
     ("mean P per label", None),
-    ("confidence (P of the predicted label)", "decision_confidence"),
+    ("confidence (mean raw P of the predicted label)", "decision_confidence"),
     ("accuracy", "decision_accuracy"),
     ("ECE", "decision_ece"),
     ("NLL (normalised)", "decision_nll"),
@@ -49,6 +50,11 @@ PANELS: tuple[tuple[str, str | None], ...] = (
 TABLE: tuple[tuple[str, str], ...] = (("mass", "decision_prob_mass"), ("confidence", "decision_confidence"),
                                       ("accuracy", "decision_accuracy"), ("ECE", "decision_ece"),
                                       ("Brier", "decision_brier"), ("NLL", "decision_nll"))
+#: What the report's words mean, shown at its top.
+WORDS = ("<b>confidence</b>: the raw P of the predicted label (the evolution, the tables, the histograms); "
+         "<b>normalised confidence q</b>: that P divided by the sum of the labels' P, so the labels' q sum to 1 "
+         "(the reliability diagrams' x axis, the wrong decisions' table); <b>mass</b>: the sum of the labels' P. "
+         f"Faint bars in a reliability diagram: bins of fewer than {MIN_BIN_COUNT} decisions.")
 #: Nothing outside the file may load: images are data: URIs, style and script are inline.
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 STEP_DPI = 60  # per-step figures: small, there are many
@@ -82,10 +88,18 @@ def evolution_figure(series: Sequence[Series]) -> Figure:
         ax.grid(alpha=0.3)
         if name in ("decision_prob_mass", "decision_confidence", "decision_accuracy") or name is None:
             ax.set_ylim(-0.02, 1.02)
-    axes[1].legend(fontsize=7, loc="best")
-    axes[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle("Decision metrics over training (hollow markers: backfilled points)", fontsize=11)
-    fig.tight_layout()
+    # One legend under the panels (series by colour, labels by line style), covering no line.
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=COLORS[i % len(COLORS)], lw=2, label=s.name) for i, s in enumerate(series)]
+    labels = list(dict.fromkeys(lab for s in series for lab in s.labels))
+    handles += [Line2D([], [], color="#444", ls=_STYLES[j % len(_STYLES)], label=f"P({lab}) (mean P per label)")
+                for j, lab in enumerate(labels)]
+    handles.append(Line2D([], [], ls="none", marker="o", mfc="white", mec="#444", label="backfilled point"))
+    rows = -(-len(handles) // 4)
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
+    fig.suptitle("Decision metrics over training", fontsize=11)
+    fig.tight_layout(rect=(0, 0.035 * rows + 0.01, 1, 1))
     return fig
 
 
@@ -152,6 +166,7 @@ def _write_report(series: Sequence[Series], output: str | os.PathLike[str], *, t
     if not series or not any(s.points for s in series):
         raise TokcalError("nothing to report: expected at least one evaluation")
     check_compare_step(series, compare_step)
+    series = share_ids(series)
     out = Path(output)
     if out.is_dir():
         raise TokcalError(f"expected an output file path (report.html), got a folder: {out}")
@@ -171,6 +186,7 @@ def _write_report(series: Sequence[Series], output: str | os.PathLike[str], *, t
              f"<style>{_STYLE}</style></head><body>",
              f"<h1>{html.escape(title)}</h1><div class=meta>{len(series)} series: {names} · generated "
              f"{time.strftime('%Y-%m-%d %H:%M')} by tokcal report · PNGs in {html.escape(files.name)}/</div>",
+             f"<p class=meta>{WORDS}</p>",
              comparison_section(series, compare_step, save),
              "<h2>Evolution over steps</h2>", img_tag(evo, "decision metrics over steps", "wide")]
     bar = None

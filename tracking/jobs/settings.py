@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from tokcal.core.spec import DecisionSpec
 from tokcal.errors import TokcalError
-from tokcal.trackers.base import DEFAULT_BACKEND, backend_class, backend_names
+from tokcal.trackers.base import (
+    DEFAULT_BACKEND,
+    backend_class,
+    backend_names,
+    check_scalar_selection,
+    scalar_names,
+)
 
 SCORERS = ("auto", "hook", "pass")
 
@@ -32,6 +39,15 @@ class TrackingSettings:
             off by default. max_samples caps it.
         sample_text: add the text before each decision (the last 256 tokens) to that table
             and to the per-sample record; off by default since eval data can be confidential.
+        metrics: which scalars become charts in MLflow and W&B: ``"default"`` (the
+            headline set, :data:`~tokcal.trackers.base.HEADLINE_METRICS`: the mean
+            probability of each label, decision mass, confidence, accuracy, ECE, Brier, NLL,
+            AUROC, balanced accuracy, MCC, AURC, mass p05, samples, missing and the flips),
+            ``"all"``, or a list of names without the prefix (``["decision_ece",
+            "avg_p_accept"]``). Every scalar still goes into the Trainer's metrics dict and
+            ``log_history``, and into each evaluation's stored record (the local store,
+            MLflow's ``bins_step_*.json`` artifact, a W&B run file), where ``tokcal report``
+            reads it.
         scorer: ``auto`` (read the Trainer's eval logits, fall back to an own pass when
             the model returns none), ``hook`` or ``pass`` (always an own pass).
         background_logging: draw the figures and write to local/MLflow in a background
@@ -57,6 +73,7 @@ class TrackingSettings:
     log_samples: bool = False
     sample_text: bool = False
     max_samples: int | None = None
+    metrics: str | tuple[str, ...] = "default"
     scorer: str = "auto"
     background_logging: bool = True
     project: str | None = None
@@ -87,6 +104,16 @@ class TrackingSettings:
             raise TokcalError(f"expected verbose to be true or false, got {self.verbose!r}")
         if not isinstance(self.spec, DecisionSpec):
             raise TokcalError(f"expected spec to be a DecisionSpec, got {type(self.spec).__name__}")
+        selection = check_scalar_selection(self.metrics)
+        if isinstance(selection, tuple):
+            known = scalar_names(self.spec.labels)
+            unknown = [x for x in selection if x not in known]
+            if unknown:
+                close = {x: difflib.get_close_matches(x, known, n=1) for x in unknown}
+                hint = "; ".join(f"{x!r}: did you mean {c[0]!r}?" for x, c in close.items() if c)
+                raise TokcalError(f"expected metric names that an evaluation logs, got unknown {unknown}"
+                                  + (f" ({hint})" if hint else "") + "; 'all' logs every one")
+        object.__setattr__(self, "metrics", selection)
 
     def replace(self, **changes: Any) -> "TrackingSettings":
         known = {f.name for f in dataclasses.fields(self)}
@@ -126,8 +153,9 @@ class TrackingSettings:
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["spec"] = self.spec.to_dict()
-        if isinstance(d["backend"], tuple):
-            d["backend"] = list(d["backend"])
+        for name in ("backend", "metrics"):
+            if isinstance(d[name], tuple):
+                d[name] = list(d[name])
         return d
 
     @classmethod
@@ -138,8 +166,9 @@ class TrackingSettings:
         spec = data.get("spec")
         if spec is not None:
             flat["spec"] = spec if isinstance(spec, DecisionSpec) else DecisionSpec.from_dict(spec)
-        if isinstance(flat.get("backend"), list):
-            flat["backend"] = tuple(flat["backend"])
+        for name in ("backend", "metrics"):
+            if isinstance(flat.get(name), list):
+                flat[name] = tuple(flat[name])
         try:
             return cls(**flat)
         except TypeError as exc:

@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from tokcal.core.metrics import DecisionMetrics, ReliabilityBins
+from tokcal.core.metrics import DecisionMetrics, ReliabilityBins, compute_metrics
 from tokcal.core.per_sample import PerSample
 from tokcal.errors import TokcalError
 from tokcal.io import to_jsonable, write_atomic  # noqa: F401  (re-exported for the backends)
@@ -182,6 +182,91 @@ def check_metrics(metrics: Any) -> DecisionMetrics:
 def finite_scalars(metrics: DecisionMetrics) -> dict[str, float]:
     """The scalars with a value: NaN marks a metric that could not be computed."""
     return {k: float(v) for k, v in metrics.scalars.items() if not math.isnan(float(v))}
+
+
+#: The scalars logged as metric series by default (``metrics="default"``), without the
+#: metric prefix. The headline first: the mean probability of each label
+#: (``avg_p_<label>``, added per label), how much probability the labels hold
+#: (``decision_prob_mass``, its 5th percentile ``decision_mass_p05``), the mean raw
+#: probability of the predicted label (``decision_confidence``) and ``decision_accuracy``.
+#: Then one metric per question a dashboard answers: is it calibrated (``decision_ece``,
+#: ``decision_brier``, ``decision_nll``), does it rank and separate the labels
+#: (``decision_auroc``, ``decision_aurc``), is it right on both labels
+#: (``decision_balanced_accuracy``, ``decision_mcc``), are the counts as expected
+#: (``decision_samples``, ``decision_missing``), and is it forgetting
+#: (``decision_flips_to_wrong``, ``decision_flips_to_right``, ``decision_forgotten``, from
+#: the second evaluation on). The rest (per-label precision and recall, MCE, macro F1,
+#: accuracy at coverage, temperature ...) stays in the evaluation's stored record.
+HEADLINE_METRICS: tuple[str, ...] = (
+    "decision_prob_mass", "decision_confidence", "decision_accuracy",
+    "decision_ece", "decision_brier", "decision_nll", "decision_auroc", "decision_balanced_accuracy",
+    "decision_mcc", "decision_aurc", "decision_mass_p05", "decision_samples", "decision_missing",
+    "decision_flips_to_wrong", "decision_flips_to_right", "decision_forgotten",
+)
+#: Logged whatever the selection: it marks an evaluation (readers find the metric
+#: prefixes and the logged steps by it).
+ALWAYS_LOGGED = "decision_samples"
+SCALAR_SETS = ("default", "all")
+_TOKCAL_METRIC = re.compile(r"^(decision_|avg_p_)[A-Za-z0-9_]+$")
+
+
+def check_scalar_selection(selection: Any) -> str | tuple[str, ...]:
+    """Which scalars become metric series: ``"default"`` (:data:`HEADLINE_METRICS` and
+    ``avg_p_<label>``), ``"all"``, or a list of metric names without the prefix
+    (``["decision_ece", "avg_p_accept"]``).
+
+    Example:
+        >>> check_scalar_selection(["decision_ece", "decision_ece"]), check_scalar_selection("all")
+        (('decision_ece',), 'all')
+    """
+    if isinstance(selection, str):
+        if selection in SCALAR_SETS:
+            return selection
+        raise TokcalError(f"expected metrics 'default', 'all' or a list of metric names, got {selection!r}")
+    if not isinstance(selection, (list, tuple)) or not selection or not all(isinstance(x, str) for x in selection):
+        raise TokcalError(f"expected metrics 'default', 'all' or a list of metric names, got {selection!r}")
+    bad = [x for x in selection if not _TOKCAL_METRIC.match(x)]
+    if bad:
+        raise TokcalError(f"expected metric names without the prefix, like 'decision_ece' or 'avg_p_accept', "
+                          f"got {bad}")
+    return tuple(dict.fromkeys(selection))
+
+
+def selected_scalars(metrics: DecisionMetrics, selection: str | Sequence[str] = "all") -> dict[str, float]:
+    """The finite scalars of ``metrics`` that ``selection`` (see
+    :func:`check_scalar_selection`) logs as metric series; ``decision_samples`` always.
+
+    Example:
+        >>> from tokcal.core.metrics import compute_metrics
+        >>> m = compute_metrics(np.array([[0.8, 0.1], [0.3, 0.6]]), np.array([0, 1]), ["Accept", "Reject"])
+        >>> sorted(selected_scalars(m, ["decision_ece"]))
+        ['eval_decision_ece', 'eval_decision_samples']
+    """
+    selection = check_scalar_selection(selection)
+    values = finite_scalars(metrics)
+    if selection == "all":
+        return values
+    p = metrics.prefix
+    names = HEADLINE_METRICS if selection == "default" else selection
+    wanted = {f"{p}{x}" for x in (*names, ALWAYS_LOGGED)}
+    if selection == "default":
+        wanted |= {k for k in values if k.startswith(f"{p}avg_p_")}
+    return {k: v for k, v in values.items() if k in wanted}
+
+
+def scalar_names(labels: Sequence[str]) -> list[str]:
+    """Every scalar name (without prefix) that an evaluation with these labels can log,
+    the flips' included.
+
+    Example:
+        >>> "avg_p_accept" in scalar_names(["Accept", "Reject"])
+        True
+    """
+    k = len(labels)
+    probs = np.full((2 * k, k), 0.5 / k)
+    probs[np.arange(2 * k), np.arange(2 * k) % k] = 0.5 + 0.25 / k
+    m = compute_metrics(probs, np.arange(2 * k) % k, list(labels), prefix="")
+    return sorted({*m.scalars, "decision_flips_to_wrong", "decision_flips_to_right", "decision_forgotten"})
 
 
 def step_name(step: int) -> str:
@@ -499,11 +584,19 @@ class Tracker(ABC):
         samples: Iterable[dict[str, Any]] | None = None,
         per_sample: PerSample | None = None,
         tags: Mapping[str, Any] | None = None,
+        scalars: str | Sequence[str] = "all",
     ) -> None:
         """Push one evaluation at training step ``step``: scalars, histograms, the
         reliability diagram(s), the bins table and, if given, the per-sample record
         (``per_sample``, compact, read back by ``tokcal report``) and a readable per-sample
         table (``samples``).
+
+        ``scalars`` picks the scalars that become metric series (charts): ``"all"``,
+        ``"default"`` (:data:`HEADLINE_METRICS`) or a list of names without the prefix
+        (see :func:`selected_scalars`). Every scalar stays in the evaluation's stored
+        record (the local store's line, MLflow's ``bins_step_*.json`` artifact, the W&B
+        run file ``tokcal/step_*_<prefix>scalars.json``), where ``tokcal report`` reads
+        it back.
 
         Checks the arguments (a :class:`~tokcal.core.metrics.DecisionMetrics`, a step
         >= 0, samples as dicts, a :class:`~tokcal.core.per_sample.PerSample` with the
@@ -518,15 +611,19 @@ class Tracker(ABC):
         rows = None if samples is None else list(samples)
         if rows is not None:
             sample_columns(rows)
+        selection = check_scalar_selection(scalars)
+        # A backend written before the choice existed takes no ``scalars`` and logs them all.
+        extra = {"scalars": selection} if _takes_scalars(type(self)) else {}
         self._write_evaluation(metrics, step, samples=rows, per_sample=check_per_sample(per_sample, metrics),
-                               tags=check_tags(tags))
+                               tags=check_tags(tags), **extra)
 
     @abstractmethod
     def _write_evaluation(
         self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None,
-        per_sample: PerSample | None, tags: dict[str, Any],
+        per_sample: PerSample | None, tags: dict[str, Any], scalars: str | tuple[str, ...] = "all",
     ) -> None:
-        """Write one evaluation whose arguments :meth:`log_evaluation` has checked."""
+        """Write one evaluation whose arguments :meth:`log_evaluation` has checked;
+        ``scalars`` as :func:`selected_scalars` takes it."""
 
     @abstractmethod
     def logged_steps(self, key: str) -> set[int]:
@@ -580,6 +677,15 @@ class Tracker(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.describe()!r})"
+
+
+def _takes_scalars(cls: type[Tracker]) -> bool:
+    """Whether a backend's ``_write_evaluation`` takes ``scalars`` (a backend registered from
+    elsewhere may predate it)."""
+    import inspect
+
+    params = inspect.signature(cls._write_evaluation).parameters
+    return "scalars" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def lock_dir() -> Path:

@@ -170,8 +170,9 @@ class LocalTracker(Tracker):
 
     def _write_evaluation(
         self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None,
-        per_sample: PerSample | None, tags: dict[str, Any],
+        per_sample: PerSample | None, tags: dict[str, Any], scalars: str | tuple[str, ...] = "all",
     ) -> None:
+        # A store of records, not of charts: every scalar is kept whatever ``scalars`` picks.
         from tokcal.core.plots import figure_to_png, metric_figures
 
         images: dict[str, str] = {}

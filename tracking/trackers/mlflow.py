@@ -11,18 +11,23 @@ so that a failure raises here (and is spooled) instead of in a background thread
 
 Per evaluation, with ``prefix="eval_"``:
 
-* metrics ``eval_decision_ece`` ... at ``step``;
-* images ``eval_decision_reliability``, ``eval_decision_reliability_positive`` and
-  ``eval_decision_histograms`` at ``step`` (the UI's step slider);
-* ``tokcal/eval/bins_step_000120.json``: the bins table (columns/rows), histograms, notes;
+* metrics ``eval_decision_ece`` ... at ``step``: the scalars that ``scalars`` picks
+  (:func:`~tokcal.trackers.base.selected_scalars`), shown in the run's "Model metrics" tab;
+* the figures as full-size PNG artifacts, one folder per eval set and figure, named so
+  that they sort by step: ``tokcal/plots/eval/reliability/step_000120.png``,
+  ``.../reliability_positive/...`` and ``.../histograms/...`` (the run's "Artifacts" tab;
+  ``log_image``'s step slider showed them as thumbnails, from step 0 whether or not
+  anything was logged there);
+* ``tokcal/eval/bins_step_000120.json``: the bins table (columns/rows), histograms, notes,
+  and every scalar of the evaluation (``scalars``), the ones not logged as metrics included;
 * ``tokcal/eval/per_sample_step_000120.json``: the per-sample record
   (:mod:`tokcal.core.per_sample`), when given;
 * ``tokcal/eval/samples_step_000120.json``: the per-sample table, when given;
 * the evaluation's ``tags`` as run tags (MLflow tags are per run, not per step).
 
 :func:`read_mlflow` reads that layout back (``tokcal report``): the scalars' histories,
-bins, histograms, the risk-coverage curve, notes and tags from the ``bins_step_*.json``
-artifacts, and the per-sample records.
+the scalars, bins, histograms, the risk-coverage curve, notes and tags from the
+``bins_step_*.json`` artifacts, and the per-sample records.
 ``tokcal.json`` and the spool record the tracking URI with its password as ``***``;
 :func:`tracking_uri_for` asks for the real one when such a run is reopened.
 
@@ -55,7 +60,6 @@ from tokcal.errors import TokcalError, first_line, require
 from tokcal.io import env_vars
 from tokcal.trackers.base import (
     BINS_COLUMNS,
-    FIGURE_SUFFIX,
     Point,
     Series,
     Tracker,
@@ -71,6 +75,7 @@ from tokcal.trackers.base import (
     redact,
     redact_all,
     sample_columns,
+    selected_scalars,
     step_name,
     to_jsonable,
 )
@@ -156,6 +161,16 @@ def is_unreachable(exc: BaseException) -> bool:
 def artifact_folder(prefix: str) -> str:
     """``tokcal/eval`` for ``eval_``, ``tokcal/eval_mmlu`` for ``eval_mmlu_``."""
     return f"tokcal/{prefix.rstrip('_') or 'eval'}"
+
+
+def plots_folder(prefix: str, figure: str) -> str:
+    """``tokcal/plots/eval/reliability``: where the PNGs of one figure of one eval set go.
+
+    Example:
+        >>> plots_folder("eval_holdout_", "reliability")
+        'tokcal/plots/eval_holdout/reliability'
+    """
+    return f"tokcal/plots/{prefix.rstrip('_') or 'eval'}/{figure}"
 
 
 def tracking_uri_for(recorded: str | None, given: str | None, where: str) -> str | None:
@@ -437,11 +452,11 @@ class MlflowTracker(Tracker):
     @_bounded
     def _write_evaluation(
         self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None,
-        per_sample: PerSample | None, tags: dict[str, Any],
+        per_sample: PerSample | None, tags: dict[str, Any], scalars: str | tuple[str, ...] = "all",
     ) -> None:
         from mlflow.entities import Metric, RunTag
 
-        from tokcal.core.plots import figure_to_array, metric_figures
+        from tokcal.core.plots import figure_to_png, metric_figures
 
         stamp = int(time.time() * 1000)
         run = self._run_id
@@ -450,9 +465,12 @@ class MlflowTracker(Tracker):
         # the spool does not log the same image twice.
         run_tags = [RunTag("tokcal", "1")] + [RunTag(str(k), str(v)) for k, v in tags.items()]
         self._client.log_batch(run, tags=run_tags, synchronous=True)
-        for fig_name, fig in metric_figures(metrics, step=step).items():
-            key = f"{metrics.prefix}{FIGURE_SUFFIX.get(fig_name, fig_name)}"
-            self._client.log_image(run, figure_to_array(fig), key=key, step=step, timestamp=stamp, synchronous=True)
+        with tempfile.TemporaryDirectory(prefix="tokcal-plots-") as tmp:
+            for fig_name, fig in metric_figures(metrics, step=step).items():
+                local = Path(tmp) / fig_name / f"{step_name(step)}.png"
+                local.parent.mkdir()
+                local.write_bytes(figure_to_png(fig))
+                self._client.log_artifact(run, str(local), plots_folder(metrics.prefix, fig_name))
         folder = artifact_folder(metrics.prefix)
         table = bins_table(metrics, step, tags)
         self._client.log_dict(run, to_jsonable(table), f"{folder}/bins_{step_name(step)}.json")
@@ -466,7 +484,7 @@ class MlflowTracker(Tracker):
                 f"{folder}/samples_{step_name(step)}.json",
             )
         # Scalars last: when they are in the run, so is the rest of the evaluation.
-        points = [Metric(k, v, stamp, step) for k, v in finite_scalars(metrics).items()]
+        points = [Metric(k, v, stamp, step) for k, v in selected_scalars(metrics, scalars).items()]
         for i in range(0, len(points), _BATCH):
             self._client.log_batch(run, metrics=points[i : i + _BATCH], synchronous=True)
 
@@ -520,6 +538,7 @@ def bins_table(metrics: DecisionMetrics, step: int, tags: Mapping[str, Any]) -> 
         "columns": list(BINS_COLUMNS),
         "data": [[row[c] for c in BINS_COLUMNS] for row in bins_rows(metrics, step)],
         "histograms": {k: h.to_dict() for k, h in metrics.histograms.items()},
+        "scalars": finite_scalars(metrics),
         "risk_coverage": metrics.risk_coverage.to_dict() if metrics.risk_coverage else None,
         "notes": metrics.notes,
         "tags": dict(tags),
@@ -530,8 +549,10 @@ def point_from(step: int, prefix: str, scalars: dict[str, float], table: Mapping
                per_sample: PerSample | None = None) -> Point:
     """One evaluation back from its scalars, its :func:`bins_table` (``{}`` when the
     artifact is missing: scalars only, label keys from the metric names) and its
-    per-sample record."""
+    per-sample record. The table's scalars (those not logged as metrics) come first; the
+    metric histories win where both have one."""
     cols, data = table.get("columns") or [], table.get("data") or []
+    scalars = {**(table.get("scalars") or {}), **scalars}
     metrics = DecisionMetrics(
         labels=list(table.get("labels") or labels_from_keys(scalars, prefix)), prefix=prefix, scalars=scalars,
         reliability=bins_from_table(cols, data, "top_label"),

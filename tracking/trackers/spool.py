@@ -46,11 +46,12 @@ from tokcal.trackers.base import (
     TrackerUnreachable,
     backend_class,
     check_per_sample,
+    check_scalar_selection,
     check_tags,
-    finite_scalars,
     redact,
     redact_all,
     sample_columns,
+    selected_scalars,
     to_jsonable,
     write_atomic,
     writer_wait,
@@ -115,7 +116,8 @@ class UnopenedRun(Tracker):
         raise self._down()
 
     def _write_evaluation(self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None,
-                          per_sample: PerSample | None, tags: dict[str, Any]) -> None:
+                          per_sample: PerSample | None, tags: dict[str, Any],
+                          scalars: str | tuple[str, ...] = "all") -> None:
         raise self._down()
 
     def logged_steps(self, key: str) -> set[int]:
@@ -226,12 +228,14 @@ class SpoolingTracker(Tracker):
 
     def _write_evaluation(
         self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None,
-        per_sample: PerSample | None, tags: dict[str, Any],
+        per_sample: PerSample | None, tags: dict[str, Any], scalars: str | tuple[str, ...] = "all",
     ) -> None:
         self._call(
-            lambda: self.inner.log_evaluation(metrics, step, samples=samples, per_sample=per_sample, tags=tags),
+            lambda: self.inner.log_evaluation(metrics, step, samples=samples, per_sample=per_sample, tags=tags,
+                                              scalars=scalars),
             lambda: {"kind": "evaluation", "step": step, "metrics": metrics.to_dict(),
                      "samples": to_jsonable(samples), "tags": to_jsonable(tags),
+                     "scalars": scalars if isinstance(scalars, str) else list(scalars),
                      "per_sample": None if per_sample is None else json.loads(per_sample.to_json())},
         )
 
@@ -545,6 +549,7 @@ def entry_problem(entry: Any) -> str | None:
                     return f"samples is {type(samples).__name__}, not a list"
                 sample_columns(samples)
             check_tags(entry.get("tags"))
+            check_scalar_selection(entry.get("scalars", "all"))  # which scalars it charts
             doc = entry.get("per_sample")
             if doc is not None:
                 check_per_sample(PerSample.from_json(json.dumps(doc), where="per_sample"), metrics)
@@ -705,7 +710,8 @@ def _replay(tracker: Tracker, group: list[tuple[Path, dict[str, Any]]], result: 
             continue
         step = int(entry["step"])
         metrics = DecisionMetrics.from_dict(entry["metrics"])
-        scalars = finite_scalars(metrics)
+        selection = entry.get("scalars", "all")  # entries spooled before the choice existed logged all
+        scalars = selected_scalars(metrics, selection)
         for k in scalars:
             if k not in known:
                 known[k] = set(tracker.logged_steps(k))
@@ -716,7 +722,7 @@ def _replay(tracker: Tracker, group: list[tuple[Path, dict[str, Any]]], result: 
             if present:
                 metrics.scalars = {k: v for k, v in metrics.scalars.items() if k not in present}
             tracker.log_evaluation(metrics, step, samples=entry.get("samples"), tags=entry.get("tags"),
-                                   per_sample=_per_sample(entry, file))
+                                   per_sample=_per_sample(entry, file), scalars=selection)
             for k in scalars:
                 if k not in present:
                     known[k].add(step)

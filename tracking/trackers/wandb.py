@@ -6,7 +6,9 @@
   ``define_metric("eval/*", step_metric="train/global_step")``. ``wandb.log`` is never
   given ``step=``: W&B drops rows whose ``step`` is lower than the run's current one,
   which would lose backfilled points for old checkpoints.
-* Per evaluation (``prefix="eval_"``): the scalars; ``eval/decision_hist_<name>`` as
+* Per evaluation (``prefix="eval_"``): the scalars that ``scalars`` picks
+  (:func:`~tokcal.trackers.base.selected_scalars`), and every scalar in the run file
+  ``tokcal/step_000120_eval_scalars.json``; ``eval/decision_hist_<name>`` as
   ``wandb.Histogram`` over the fixed edges; ``eval/decision_reliability`` (and
   ``_positive``, ``eval/decision_histograms``) as ``wandb.Image``; ``eval/decision_bins``
   as a ``wandb.Table`` with a ``step`` column; ``eval/decision_reliability_curve`` and
@@ -35,6 +37,7 @@ turning the keys back into tokcal's names with :func:`tokcal_key`, the inverse o
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -65,6 +68,8 @@ from tokcal.trackers.base import (
     redact,
     redact_all,
     sample_columns,
+    selected_scalars,
+    step_name,
     to_jsonable,
     write_atomic,
 )
@@ -74,6 +79,7 @@ logger = logging.getLogger(__name__)
 STEP_METRIC = "train/global_step"
 RECORD_FOLDER = "tokcal"  # run files: tokcal/step_000120_eval_per_sample.json
 _RECORD_FILE = re.compile(r"^tokcal/step_(\d+)_(.*)per_sample\.json$")
+_SCALARS_FILE = re.compile(r"^tokcal/step_(\d+)_(.*)scalars\.json$")
 _OFFLINE_MODES = ("offline", "dryrun")
 _SECTIONS = ("eval", "test")  # the Trainer's prefixes that get a section of their own
 
@@ -203,7 +209,7 @@ class WandbTracker(Tracker):
             _warm_up(wandb)
         self._files_dir = Path(self._run.dir)
         self._worker: Any = None  # prepares rows off the training thread
-        self._preparing: list[tuple[int, Any]] = []  # (step, future of (row, record file)), in order
+        self._preparing: list[tuple[int, Any]] = []  # (step, future of (row, run files)), in order
         self._hooked = _on_finish(self._run, self.flush)
 
     @classmethod
@@ -272,7 +278,7 @@ class WandbTracker(Tracker):
 
     def _write_evaluation(
         self, metrics: DecisionMetrics, step: int, *, samples: list[dict[str, Any]] | None,
-        per_sample: PerSample | None, tags: dict[str, Any],
+        per_sample: PerSample | None, tags: dict[str, Any], scalars: str | tuple[str, ...] = "all",
     ) -> None:
         """Hand the evaluation's row to the worker thread, which draws the figures and
         builds the media and tables; log the rows it has finished since the last call.
@@ -286,14 +292,15 @@ class WandbTracker(Tracker):
         """
         self._log_ready()
         if not self.threaded:
-            row, record = self._prepare(metrics, step, samples, per_sample, tags)
-            self._log_row(step, row, record)
+            row, files = self._prepare(metrics, step, samples, per_sample, tags, scalars)
+            self._log_row(step, row, files)
             return
         if self._worker is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokcal-wandb")
-        self._preparing.append((step, self._worker.submit(self._prepare, metrics, step, samples, per_sample, tags)))
+        self._preparing.append((step, self._worker.submit(self._prepare, metrics, step, samples, per_sample, tags,
+                                                                scalars)))
 
     def flush(self) -> None:
         """Wait for the rows being prepared and log them (in the calling thread)."""
@@ -303,16 +310,16 @@ class WandbTracker(Tracker):
         while self._preparing and (wait or self._preparing[0][1].done()):
             step, future = self._preparing.pop(0)
             try:
-                row, record = future.result()
+                row, files = future.result()
             except Exception as exc:  # deliberate: said here; the training goes on
                 logger.warning("tokcal: the W&B row of step %s could not be prepared (%s); it is not logged",
                                step, first_line(exc, with_type=True))
                 continue
-            self._log_row(step, row, record)
+            self._log_row(step, row, files)
 
-    def _log_row(self, step: int, row: dict[str, Any], record: Path | None) -> None:
-        if record is not None:  # uploaded now (online) or by wandb sync (offline)
-            self._run.save(str(record), base_path=str(self._files_dir), policy="now")
+    def _log_row(self, step: int, row: dict[str, Any], files: list[Path]) -> None:
+        for path in files:  # run files, uploaded now (online) or by wandb sync (offline)
+            self._run.save(str(path), base_path=str(self._files_dir), policy="now")
         for key in row:
             self._define(key)
         row[STEP_METRIC] = step
@@ -320,14 +327,17 @@ class WandbTracker(Tracker):
 
     def _prepare(
         self, metrics: DecisionMetrics, step: int, samples: list[dict[str, Any]] | None,
-        per_sample: PerSample | None, tags: dict[str, Any],
-    ) -> tuple[dict[str, Any], Path | None]:
-        """One evaluation's row and its per-sample record file; makes no call into the run."""
+        per_sample: PerSample | None, tags: dict[str, Any], scalars: str | tuple[str, ...] = "all",
+    ) -> tuple[dict[str, Any], list[Path]]:
+        """One evaluation's row (the charted ``scalars`` and the media) and its run files
+        (every scalar, the per-sample record), written but not saved: makes no call into the run."""
         from tokcal.core.plots import figure_to_array, metric_figures
 
         wandb = self._wandb
         p = metrics.prefix
-        row: dict[str, Any] = {wandb_key(k): v for k, v in finite_scalars(metrics).items()}
+        row: dict[str, Any] = {wandb_key(k): v for k, v in selected_scalars(metrics, scalars).items()}
+        files = [write_atomic(self._files_dir / RECORD_FOLDER / f"{step_name(step)}_{p}scalars.json",
+                              json.dumps(finite_scalars(metrics), sort_keys=True).encode("utf-8"))]
         for name, hist in metrics.histograms.items():
             row[wandb_key(f"{p}decision_hist_{name}")] = wandb.Histogram(
                 np_histogram=(hist.counts.tolist(), hist.edges.tolist())
@@ -341,16 +351,15 @@ class WandbTracker(Tracker):
                 columns=list(BINS_COLUMNS), data=[[r[c] for c in BINS_COLUMNS] for r in rows]
             )
         row.update(_curves(wandb, metrics))
-        record = None
         if per_sample is not None:  # a run file under tokcal/
-            record = write_atomic(self._files_dir / RECORD_FOLDER / per_sample_name(step, p), per_sample.to_json())
+            files.append(write_atomic(self._files_dir / RECORD_FOLDER / per_sample_name(step, p), per_sample.to_json()))
         if samples is not None:
             cols = sample_columns(samples)
             data = [[step if c == "step" else to_jsonable(s.get(c)) for c in cols] for s in samples]
             row[wandb_key(f"{p}decision_sample_table")] = wandb.Table(columns=cols, data=data)
         for k, v in tags.items():
             row[wandb_key(f"{p}tag_{k}")] = str(v)
-        return row, record
+        return row, files
 
     def logged_steps(self, key: str) -> set[int]:
         """Values of ``train/global_step`` in rows that hold ``key``, read through the
@@ -488,13 +497,15 @@ def read_wandb(path: str) -> list[Series]:
     if not prefixes:
         raise TokcalError(f"W&B run {path} has no tokcal metrics (no 'eval/*decision_samples' key)")
     recorded = _config_labels(getattr(run, "config", None) or {})
-    files = _record_files(run)
+    files, scalar_files = _record_files(run)
     out = []
     for prefix in prefixes:
         points = []
         for step, values in sorted(merged.items()):
             mine = {k: v for k, v in values.items() if prefix_of(k, prefixes) == prefix}
             if f"{prefix}decision_samples" in mine:
+                if (prefix, step) in scalar_files:  # the scalars not logged as charts
+                    mine = {**_download_scalars(run, scalar_files[(prefix, step)]), **mine}
                 labels = labels_from_keys(mine, prefix)
                 if recorded and sorted(label_key(x) for x in recorded) == sorted(labels):
                     labels = list(recorded)  # the spec's order (positive first) and spelling
@@ -506,26 +517,43 @@ def read_wandb(path: str) -> list[Series]:
     return out
 
 
-def _record_files(run: Any) -> dict[tuple[str, int], str]:
-    """(prefix, step) -> name of each per-sample record among an online run's files."""
+def _record_files(run: Any) -> tuple[dict[tuple[str, int], str], dict[tuple[str, int], str]]:
+    """(prefix, step) -> name of each per-sample record, and of each scalars file, among
+    an online run's files."""
     try:
         names = [f.name for f in run.files()]
     except Exception as exc:  # no network, no permission
         raise TokcalError(f"could not list the files of W&B run {run.id}: {first_line(exc)}") from exc
-    return {(m.group(2), int(m.group(1))): n for n in names if (m := _RECORD_FILE.match(n))}
+    return ({(m.group(2), int(m.group(1))): n for n in names if (m := _RECORD_FILE.match(n))},
+            {(m.group(2), int(m.group(1))): n for n in names if (m := _SCALARS_FILE.match(n))})
+
+
+def _download_scalars(run: Any, name: str) -> dict[str, float]:
+    """Every scalar of one evaluation, from its ``tokcal/step_*_<prefix>scalars.json`` file."""
+    data = _download(run, name)
+    try:
+        values = json.loads(data)
+        return {str(k): float(v) for k, v in values.items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise TokcalError(f"W&B run {run.id}: expected {name} to hold a JSON object of numbers, got "
+                          f"{first_line(exc)}") from exc
 
 
 def _download_record(run: Any, name: str) -> PerSample:
     """One per-sample record file of an online run, through the public API."""
+    return PerSample.from_json(_download(run, name), where=f"W&B run {run.id}: {name}")
+
+
+def _download(run: Any, name: str) -> bytes:
+    """One run file of an online run, through the public API."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="tokcal-wandb-") as tmp:
         try:
             run.file(name).download(root=tmp, replace=True).close()
-            data = (Path(tmp) / name).read_bytes()
+            return (Path(tmp) / name).read_bytes()
         except Exception as exc:  # no network, file gone
             raise TokcalError(f"could not read {name} of W&B run {run.id}: {first_line(exc)}") from exc
-    return PerSample.from_json(data, where=f"W&B run {run.id}: {name}")
 
 
 def _config_labels(config: Any) -> list[str] | None:
