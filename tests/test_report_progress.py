@@ -50,7 +50,7 @@ def test_each_step_figure_equals_a_new_figure_of_that_step(store, tmp_path, caps
     assert len(files) == len(STEPS)
     for f, p in zip(files, series.points):
         fresh = reliability_diagram(p.metrics.reliability, ece=p.scalar("decision_ece"),
-                                    title=f"Reliability @ step {p.step}")
+                                    title=f"Reliability @ step {p.step}", smooth=p.metrics.smooth_reliability)
         assert np.array_equal(_pixels(f.read_bytes()), _pixels(figure_to_png(fresh, STEP_DPI))), f.name
     shown = [_pixels(f.read_bytes()) for f in files]
     assert not np.array_equal(shown[0], shown[-1])  # each step shows its own numbers

@@ -31,11 +31,12 @@ def test_symlinked_checkpoint_takes_its_step_from_the_link_name(tmp_path, tiny_b
     (out / "checkpoint-8").symlink_to(snap, target_is_directory=True)
     real = out / "checkpoint-4"
     shutil.copytree(tiny_bpe_checkpoint, real)
-    assert resolve_checkpoints([out]) == [(real.resolve(), 4), (snap.resolve(), 8)]
-    assert resolve_checkpoints([out / "checkpoint-8"]) == [(snap.resolve(), 8)]
+    link = out / "checkpoint-8"  # kept as given (absolute), not resolved to its target
+    assert resolve_checkpoints([out]) == [(real.absolute(), 4), (link.absolute(), 8)]
+    assert resolve_checkpoints([link]) == [(link.absolute(), 8)]
     # trainer_state.json, where there is one, still decides
     (snap / "trainer_state.json").write_text(json.dumps({"global_step": 12}))
-    assert resolve_checkpoints([out / "checkpoint-8"]) == [(snap.resolve(), 12)]
+    assert resolve_checkpoints([link]) == [(link.absolute(), 12)]
 
 
 def test_symlinked_checkpoint_is_backfilled_at_its_step(tmp_path, tiny_bpe_checkpoint):
