@@ -37,6 +37,14 @@ test: setup
 demo: setup-demo
 	$(VENV)/bin/tokcal demo $(DEMO_ARGS)
 
+# The runnable examples (examples/README.md) at their default sizes, outputs under examples-out/.
+# tests/test_examples.py runs them at small sizes as part of `make test`.
+.PHONY: examples
+examples: setup
+	$(PY) examples/trainer_jsonl.py
+	$(PY) examples/trl_sft.py
+	$(PY) examples/vision_language.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache tokcal-demo .bench examples-out
 

@@ -78,6 +78,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     a = ap.parse_args()
 
+    import torch
     from transformers import (
         AutoModelForCausalLM,
         AutoTokenizer,
@@ -117,7 +118,7 @@ def main() -> None:
         per_device_eval_batch_size=32, learning_rate=a.lr, lr_scheduler_type="cosine", warmup_steps=a.steps // 10,
         eval_strategy="steps", eval_steps=a.eval_steps, save_strategy="steps", save_steps=a.eval_steps,
         save_only_model=True, logging_steps=a.eval_steps, report_to=["mlflow"], run_name="trainer-jsonl",
-        use_cpu=True, seed=0, data_seed=0, dataloader_num_workers=0, disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(), seed=0, data_seed=0, dataloader_num_workers=0, disable_tqdm=True,
     )
     trainer = Trainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,

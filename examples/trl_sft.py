@@ -61,6 +61,7 @@ def main() -> None:
     os.environ.setdefault("WANDB_DIR", str(work))
     os.environ.setdefault("WANDB_PROJECT", a.project)
 
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
@@ -85,7 +86,7 @@ def main() -> None:
         per_device_eval_batch_size=32, learning_rate=a.lr, lr_scheduler_type="cosine", warmup_steps=a.steps // 10,
         eval_strategy="steps", eval_steps=a.eval_steps, save_strategy="steps", save_steps=a.eval_steps,
         save_only_model=True, logging_steps=a.eval_steps, report_to=["wandb"], run_name="trl-sft",
-        use_cpu=True, seed=0, data_seed=0, dataloader_num_workers=0, disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(), seed=0, data_seed=0, dataloader_num_workers=0, disable_tqdm=True,
     )
     trainer = SFTTrainer(
         model=model, args=config, processing_class=tokenizer,

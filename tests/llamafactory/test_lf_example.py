@@ -42,6 +42,6 @@ def test_prepare_then_tokcal_train(tmp_path: Path) -> None:
     for e in evals:
         s = e["scalars"]
         assert s["eval_decision_samples"] == N_EVAL and s["eval_decision_missing"] == 0
-        want = oracle(out / f"checkpoint-{e['step']}", records)
+        want = oracle(out / f"checkpoint-{e['step']}", records, tokenizer=prep / "model")
         for key, value in want.items():
             assert s[f"eval_{key}"] == pytest.approx(value, abs=1e-5), (key, e["step"])
