@@ -1,5 +1,6 @@
-# Everything a fresh machine needs: `make demo` runs the main job, `make test` the test suite,
-# `make bench` the benchmarks (docs/benchmarks.md).
+# Everything a fresh machine needs: `make demo` runs the main job (it installs only what the demo
+# needs: torch and the `demo` extra), `make test` the test suite (the `dev` extra: every tracker,
+# the test tools), `make bench` the benchmarks (docs/benchmarks.md).
 # TORCH_SPEC picks the torch build: the default pin is a CPU wheel on the CI image and the
 # ordinary CUDA wheel on a GPU machine; set e.g. TORCH_SPEC='torch==2.14.1' to change it.
 PYTHON ?= python3
@@ -7,9 +8,12 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
+# The demo's install shows pip's progress: it is what a newcomer waits for.
+PIP_SHOW := $(PY) -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
-.PHONY: setup test demo clean
+.PHONY: setup setup-demo test demo clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,16 +21,32 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -e ".[dev]"
 	touch $@
 
+$(VENV)/.installed-demo: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP_SHOW) install "$(TORCH_SPEC)"
+	$(PIP_SHOW) install -e ".[demo]"
+	touch $@
+
 setup: $(VENV)/.installed
+
+setup-demo: $(VENV)/.installed-demo
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-demo: setup
-	$(VENV)/bin/tokcal demo
+demo: setup-demo
+	$(VENV)/bin/tokcal demo $(DEMO_ARGS)
+
+# The runnable examples (examples/README.md) at their default sizes, outputs under examples-out/.
+# tests/test_examples.py runs them at small sizes as part of `make test`.
+.PHONY: examples
+examples: setup
+	$(PY) examples/trainer_jsonl.py
+	$(PY) examples/trl_sft.py
+	$(PY) examples/vision_language.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache tokcal-demo .bench
+	rm -rf $(VENV) .pytest_cache tokcal-demo .bench examples-out
 
 # LLaMA-Factory integration tests in their own venv (llamafactory 0.9.5 pins transformers<=5.6.0
 # and accelerate<=1.11.0). Its vision-language tests need torchvision (LLaMA-Factory loads the

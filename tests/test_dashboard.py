@@ -21,9 +21,9 @@ pytestmark = pytest.mark.slow  # real (tiny) training runs
 #: The headline set, written out here rather than taken from the code under test.
 HEADLINE = {
     "eval_avg_p_accept", "eval_avg_p_reject", "eval_decision_prob_mass", "eval_decision_confidence",
-    "eval_decision_accuracy", "eval_decision_ece", "eval_decision_brier", "eval_decision_nll",
+    "eval_decision_accuracy", "eval_decision_ece", "eval_decision_smece", "eval_decision_brier", "eval_decision_nll",
     "eval_decision_auroc", "eval_decision_balanced_accuracy", "eval_decision_mcc", "eval_decision_aurc",
-    "eval_decision_mass_p05", "eval_decision_samples", "eval_decision_missing",
+    "eval_decision_mass_p05", "eval_decision_samples", "eval_decision_missing", "eval_decision_nonfinite",
     "eval_decision_flips_to_wrong", "eval_decision_flips_to_right", "eval_decision_forgotten",
 }
 

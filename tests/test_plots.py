@@ -70,7 +70,7 @@ def test_reliability_diagram_bars_show_the_bins():
     np.testing.assert_allclose([r.get_y() + r.get_height() for r in gaps], b.confidence[full])
     # Bottom: the counts.
     assert [r.get_height() for r in _bars(bottom)] == b.counts.tolist()
-    assert top.get_title() == "T (ECE = 0.1234)"
+    assert fig.get_suptitle() == "T (ECE = 0.1234)"  # the figure's title, above the legend
     assert top.get_xlim() == (0.0, 1.0) and top.get_ylim() == (0.0, 1.0)
 
 
@@ -78,8 +78,8 @@ def test_reliability_diagram_bars_show_the_bins():
 def test_reliability_diagram_without_ece_and_with_empty_bins(ece):
     b = reliability_bins(np.array([], dtype=float), np.array([], dtype=float), 5)
     fig = reliability_diagram(b, ece=ece)
-    assert fig.axes[0].get_title() == "Reliability"
-    assert figure_to_array(fig).shape == (600, 500, 3)
+    assert fig.get_suptitle() == "Reliability"
+    assert figure_to_array(fig).shape == (640, 500, 3)
 
 
 def test_histogram_figure_panels_and_counts():
@@ -98,14 +98,14 @@ def test_histogram_figure_panels_and_counts():
 def test_metric_figures_binary_multiclass_and_empty():
     figs = metric_figures(_metrics(2), step=7)
     assert set(figs) == {"reliability", "reliability_positive", "histograms"}
-    assert figs["reliability"].axes[0].get_title().startswith("Reliability @ step 7 (ECE = ")
-    assert figs["reliability_positive"].axes[0].get_title() == "P(Accept) calibration @ step 7"
+    assert figs["reliability"].get_suptitle().startswith("Reliability @ step 7 (ECE = ")
+    assert figs["reliability_positive"].get_suptitle() == "P(Accept) calibration @ step 7"
     assert len(figs["histograms"].axes) == 4  # p_accept, p_reject, mass, confidence
 
     figs4 = metric_figures(_metrics(4))
     assert set(figs4) == {"reliability", "histograms"}
     assert len(figs4["histograms"].axes) == 6
-    assert "@ step" not in figs4["reliability"].axes[0].get_title()
+    assert "@ step" not in figs4["reliability"].get_suptitle()
 
     empty = compute_metrics(np.empty((0, 2)), np.empty(0, dtype=int), ["Accept", "Reject"])
     assert metric_figures(empty) == {}
@@ -116,7 +116,7 @@ def test_figure_to_png_and_array():
     png = figure_to_png(fig)
     assert png.startswith(PNG_MAGIC)
     w, h = _png_size(png)
-    assert (w, h) == (500, 600)  # 5 x 6 inches at 100 dpi
+    assert (w, h) == (500, 640)  # 5 x 6.4 inches at 100 dpi
     arr = figure_to_array(fig)
     assert arr.dtype == np.uint8 and arr.shape == (h, w, 3) and arr.flags.c_contiguous
     assert arr.min() < 100 and arr.max() == 255  # something was drawn on a white page

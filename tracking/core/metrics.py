@@ -374,7 +374,7 @@ def compute_metrics(
         n_bins: reliability bins; hist_bins: histogram bins on [0, 1].
         prefix: metric-name prefix (``eval_`` or ``eval_<name>_``).
 
-    The scalars are listed in the README ("What is measured"). One that is undefined on
+    The scalars are listed in docs/metrics.md. One that is undefined on
     these data is NaN (precision of a label never predicted, recall of a label never true;
     see :mod:`tokcal.core.classification`); AUROC/AUPRC are left out with a note.
 

@@ -96,7 +96,7 @@ class _ReliabilityPainter:
         self.counts = list(bottom.bar(left, zeros, width=width, align="edge", color=_GREEN, edgecolor="white"))
         bottom.set_ylabel("count")
         # Fixed margins: tight_layout would draw the whole figure once more to measure it.
-        self.fig.subplots_adjust(left=0.13, right=0.97, top=0.855, bottom=0.08, hspace=0.08)
+        self.fig.subplots_adjust(left=0.13, right=0.97, top=0.83, bottom=0.08, hspace=0.08)
         plain_text(self.fig)  # the labels come from the spec
 
     def paint(self, bins: ReliabilityBins, *, ece: float | None, title: str,

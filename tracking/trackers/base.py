@@ -189,18 +189,18 @@ def finite_scalars(metrics: DecisionMetrics) -> dict[str, float]:
 #: (``avg_p_<label>``, added per label), how much probability the labels hold
 #: (``decision_prob_mass``, its 5th percentile ``decision_mass_p05``), the mean raw
 #: probability of the predicted label (``decision_confidence``) and ``decision_accuracy``.
-#: Then one metric per question a dashboard answers: is it calibrated (``decision_ece``,
-#: ``decision_brier``, ``decision_nll``), does it rank and separate the labels
+#: Then one metric per question a dashboard answers: is it calibrated (``decision_ece``, its
+#: binning-free twin ``decision_smece``, ``decision_brier``, ``decision_nll``), does it rank and separate the labels
 #: (``decision_auroc``, ``decision_aurc``), is it right on both labels
 #: (``decision_balanced_accuracy``, ``decision_mcc``), are the counts as expected
-#: (``decision_samples``, ``decision_missing``), and is it forgetting
+#: (``decision_samples``, ``decision_missing``, ``decision_nonfinite``), and is it forgetting
 #: (``decision_flips_to_wrong``, ``decision_flips_to_right``, ``decision_forgotten``, from
 #: the second evaluation on). The rest (per-label precision and recall, MCE, macro F1,
 #: accuracy at coverage, temperature ...) stays in the evaluation's stored record.
 HEADLINE_METRICS: tuple[str, ...] = (
     "decision_prob_mass", "decision_confidence", "decision_accuracy",
-    "decision_ece", "decision_brier", "decision_nll", "decision_auroc", "decision_balanced_accuracy",
-    "decision_mcc", "decision_aurc", "decision_mass_p05", "decision_samples", "decision_missing",
+    "decision_ece", "decision_smece", "decision_brier", "decision_nll", "decision_auroc", "decision_balanced_accuracy",
+    "decision_mcc", "decision_aurc", "decision_mass_p05", "decision_samples", "decision_missing", "decision_nonfinite",
     "decision_flips_to_wrong", "decision_flips_to_right", "decision_forgotten",
 )
 #: Logged whatever the selection: it marks an evaluation (readers find the metric
