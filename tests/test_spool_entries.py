@@ -81,7 +81,7 @@ CASES = {
     "per-sample record cut short": (("per_sample", "p"), [0.5]),
     "samples not rows": (("samples",), [1, 2]),
     "target not an object": (("target",), "local"),
-    "unknown backend": (("target", "backend"), "tensorboard"),
+    "unknown backend": (("target", "backend"), "comet"),
     "unknown kind": (("kind",), "evaluate"),
 }
 
