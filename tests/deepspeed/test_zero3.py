@@ -107,23 +107,27 @@ def test_hook_and_own_pass_agree(zero3_run: Path) -> None:
 
 
 def test_backfill_of_the_zero3_checkpoints_on_two_ranks(zero3_run: Path, tmp_path: Path) -> None:
-    """``torchrun -m tokcal.cli.main backfill`` into a copy of the hook's run (--force: the steps
-    are there already); every record of eval.jsonl is scored, the unlabeled ones too."""
+    """``torchrun -m tokcal.cli.main backfill`` into a copy of the hook's run; every record of
+    eval.jsonl is scored, the unlabeled ones too. That is not the eval set the training
+    evaluated (its unlabeled rows had no labels), so it goes in as a series of its own
+    (``--metric-prefix eval_all_``): under ``eval_`` backfill refuses it."""
     from tokcal.trackers.local import read_local_store
 
     store = tmp_path / "hook"
     shutil.copytree(zero3_run / "hook", store)
     run = run_folder(store)
     torchrun(["tokcal.cli.main", "backfill", str(zero3_run), "--data", str(zero3_run / "eval.jsonl"),
-              "--backend", "local", "--local-dir", str(store), "--run-id", run.name, "--force", "--quiet",
+              "--backend", "local", "--local-dir", str(store), "--run-id", run.name, "--quiet",
+              "--metric-prefix", "eval_all_", "--metrics", "all",
               "--output-dir", str(tmp_path / "decisions")], tmp_path / "backfill.log")
     backfilled = [e for e in read_local_store(run) if e.get("tags", {}).get("tokcal_backfill") == "true"]
     assert [e["step"] for e in backfilled] == list(STEPS)
+    keys = [k.replace("eval_", "eval_all_", 1) for k in KEYS]
     for e in backfilled:
         want = single_process(zero3_run / f"checkpoint-{e['step']}", zero3_run / "eval.jsonl",
-                              list(range(N_EVAL))).metrics().scalars
-        assert e["scalars"]["eval_decision_samples"] == N_EVAL - len(NO_DECISION)
-        assert not {k: (e["scalars"][k], want[k]) for k in KEYS if e["scalars"][k] != close(want[k])}
+                              list(range(N_EVAL))).metrics(prefix="eval_all_").scalars
+        assert e["scalars"]["eval_all_decision_samples"] == N_EVAL - len(NO_DECISION)
+        assert not {k: (e["scalars"][k], want[k]) for k in keys if e["scalars"][k] != close(want[k])}
 
 
 def test_a_checkpoint_with_shards_only_names_zero_to_fp32(zero3_run: Path, tmp_path: Path, capsys) -> None:
