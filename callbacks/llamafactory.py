@@ -64,7 +64,7 @@ SPEC_KEYS = {"decision_labels": "labels", "decision_prefix": "prefix", "decision
              "decision_lowercase": "lowercase"}
 CONFIG_KEY = "decision_config"
 MODULE = "tokcal.callbacks.llamafactory"
-PIP_HINT = "pip install 'tokcal[llamafactory]'"
+PIP_HINT = "pip install -e '.[llamafactory]' in your tokcal clone"
 
 
 def _settings_fields() -> set[str]:

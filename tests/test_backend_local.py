@@ -130,5 +130,6 @@ def test_missing_package_through_the_cli(monkeypatch, tmp_path, capsys):
     (spool / "000000005-1-x.spool.json").write_text(json.dumps(entry))
     assert main(["sync", str(spool)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "tokcal sync: error: wandb is not installed; run: pip install 'tokcal[wandb]'"
+    assert err.startswith("tokcal sync: error: wandb is not installed; run: pip install -e '.[wandb]' in your tokcal "
+                          "clone; its 1 spooled entries stay")  # one line: what to install, and nothing lost
     assert (spool / "000000005-1-x.spool.json").is_file()

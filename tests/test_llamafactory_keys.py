@@ -115,7 +115,7 @@ def test_without_llamafactory_the_error_names_the_pip_command(capsys) -> None:
     from tokcal.cli.main import main
 
     assert main(["train", str(TINY)]) == 2
-    assert "pip install 'tokcal[llamafactory]'" in capsys.readouterr().err
+    assert "pip install -e '.[llamafactory]'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("cmd", ["extract", "backfill"])

@@ -12,7 +12,8 @@ class MissingDependencyError(TokcalError, ImportError):
 
 
 def require(module: str, extra: str):
-    """Import ``module`` or raise an error that names ``pip install 'tokcal[extra]'``.
+    """Import ``module`` or raise an error that names the install command of tokcal's ``extra``
+    (tokcal is installed from a clone: ``pip install -e '.[extra]'`` there).
 
     Example:
         >>> np = require("numpy", "core")
@@ -23,7 +24,7 @@ def require(module: str, extra: str):
         return importlib.import_module(module)
     except ImportError as exc:  # the hint is the point; keep the cause chained
         raise MissingDependencyError(
-            f"{module} is not installed; run: pip install 'tokcal[{extra}]'"
+            f"{module} is not installed; run: pip install -e '.[{extra}]' in your tokcal clone"
         ) from exc
 
 

@@ -31,19 +31,23 @@ class SimulatedRun:
 
 
 def simulate_run(tracker, *, seed: int, steps: list[int], n: int = 200, skill: float = 1.0,
-                 drop_at: int | None = None, text: bool = True, prefix: str = "eval_") -> SimulatedRun:
+                 drop_at: int | None = None, text: bool = True, prefix: str = "eval_",
+                 data_seed: int | None = None) -> SimulatedRun:
     """Log one simulated run: ``len(steps)`` evaluations of ``n`` samples.
 
     Args:
         skill: how far the model gets (higher: more accurate, sharper, sooner).
         drop_at: a step at which a tenth of the samples is left out of the evaluation.
         text: keep a short synthetic review text per sample.
+        data_seed: the eval set's seed (its labels, difficulty, texts); runs with the same
+            one scored the same samples, so they can be compared pair by pair. Default: ``seed``.
     """
     rng = np.random.default_rng(seed)
-    gt = rng.integers(0, 2, n)
-    difficulty = rng.normal(0.0, 1.2, n)
-    mislabelled = rng.random(n) < 0.06
-    texts = [f"Review {i}: " + " ".join(rng.choice(_WORDS, 6)) for i in range(n)] if text else None
+    data = rng if data_seed is None else np.random.default_rng(data_seed)
+    gt = data.integers(0, 2, n)
+    difficulty = data.normal(0.0, 1.2, n)
+    mislabelled = data.random(n) < 0.06
+    texts = [f"Review {i}: " + " ".join(data.choice(_WORDS, 6)) for i in range(n)] if text else None
     records = {}
     last = max(steps) or 1
     for step in steps:

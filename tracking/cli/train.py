@@ -21,7 +21,7 @@ EXAMPLE = r"""examples:
 The YAML is LLaMA-Factory's (stage, model, dataset, template, ...) plus tokcal's keys:
 track_decision_probs: true, decision_labels, decision_prefix, decision_bins, decision_backend,
 decision_every, decision_<option> (see docs/llamafactory.md). tokcal takes them out, so
-LLaMA-Factory's parser never sees them. Needs: pip install 'tokcal[llamafactory]'.
+LLaMA-Factory's parser never sees them. Needs: pip install -e '.[llamafactory]' in your tokcal clone.
 """
 
 

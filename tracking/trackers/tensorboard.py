@@ -80,7 +80,7 @@ BACKFILL_SUFFIX = "_tokcal_backfill"
 CONFIG_FILE = "tokcal_config.json"
 WRITER_LOCK = ".tokcal-writer.lock"
 _EVENTS = "tfevents"
-_INSTALL = "the tensorboard backend needs the tensorboard package: pip install 'tokcal[tensorboard]'"
+_INSTALL = "the tensorboard backend needs the tensorboard package: pip install -e '.[tensorboard]' in your tokcal clone"
 
 
 def tag_of(key: str) -> str:
