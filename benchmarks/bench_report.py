@@ -1,7 +1,7 @@
 """``tokcal report`` over many evaluations: the per-step figures, before and after reusing
 one figure per kind (painted again for each step) instead of building new axes per step.
 
-A simulated run (the test suite's ``simulate_run``: 200 samples per evaluation, per-sample
+A simulated run (``tokcal.demo.simulated.simulate_run``: 200 samples per evaluation, per-sample
 records) is logged to a real local store, read back as ``tokcal report`` reads it, and the
 report is written twice in one process: once with the per-step figures built as before (a
 new figure per step and kind), once as now. Prints both times, their ratio, and the peak
@@ -45,7 +45,7 @@ def _old_steps_block(s, slug, save, bar=None) -> str:
             imgs.append(img_tag(save(f"{slug}/step_{p.step:06d}_reliability.png", png(fig, STEP_DPI)), where))
         if m.positive_reliability is not None:
             fig = reliability_diagram(m.positive_reliability, title=f"P({m.labels[0]}) calibration @ {where}",
-                                      xlabel=f"mean q({m.labels[0]})")
+                                      positive=m.labels[0])
             imgs.append(img_tag(save(f"{slug}/step_{p.step:06d}_reliability_positive.png", png(fig, STEP_DPI)),
                                 where))
         if m.histograms:
@@ -73,13 +73,16 @@ def main() -> None:
     ap = common.parser(__doc__, "python benchmarks/bench_report.py --evaluations 40")
     ap.add_argument("--evaluations", type=int, default=40, help="evaluations in the simulated run (default: 40)")
     ap.add_argument("--samples", type=int, default=200, help="samples per evaluation (default: 200)")
+    ap.add_argument("--workdir", type=Path, default=common.DEFAULT_WORKDIR,
+                    help="where the simulated run's store is made (a temporary folder inside it)")
     a = ap.parse_args()
-    from tests.helpers.simulated_runs import simulate_run
+    from tokcal.demo.simulated import simulate_run
     from tokcal.jobs import report_html
     from tokcal.jobs.report import read_sources
     from tokcal.trackers import open_tracker
 
-    with tempfile.TemporaryDirectory() as tmp:
+    a.workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=a.workdir) as tmp:
         work = Path(tmp)
         with open_tracker("local", local_dir=work / "store") as run:
             simulate_run(run, seed=1, steps=[10 * (i + 1) for i in range(a.evaluations)], n=a.samples)

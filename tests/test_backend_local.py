@@ -117,7 +117,7 @@ def test_redact():
 @pytest.mark.parametrize("backend", ["wandb", "mlflow"])
 def test_missing_package_names_the_extra(backend, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, backend, None)  # makes `import <backend>` raise ImportError
-    with pytest.raises(MissingDependencyError, match=rf"pip install 'tokcal\[{backend}\]'"):
+    with pytest.raises(MissingDependencyError, match=rf"pip install -e '\.\[{backend}\]' in your tokcal clone"):
         open_tracker(backend, local_dir=tmp_path)
 
 

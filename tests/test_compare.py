@@ -148,7 +148,7 @@ def test_errors():
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """Two simulated runs with per-sample records in a real local store (one folder each)."""
-    from tests.helpers.simulated_runs import simulate_run
+    from tokcal.demo.simulated import simulate_run
 
     root = tmp_path_factory.mktemp("compare")
     runs = {}
@@ -224,7 +224,7 @@ def test_report_table_has_intervals_and_differences(store, tmp_path):
 
 
 def test_compare_runs_on_a_real_mlflow_server(mlflow_server, monkeypatch, capsys):
-    from tests.helpers.simulated_runs import simulate_run
+    from tokcal.demo.simulated import simulate_run
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     ids, sims = [], []

@@ -286,7 +286,7 @@ ANALYSIS = ("#comparison", "#compare-table", "div.per-sample", "img.heatmap", "i
 def simulated_store(store, n: int = 60):
     """Two runs with per-sample records (one leaves samples out at step 100, one keeps no
     text) and one old-style run without them, all in one local store."""
-    from tests.helpers.simulated_runs import simulate_run
+    from tokcal.demo.simulated import simulate_run
 
     runs = []
     for seed, skill, drop, text in ((1, 0.8, 100, True), (2, 1.3, None, False)):
@@ -417,7 +417,7 @@ def test_compare_step(tmp_path, capsys):
 def test_per_sample_views_from_mlflow(mlflow_server, monkeypatch, tmp_path):
     """A run on a real MLflow server with per-sample records, next to a local one: the
     MLflow series gets the per-sample views, its numbers from the records read back."""
-    from tests.helpers.simulated_runs import simulate_run
+    from tokcal.demo.simulated import simulate_run
     from tests.test_per_sample_views import brute_heatmap
     from tokcal.core.per_sample_views import learning_heatmap
 

@@ -9,7 +9,7 @@ import io
 import numpy as np
 import pytest
 
-from tests.helpers.simulated_runs import simulate_run
+from tokcal.demo.simulated import simulate_run
 from tokcal.cli.main import main
 from tokcal.trackers import open_tracker
 

@@ -150,7 +150,7 @@ def mlflow_pages(chrome: str, work: Path) -> None:
 
 
 def analysis_page(chrome: str, work: Path) -> None:
-    from tests.helpers.simulated_runs import simulate_run
+    from tokcal.demo.simulated import simulate_run
     from tokcal.jobs.report import read_local
     from tokcal.jobs.report_html import write_report
     from tokcal.trackers import open_tracker

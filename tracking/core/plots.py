@@ -82,7 +82,7 @@ class _ReliabilityPainter:
                                 edgecolor=_RED, hatch="//", linewidth=1.0))
         top.plot([0, 1], [0, 1], ls="--", color="gray", lw=1)
         # the kernel-smoothed curve (the smooth ECE's) and its band; empty until a curve is painted
-        (self.smooth,) = top.plot([], [], "-", color="black", lw=1.5)
+        (self.smooth,) = top.plot([], [], "-", color="black", lw=1.5, label="smoothed (95% band)")
         self.band = None
         top.set_xlim(0, 1)
         top.set_ylim(0, 1)

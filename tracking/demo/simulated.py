@@ -1,5 +1,5 @@
-"""Simulated fine-tuning runs with per-sample records, for the report's per-sample views
-(tests and the README screenshot). No model: numpy draws each sample's P(label) per step
+"""Simulated fine-tuning runs with per-sample records, for the report's per-sample views and
+the comparisons (tests, benchmarks and the docs' screenshots). No model: numpy draws each sample's P(label) per step
 so that the decision mass climbs, accuracy rises and confidence sharpens; a few samples
 are mislabelled (their "truth" is the other label), so the model ends confidently wrong
 on them, and some samples are learned, forgotten and learned again.
