@@ -58,6 +58,21 @@ QWEN25_MODEL_VOCAB_SIZE = 151936
 QWEN25_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 #: The attribute naming the ``tokenizer_class`` a save records (``Qwen2Tokenizer``, as the
 #: real checkpoints do).
+#: The Qwen2.5-VL-Instruct chat template, verbatim (what a real checkpoint ships).
+QWEN25_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in "
+    "messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful "
+    "assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string "
+    "%}{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}{% if "
+    "content['type'] == 'image' or 'image' in content or 'image_url' in content %}{% set image_count.value = "
+    "image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: {% endif "
+    "%}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'video' or 'video' in content "
+    "%}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: "
+    "{% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content %}{{ content['text'] "
+    "}}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt "
+    "%}<|im_start|>assistant\n{% endif %}"
+)
+
 SAVE_AS_ATTR = "_tokcal_tokenizer_class"
 
 #: The Qwen2.5-Instruct chat template, verbatim.
