@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tokcal.cli.main import main
@@ -150,6 +150,7 @@ def pristine(tmp_path_factory) -> Path:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(field=st.sampled_from(FIELDS), value=_json)
+@example(field=("metrics", "histograms"), value={"\r": None})  # a key with a line break: the message stays one line
 def test_any_value_in_any_field_never_gives_a_traceback(pristine, tmp_path_factory, capsys, field, value):
     """A value of any JSON type in any field of one entry: a clean exit (0, 1 with the entry
     set aside and named, or 2 with a one-line error for a run that cannot be opened),

@@ -393,6 +393,7 @@ def read_spool(spool_dir: str | os.PathLike[str], *, set_aside: list[Path] | Non
                 why = entry_problem(entry)
                 problem = None if why is None else f"cannot be replayed: {why}"
         if problem is not None:
+            problem = _one_line(problem)  # the entry's own keys and values may hold line breaks
             bad = file.with_name(file.name + BAD_SUFFIX)
             if move_bad:
                 os.replace(file, bad)
@@ -494,6 +495,17 @@ def _metrics_problem(m: Any) -> str | None:
         if len(sizes) > 1 or "coverage" not in rc or "n" not in rc:
             return "metrics.risk_coverage is not a curve (coverage, n ... of one length)"
     return None
+
+
+def _one_line(text: str) -> str:
+    r"""``text`` with every character that is not printable (line breaks, tabs, control
+    characters) written as its escape, so a message about an entry stays one line.
+
+    Example:
+        >>> _one_line("metrics.histograms.\r is NoneType")
+        'metrics.histograms.\\r is NoneType'
+    """
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def entry_problem(entry: Any) -> str | None:
