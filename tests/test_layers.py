@@ -140,3 +140,12 @@ def test_help_imports_neither_torch_nor_transformers(argv: list[str]) -> None:
     assert out.returncode == 0, out.stderr
     assert "usage: tokcal" in out.stdout
     assert "HEAVY []" in out.stdout, out.stdout[-500:]
+
+
+def test_no_layer_below_the_integrations_imports_the_public_api() -> None:
+    """``tokcal`` (the facade) hands out the Trainer callback, an integration: a module of
+    the foundation, core, data, trackers or jobs that imported it would reach up through it."""
+    below = {name for name, _ in LAYERS[:LAYERS.index(next(x for x in LAYERS if x[0] == "integrations"))]}
+    wrong = sorted(m for m, imported in _graph().items()
+                   if _layer(m) is not None and LAYERS[_layer(m)][0] in below and "tokcal" in imported)
+    assert not wrong, f"these import the public API (tokcal), which loads the callback: {wrong}"
