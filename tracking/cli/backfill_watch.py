@@ -72,7 +72,7 @@ def run_watch(args: argparse.Namespace, source: Any, *, settings_for: Callable[.
         state = read_state(state_file) if state_file.is_file() else None
         settings = settings_for(args, state)
         trackers = open_runs(args, state, state_file if state else None, Dist())
-        from tokcal.cli.common import load_kwargs
+        from tokcal.cli.common import engine_kwargs, load_kwargs
 
         def on_result(res: Any, delay: float | None) -> None:
             status.clear()
@@ -92,7 +92,7 @@ def run_watch(args: argparse.Namespace, source: Any, *, settings_for: Callable[.
             idle_timeout=args.idle_timeout, state_file=state_file, progress=not args.quiet, status=status,
             on_result=on_result, on_deleted=on_deleted, decisions_dir=args.output_dir, force=args.force,
             metric_prefix=args.metric_prefix, max_tokens=args.max_tokens,
-            state=state_file if state is not None and same_runs else None, **load_kwargs(args),
+            state=state_file if state is not None and same_runs else None, **engine_kwargs(args), **load_kwargs(args),
         )
     except KeyboardInterrupt:
         status.clear()

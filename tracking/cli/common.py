@@ -39,6 +39,43 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin) weights")
 
 
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """``--engine``, ``--vllm-arg``, ``--mode`` and ``--max-new-tokens``."""
+    g = p.add_argument_group("scoring engine and mode")
+    g.add_argument("--engine", choices=["hf", "vllm"], default="hf",
+                   help="hf: transformers (default); vllm: vLLM's batched inference (pip install -e '.[vllm]')")
+    g.add_argument("--vllm-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a vLLM engine option, e.g. tensor_parallel_size=2, max_model_len=8192, "
+                        "gpu_memory_utilization=0.8, enforce_eager=true (repeatable; also a 'vllm:' section in --config)")
+    g.add_argument("--mode", choices=["teacher-forced", "generate"], default="teacher-forced",
+                   help="teacher-forced: P(label) after the gold answer's text (default); generate: also let the "
+                        "model write its own answer (greedy) and read P(label) where it wrote the prefix "
+                        "(gen_ metrics beside the others)")
+    g.add_argument("--max-new-tokens", type=int, default=512, metavar="N",
+                   help="with --mode generate: longest answer the model may write (default: 512)")
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``engine``, ``engine_options`` (the ``vllm:`` section of --config, then each --vllm-arg),
+    ``mode`` and ``max_new_tokens`` for the jobs."""
+    from tokcal.engines.vllm import parse_vllm_args
+    from tokcal.errors import TokcalError
+
+    options: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        from tokcal.config import load_yaml
+
+        section = load_yaml(args.config).get("vllm") or {}
+        if not isinstance(section, dict):
+            raise TokcalError(f"expected the 'vllm:' section of {args.config} as a mapping of vLLM options, "
+                              f"got {type(section).__name__}")
+        options.update({str(k): v for k, v in section.items()})
+    options.update(parse_vllm_args(args.vllm_arg))
+    if options and args.engine != "vllm":
+        raise TokcalError(f"vLLM options ({', '.join(sorted(options))}) given without --engine vllm")
+    return dict(engine=args.engine, engine_options=options or None, mode=args.mode, max_new_tokens=args.max_new_tokens)
+
+
 def load_kwargs(args: argparse.Namespace) -> dict:
     return dict(tokenizer=args.tokenizer, trust_remote_code=args.trust_remote_code,
                 allow_pickle=args.allow_pickle, device=args.device, dtype=args.dtype)

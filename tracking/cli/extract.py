@@ -6,7 +6,9 @@ import argparse
 
 from tokcal.cli.common import (
     add_data_args,
+    add_engine_args,
     add_model_args,
+    engine_kwargs,
     add_spec_args,
     format_table,
     load_kwargs,
@@ -23,10 +25,15 @@ EXAMPLE = r"""example:
   tokcal extract --checkpoint out/checkpoint-500 --data pages.jsonl --image-dir pages/ \
       --max-pixels 401408 --output decisions.jsonl --metrics metrics.json
 
+  # with vLLM, and the model's own answers beside the teacher-forced scores (gen_ metrics)
+  tokcal extract --checkpoint out/checkpoint-500 --data eval.jsonl --output decisions.jsonl \
+      --engine vllm --vllm-arg max_model_len=8192 --mode generate --max-new-tokens 256
+
   # the eval set of a LLaMA-Factory run, tokenised by LLaMA-Factory as in training
   tokcal extract --checkpoint out/checkpoint-500 --llamafactory-config train.yaml --output decisions.jsonl
 
-Each output line: {"sample_id", "p_accept", "p_reject", "gt", "pred", "correct", "mass", "confidence"}.
+Each output line: {"sample_id", "p_accept", "p_reject", "gt", "pred", "correct", "mass", "confidence"};
+with --mode generate also "gen_written", "gen_p_accept", ..., "gen_pred", "gen_correct", "gen_text".
 When no answer holds a decision token for the labels (say --labels Yes No on Accept/Reject
 answers), it stops before loading the model, quoting an answer and the tokens it looked for.
 """
@@ -50,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(p)
     add_spec_args(p)
     add_model_args(p)
+    add_engine_args(p)
     p.set_defaults(func=run)
 
 
@@ -60,12 +68,13 @@ def run(args: argparse.Namespace) -> int:
 
     spec = spec_from(args)
     bin_edges(args.bins)
+    scoring = engine_kwargs(args)
     check_outputs({"--output": args.output, "--metrics": args.metrics},
                   [args.data, args.llamafactory_config, args.chat_template, args.config])
     with quiet_output(args.quiet):
         source = source_from(args)
         scores = score_checkpoint(args.checkpoint, source, spec, max_tokens=args.max_tokens,
-                                  progress=not args.quiet, **load_kwargs(args))
+                                  progress=not args.quiet, **scoring, **load_kwargs(args))
         metrics = scores.metrics(n_bins=args.bins)
     write_jsonl(args.output, scores.records())
     if args.metrics:

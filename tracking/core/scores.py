@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from tokcal.core.generated import GeneratedDecisions, generated_scalars
 from tokcal.core.identity import eval_set_identity
 from tokcal.core.metrics import DecisionMetrics, compute_metrics
 from tokcal.core.spec import ResolvedSpec, label_key
@@ -53,6 +54,8 @@ class DecisionScores:
     nonfinite: int = 0
     #: (sample_index, gt) of the decisions left out as not finite: still part of the eval set
     left_out: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    #: the model's own answers, one row per decision (generate mode); ``None`` otherwise
+    generated: GeneratedDecisions | None = field(default=None, repr=False)
 
     @classmethod
     def empty(cls, labels: Sequence[str]) -> "DecisionScores":
@@ -72,6 +75,8 @@ class DecisionScores:
             parts[0].sample_ids,
             nonfinite=int(sum(p.nonfinite for p in parts)),
             left_out=_joined([p.left_out for p in parts]),
+            generated=None if any(p.generated is None for p in parts)
+            else GeneratedDecisions.concat([p.generated for p in parts if p.generated is not None], len(labels)),
         )
 
     def __len__(self) -> int:
@@ -81,7 +86,8 @@ class DecisionScores:
         """Ordered by sample index (stable), so results do not depend on batching."""
         o = np.argsort(self.sample_index, kind="stable")
         return DecisionScores(self.labels, self.probs[o], self.gt[o], self.sample_index[o],
-                              self.missing, self.sample_ids, nonfinite=self.nonfinite, left_out=self.left_out)
+                              self.missing, self.sample_ids, nonfinite=self.nonfinite, left_out=self.left_out,
+                              generated=None if self.generated is None else self.generated.subset(o))
 
     def without_nonfinite(self) -> "DecisionScores":
         """These scores less the decisions whose probabilities are not finite (counted in
@@ -100,7 +106,8 @@ class DecisionScores:
         inputs = None if self.inputs is None else [x for x, k in zip(self.inputs, keep) if k]
         return DecisionScores(self.labels, self.probs[keep], self.gt[keep], self.sample_index[keep], self.missing,
                               self.sample_ids, inputs, nonfinite=self.nonfinite + int(bad.sum()),
-                              left_out=_joined([self.left_out, (self.sample_index[bad], self.gt[bad])]))
+                              left_out=_joined([self.left_out, (self.sample_index[bad], self.gt[bad])]),
+                              generated=None if self.generated is None else self.generated.subset(keep))
 
     def identity(self) -> dict[str, Any]:
         """The eval set's identity (:func:`~tokcal.core.identity.eval_set_identity`) over every
@@ -126,8 +133,14 @@ class DecisionScores:
                 f"the other {len(self)} are scored as usual")
 
     def metrics(self, *, n_bins: int = 15, hist_bins: int = 20, prefix: str = "eval_") -> DecisionMetrics:
-        return compute_metrics(self.probs, self.gt, self.labels, n_missing=self.missing,
-                               n_nonfinite=self.nonfinite, n_bins=n_bins, hist_bins=hist_bins, prefix=prefix)
+        """Every metric (:func:`~tokcal.core.metrics.compute_metrics`); in generate mode also
+        those of the model's own answers (:func:`~tokcal.core.generated.generated_scalars`)."""
+        m = compute_metrics(self.probs, self.gt, self.labels, n_missing=self.missing,
+                            n_nonfinite=self.nonfinite, n_bins=n_bins, hist_bins=hist_bins, prefix=prefix)
+        if self.generated is not None:
+            m.scalars.update(generated_scalars(self.generated, self.probs, self.gt, self.labels, n_bins=n_bins,
+                                               prefix=prefix))
+        return m
 
     def records(self) -> list[dict[str, Any]]:
         """One dict per decision: ``sample_id``, ``index`` (the sample's position in the
@@ -136,6 +149,7 @@ class DecisionScores:
         keys = [label_key(x) for x in self.labels]
         counts = np.bincount(self.sample_index) if len(self) else np.zeros(0, np.int64)
         seen: dict[int, int] = {}
+        gen_pred = self.generated.pred() if self.generated is not None else None
         out = []
         for i in range(len(self)):
             si = int(self.sample_index[i])
@@ -154,6 +168,8 @@ class DecisionScores:
                 mass=float(p.sum()),
                 confidence=float(p[pred]),
             )
+            if self.generated is not None:
+                rec.update(self.generated.record_fields(i, self.labels, int(self.gt[i]), int(gen_pred[i])))
             out.append(rec)
         return out
 

@@ -81,6 +81,15 @@ class EvalSource(ABC):
         """What to record with the results about where they came from."""
         return {"source": self.name}
 
+    def prompt_images(self, example: Example) -> list[Any]:
+        """The images of ``example`` as PIL images, in the order of its image tokens, for an
+        engine that takes them apart from the tokens (vLLM); ``[]`` for a source without images."""
+        return []
+
+    def max_images(self) -> int:
+        """The most images one record has (0 for a source without images)."""
+        return 0
+
 
 class DataFile(EvalSource):
     """JSON or JSONL records (messages, alpaca or sharegpt), see :mod:`tokcal.data.records`.
@@ -238,6 +247,16 @@ class ImageDataFile(DataFile):
                                              padding_side=self.padding_side)
 
         return LazyBatches(groups, build)
+
+    def prompt_images(self, example: Example) -> list[Any]:
+        """The record's images loaded as the processor loads them (EXIF orientation applied, RGB)."""
+        from transformers.image_utils import load_image
+
+        conv = self.conversations[example.extra.get("record", 0)]
+        return [load_image(str(p)) for p in conv.images]
+
+    def max_images(self) -> int:
+        return max((len(c.images) for c in self.conversations), default=0)
 
     def metadata(self) -> dict[str, Any]:
         n_images = sum(len(c.images) for c in self.conversations)

@@ -198,6 +198,11 @@ class ExampleCache:
         """How many times the eval set was tokenised."""
         return len(self._built)
 
+    @property
+    def latest(self) -> list[Any] | None:
+        """The examples built last (``None`` before any)."""
+        return next(reversed(self._built.values()), None) if self._built else None
+
     def get(self, tokenizer: Any, name: str) -> list[Any]:
         key = self.source.cache_key(tokenizer)
         if key not in self._built:
@@ -208,30 +213,26 @@ class ExampleCache:
 
 
 def score_one(res: CheckpointResult, cache: ExampleCache, spec: Any, dist: Dist, *, max_tokens: int,
-              progress: bool, load_kw: Mapping[str, Any]) -> tuple[DecisionScores | None, str | None]:
+              progress: bool, load_kw: Mapping[str, Any], engine: Any = None, mode: str = "teacher-forced",
+              max_new_tokens: int = 512) -> tuple[DecisionScores | None, str | None]:
     """Load and score one checkpoint (this rank's share under torchrun), then join the
     ranks: the scores in sample order on rank 0, or the first rank's error on every rank."""
-    import torch
+    from tokcal.engines import get_engine
+    from tokcal.engines.base import score_with
 
-    from tokcal.jobs.checkpoints import load_checkpoint
-    from tokcal.jobs.extract import score_examples
-
-    scores, error, examples, model = None, None, [], None
+    engine = engine if engine is not None else get_engine("hf")
+    scores, error, examples = None, None, []
     try:
-        model, tokenizer = load_checkpoint(res.path, **load_kw, processor_options=cache.source.processor_options())
-        tokenizer = cache.source.tokenizer_for(tokenizer)
-        examples = cache.get(tokenizer, res.path.name)
-        desc = f"step {res.step}" + (f" (rank 0 of {dist.world})" if dist.on else "")
-        scores = score_examples(model, tokenizer, examples, spec, source=cache.source, max_tokens=max_tokens,
-                                progress=progress and dist.main, desc=desc,
+        with engine.open(res.path, source=cache.source, **load_kw) as session:
+            examples = cache.get(session.tokenizer, res.path.name)
+            desc = f"step {res.step}" + (f" (rank 0 of {dist.world})" if dist.on else "")
+            scores = score_with(session, examples, spec, source=cache.source, mode=mode, max_tokens=max_tokens,
+                                max_new_tokens=max_new_tokens, progress=progress and dist.main, desc=desc,
                                 shard=(dist.rank, dist.world) if dist.on else None)
     except Exception as exc:  # one bad checkpoint must not stop the others: reported in the summary
         error = first_line(exc, with_type=not isinstance(exc, TokcalError))
     finally:
-        del model
         _release_memory()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
     if not dist.on:
         return scores, error
     gathered = dist.gather((error, scores if error is None else None))  # one collective per checkpoint
@@ -301,6 +302,10 @@ def backfill(
     state: str | os.PathLike[str] | None = None,
     cache: ExampleCache | None = None,
     history: TrajectoryState | None = None,
+    engine: str | Any = "hf",
+    engine_options: Mapping[str, Any] | None = None,
+    mode: str = "teacher-forced",
+    max_new_tokens: int = 512,
     **load_kw: Any,
 ) -> BackfillReport:
     """Rescore checkpoints and log each into ``trackers`` at its step, in step order.
@@ -326,6 +331,10 @@ def backfill(
             record and no steps yet, this eval set's identity is recorded there.
         cache, history: the tokenised eval set and the decisions of earlier checkpoints, kept
             across calls by a caller that backfills one checkpoint at a time (``--watch``).
+        engine, engine_options: ``"hf"`` (transformers), ``"vllm"`` (with vLLM's engine
+            arguments) or an :class:`~tokcal.engines.Engine`; one checkpoint is loaded at a time.
+        mode, max_new_tokens: ``"generate"`` also scores the model's own greedy answers
+            (``gen_`` metrics beside the teacher-forced ones).
         **load_kw: :func:`~tokcal.jobs.checkpoints.load_checkpoint` options (``tokenizer``,
             ``allow_pickle``, ``device``, ``dtype``, ``trust_remote_code``).
 
@@ -337,8 +346,12 @@ def backfill(
             without any decision token, another eval set than the one recorded under
             ``metric_prefix``) or a folder the per-decision files cannot go to.
     """
+    from tokcal.engines import Engine, check_mode, get_engine
+
     settings = settings or TrackingSettings()
     dist = Dist()
+    check_mode(mode, max_new_tokens)
+    runner = engine if isinstance(engine, Engine) else get_engine(engine, engine_options)
     trackers = ([trackers] if isinstance(trackers, Tracker) else list(trackers)) if dist.main else []
     check_load_options(load_kw.get("device"), load_kw.get("dtype"), max_tokens=max_tokens,
                        tokenizer=load_kw.get("tokenizer"))
@@ -365,6 +378,8 @@ def backfill(
             first = next((r for r in results if r.status != "failed"), None)
         if first is not None:
             eval_set.check_before_loading(first.path, cache, load_kw)
+            if first.status == "pending":
+                runner.check(first.path, cache.latest, source=source)
         eval_set.may_record = not existing
         if existing and eval_set.recorded is None and dist.main:
             log.warning("the run has steps under '%s' already and no record of their eval set, so tokcal cannot "
@@ -378,7 +393,8 @@ def backfill(
                     bar.set_postfix_str(res.path.name)
                     _run_one(res, cache, settings, dist, [trackers[i] for i in need[res.step] if i < len(trackers)],
                              marker=marker, prefix=metric_prefix, max_tokens=max_tokens, progress=progress,
-                             load_kw=load_kw, force=force, history=history, eval_set=eval_set)
+                             load_kw=load_kw, force=force, history=history, eval_set=eval_set,
+                             scoring=dict(engine=runner, mode=mode, max_new_tokens=max_new_tokens))
                 bar.update(1)
     report.tokenizations = cache.builds
     return report
@@ -503,12 +519,13 @@ def _claim(trackers: Sequence[Tracker], locks: ExitStack, dist: Dist) -> None:
 def _run_one(res: CheckpointResult, cache: ExampleCache, settings: TrackingSettings, dist: Dist,
              trackers: Sequence[Any], *, marker: Mapping[str, str], prefix: str, max_tokens: int,
              progress: bool, load_kw: Mapping[str, Any], force: bool = False,
-             history: TrajectoryState | None = None, eval_set: EvalSetCheck | None = None) -> None:
+             history: TrajectoryState | None = None, eval_set: EvalSetCheck | None = None,
+             scoring: Mapping[str, Any] | None = None) -> None:
     """Score one checkpoint, check its decisions are the eval set's, log it on rank 0, and
     agree on its outcome on every rank."""
     t0 = time.perf_counter()
     scores, error = score_one(res, cache, settings.spec, dist, max_tokens=max_tokens, progress=progress,
-                              load_kw=load_kw)
+                              load_kw=load_kw, **dict(scoring or {}))
     other_set = None
     if error is None and dist.main and eval_set is not None:
         try:

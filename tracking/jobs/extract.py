@@ -8,91 +8,19 @@ Example:
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from tokcal.core.positions import FoundDecisions, find_decisions, missing_decisions_message
 from tokcal.core.scores import DecisionScores
-from tokcal.core.scoring import score
 from tokcal.core.spec import DecisionSpec
-from tokcal.data.batches import count_rows, make_batches, pad_id_of
 from tokcal.data.conversation import Example
 from tokcal.data.sources import EvalSource, as_source
+from tokcal.engines import Engine, check_mode, get_engine
+from tokcal.engines.base import score_with
+from tokcal.engines.hf import max_positions, score_examples  # noqa: F401  (their home before the engines)
 from tokcal.errors import TokcalError
-
-
-def score_examples(
-    model: Any,
-    tokenizer: Any,
-    examples: Sequence[Example],
-    spec: DecisionSpec,
-    *,
-    source: EvalSource | None = None,
-    max_tokens: int = 16384,
-    progress: bool = True,
-    desc: str = "scoring",
-    shard: tuple[int, int] | None = None,
-) -> DecisionScores:
-    """Score tokenised examples with a loaded model; results in sample order. Decisions
-    whose probabilities are not finite are left out and counted (``nonfinite``).
-
-    Args:
-        tokenizer: the tokenizer, or the processor for image sources (its ``.tokenizer``
-            resolves the decision tokens).
-        source: makes the batches (default: right-padded, length-sorted token batches).
-        shard: ``(rank, world)`` scores every world-th batch from ``rank`` on (torchrun).
-    """
-    if not examples:
-        raise TokcalError("the eval set is empty; expected at least one record")
-    resolved = spec.resolve(getattr(tokenizer, "tokenizer", tokenizer))
-    if source is not None:
-        batches = source.batches(examples, tokenizer, max_tokens=max_tokens, model=model)
-    else:
-        batches = make_batches(examples, pad_id_of(tokenizer), max_tokens=max_tokens)
-    if shard is None or shard[0] == 0:
-        _warn_too_long(model, examples)
-    if shard is not None:
-        batches = batches[shard[0]::shard[1]]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        total = count_rows(batches)
-        bar = tqdm(total=total, desc=desc, unit="sample", file=sys.stderr, leave=False)
-    try:
-        scores = score(model, batches, resolved, progress=bar)
-    finally:
-        if bar is not None:
-            bar.close()
-    scores.sample_ids = [e.sample_id for e in examples]
-    return scores.without_nonfinite()
-
-
-def max_positions(model: Any) -> int | None:
-    """The model's ``max_position_embeddings`` (a vision-language model's text part's)."""
-    config = getattr(model, "config", None)
-    for cfg in (config, getattr(config, "text_config", None)):
-        n = getattr(cfg, "max_position_embeddings", None)
-        if isinstance(n, int) and n > 0:
-            return n
-    return None
-
-
-def _warn_too_long(model: Any, examples: Sequence[Example]) -> None:
-    """One warning when records are longer than the model's positions: they are scored as
-    they are (cutting them would cut the answer), but past what the model was trained on."""
-    limit = max_positions(model)
-    if limit is None:
-        return
-    long = [e for e in examples if len(e) > limit]
-    if long:
-        worst = max(long, key=len)
-        warnings.warn(f"{len(long)} of {len(examples)} records are longer than the model's {limit} positions "
-                      f"(the longest, {worst.sample_id!r}, has {len(worst)} tokens); they are scored as they are, "
-                      "beyond the length the model handles, so their probabilities may be off; shorten them or "
-                      "leave them out of the data file", stacklevel=3)
 
 
 def score_checkpoint(
@@ -104,6 +32,10 @@ def score_checkpoint(
     max_samples: int | None = None,
     chat_template: str | None = None,
     progress: bool = True,
+    engine: str | Engine = "hf",
+    engine_options: Mapping[str, Any] | None = None,
+    mode: str = "teacher-forced",
+    max_new_tokens: int = 512,
     **load_kw: Any,
 ) -> DecisionScores:
     """Load a checkpoint, build the eval set with its tokenizer, and score it.
@@ -112,16 +44,18 @@ def score_checkpoint(
         checkpoint: the checkpoint folder.
         data: an :class:`~tokcal.data.sources.EvalSource`, or a data file path (then
             ``chat_template`` and ``max_samples`` apply).
+        engine: ``"hf"`` (transformers), ``"vllm"`` or an :class:`~tokcal.engines.Engine`.
+        engine_options: the engine's own options (vLLM's engine arguments).
+        mode: ``"teacher-forced"``, or ``"generate"``: also the model's own greedy answers
+            (up to ``max_new_tokens`` tokens), read where it wrote the decision prefix.
         **load_kw: :func:`~tokcal.jobs.checkpoints.load_checkpoint` options.
     """
-    from tokcal.jobs.checkpoints import (
-        check_load_options,
-        checkpoint_tokenizer,
-        load_checkpoint,
-    )
+    from tokcal.jobs.checkpoints import check_load_options, checkpoint_tokenizer
 
     check_load_options(load_kw.get("device"), load_kw.get("dtype"), max_tokens=max_tokens,
                        tokenizer=load_kw.get("tokenizer"))
+    check_mode(mode, max_new_tokens)
+    runner = engine if isinstance(engine, Engine) else get_engine(engine, engine_options)
     source = as_source(data, chat_template=chat_template, max_samples=max_samples)
     source.check()  # a bad eval set fails before the model loads
     tok_kw = {k: v for k, v in load_kw.items() if k in ("tokenizer", "trust_remote_code", "allow_pickle")}
@@ -129,10 +63,10 @@ def score_checkpoint(
                                                           processor_options=source.processor_options()))
     examples = source.examples(tokenizer, progress=progress)
     find_eval_decisions(examples, spec, tokenizer)  # answers without a decision token fail before the model loads
-    model, tokenizer = load_checkpoint(Path(checkpoint), **load_kw, processor_options=source.processor_options())
-    tokenizer = source.tokenizer_for(tokenizer)
-    scores = score_examples(model, tokenizer, examples, spec, source=source, max_tokens=max_tokens,
-                            progress=progress)
+    runner.check(Path(checkpoint), examples, source=source)
+    with runner.open(Path(checkpoint), source=source, **load_kw) as session:
+        scores = score_with(session, examples, spec, source=source, mode=mode, max_tokens=max_tokens,
+                            max_new_tokens=max_new_tokens, progress=progress)
     if scores.nonfinite:
         warnings.warn(scores.nonfinite_message(str(checkpoint)), stacklevel=2)
     return scores

@@ -202,12 +202,14 @@ HEADLINE_METRICS: tuple[str, ...] = (
     "decision_ece", "decision_smece", "decision_brier", "decision_nll", "decision_auroc", "decision_balanced_accuracy",
     "decision_mcc", "decision_aurc", "decision_mass_p05", "decision_samples", "decision_missing", "decision_nonfinite",
     "decision_flips_to_wrong", "decision_flips_to_right", "decision_forgotten",
+    # generate mode only (the model's own answers beside the teacher-forced ones)
+    "decision_gen_accuracy", "decision_gen_prob_mass", "decision_gen_missing", "decision_gen_agreement",
 )
 #: Logged whatever the selection: it marks an evaluation (readers find the metric
 #: prefixes and the logged steps by it).
 ALWAYS_LOGGED = "decision_samples"
 SCALAR_SETS = ("default", "all")
-_TOKCAL_METRIC = re.compile(r"^(decision_|avg_p_)[A-Za-z0-9_]+$")
+_TOKCAL_METRIC = re.compile(r"^(decision_|avg_p_|avg_gen_p_)[A-Za-z0-9_]+$")
 
 
 def check_scalar_selection(selection: Any) -> str | tuple[str, ...]:
