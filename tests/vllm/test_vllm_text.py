@@ -41,17 +41,6 @@ def _records(trained: dict) -> list[dict]:
     return read_records(trained["eval"])
 
 
-def _label_ids(tok) -> tuple[set[int], set[int]]:
-    """The decision tokens found in context, as the oracle finds them (not through tokcal's spec)."""
-    def token_at(text: str, label: str) -> int:
-        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        c = text.index(label)
-        return next(i for i, (s, _) in zip(enc["input_ids"], enc["offset_mapping"]) if s == c)
-
-    return ({token_at("\\boxed{Accept}", "Accept"), token_at("\\boxed{accept}", "accept")},
-            {token_at("\\boxed{Reject}", "Reject"), token_at("\\boxed{reject}", "reject")})
-
-
 def test_teacher_forced_equals_the_hf_engine_and_a_full_forward(engine_run: dict, trained: dict):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -94,30 +83,10 @@ def test_prompts_are_the_tokens_of_the_rendered_conversation(engine_run: dict, t
         assert got["echoed"] == tf + gen
 
 
-def _greedy(model, tok, prompt_ids: list[int], accept: set[int], reject: set[int]) -> dict:
-    """A greedy loop of full forwards; P(label) where the decoded text first ends with the prefix."""
-    import torch
-
-    ids = list(prompt_ids)
-    gen: list[int] = []
-    found = None
-    for _ in range(MAX_NEW):
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([ids])).logits[0, -1].double()
-        probs = torch.softmax(logits, dim=-1)
-        if found is None and tok.decode(gen).endswith("\\boxed{"):
-            found = (float(sum(probs[i] for i in accept)), float(sum(probs[i] for i in reject)))
-        nxt = int(torch.argmax(logits))
-        gen.append(nxt)
-        ids.append(nxt)
-        if nxt == tok.eos_token_id:
-            break
-    return {"text": tok.decode(gen, skip_special_tokens=True), "probs": found}
-
-
 def test_generate_mode_equals_an_independent_greedy_loop(engine_run: dict, trained: dict):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tests.helpers.oracle import greedy_answer
     from tokcal.core.spec import DecisionSpec
     from tokcal.jobs.extract import score_checkpoint
 
@@ -126,12 +95,11 @@ def test_generate_mode_equals_an_independent_greedy_loop(engine_run: dict, train
     for ckpt, got in zip(trained["checkpoints"], engine_run["checkpoints"]):
         model = AutoModelForCausalLM.from_pretrained(str(ckpt)).eval()
         tok = AutoTokenizer.from_pretrained(str(ckpt))
-        accept, reject = _label_ids(tok)
         hf = score_checkpoint(ckpt, trained["eval"], DecisionSpec(), mode="generate", max_new_tokens=MAX_NEW,
                               progress=False).records()
         for r, a, b in zip(recs, got["records"], hf):
             prompt = tok.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True)
-            ref = _greedy(model, tok, tok(prompt, add_special_tokens=False)["input_ids"], accept, reject)
+            ref = greedy_answer(model, tok, tok(prompt, add_special_tokens=False)["input_ids"], MAX_NEW)
             assert a["gen_text"] == ref["text"] == b["gen_text"], r["id"]
             assert a["gen_written"] is (ref["probs"] is not None) and b["gen_written"] is a["gen_written"]
             if ref["probs"] is not None:

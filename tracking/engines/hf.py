@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-import numpy as np
 
 from tokcal.core.generated import GeneratedDecisions
 from tokcal.core.scores import DecisionScores
