@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-
 from tokcal.core.generated import GeneratedDecisions
 from tokcal.core.scores import DecisionScores
 from tokcal.core.scoring import score
