@@ -129,11 +129,12 @@ def test_the_layer_check_sees_a_wrong_import(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("argv", [[], ["extract"], ["backfill"], ["sync"], ["report"], ["train"], ["demo"]])
 def test_help_imports_neither_torch_nor_transformers(argv: list[str]) -> None:
+    """Nor vLLM (an optional engine), wherever it is installed."""
     code = (
         "import sys\n"
         "from tokcal.cli.main import main\n"
         f"try:\n    main({argv + ['--help']!r})\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'transformers', 'vllm') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
