@@ -237,7 +237,8 @@ class Reference:
             seq.append(nxt)
             if nxt in eos:
                 break
-        return {"p": first, "text": self.tok.decode(gen, skip_special_tokens=True), "gap": gap, "n": len(gen)}
+        return {"p": first, "text": self.tok.decode(gen, skip_special_tokens=True), "gap": gap, "n": len(gen),
+                "label_first": gen[0] in self.accept | self.reject}
 
 
 @pytest.fixture(scope="module")
@@ -306,6 +307,7 @@ def test_generate_equals_hf_engine_and_greedy_loop(vllm_run, hf_rows, reference)
         v, h = rows[key], hf_rows[key]
         assert v["gen_written"] and h["gen_written"], key  # the empty prefix: the first token is the decision
         assert v["gen_text"] == h["gen_text"] == g["text"], key
+        assert v["gen_label_written"] == h["gen_label_written"] == g["label_first"], key
         for j, name in enumerate(("gen_p_accept", "gen_p_reject")):
             assert v[name] == pytest.approx(h[name], rel=REL, abs=0), (key, name)
             assert v[name] == pytest.approx(g["p"][j], rel=REL, abs=0), (key, name)
