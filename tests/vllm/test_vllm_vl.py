@@ -75,7 +75,7 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         for part in msgs[1]["content"]:
             if part["type"] == "image":
                 part["image"] = str(data / part["image"])
-    extra = write_pages(data / "more", 4, seed=9)
+    extra = write_pages(data / "more", 6, seed=9)
     rel = [str(p.relative_to(data)) for p in extra]
 
     recs.append(_text_record("text-a", "No pages, only this: solid work.", "Decision: \\boxed{Accept}"))
@@ -99,17 +99,29 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     for k in (0, 1):
         messages["two-turns"][1]["content"][k]["image"] = str(extra[2 + k])
     recs.append(_text_record("text-b", "Nothing attached. Weak paper.", "Decision: \\boxed{Reject}"))
+    late = [
+        {"role": "user", "content": [{"type": "image", "image": rel[4]}, {"type": "text", "text": "First page."}]},
+        {"role": "assistant", "content": "Decision: \\boxed{Accept}"},
+        {"role": "user", "content": [{"type": "text", "text": "Here is one more page: "}, {"type": "image", "image": rel[5]}]},
+        {"role": "assistant", "content": "Decision: \\boxed{Reject}"}]
+    recs.append({"id": "late-page", "messages": late})
+    messages["late-page"] = json.loads(json.dumps(late))
+    messages["late-page"][0]["content"][0]["image"] = str(extra[4])
+    messages["late-page"][2]["content"][1]["image"] = str(extra[5])
     for r in recs:
         if "messages" in r and r["id"] not in messages:
             messages[r["id"]] = r["messages"]
     (data / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    return {"ckpt": ckpt, "data": data / "eval.jsonl", "messages": messages, "ids": [r["id"] for r in recs]}
+    # The Hugging Face engine generates only from records whose images all precede the first answer.
+    (data / "early.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs if r["id"] != "late-page"))
+    return {"ckpt": ckpt, "data": data / "eval.jsonl", "early": data / "early.jsonl", "messages": messages,
+            "ids": [r["id"] for r in recs]}
 
 
-def extract_args(case: dict[str, Any], out: Path) -> list[str]:
-    return ["extract", "--checkpoint", str(case["ckpt"]), "--data", str(case["data"]), "--output", str(out),
+def extract_args(case: dict[str, Any], out: Path, *, data: str = "data", mode: str = "generate") -> list[str]:
+    return ["extract", "--checkpoint", str(case["ckpt"]), "--data", str(case[data]), "--output", str(out),
             "--metrics", str(out.with_suffix(".metrics.json")), "--min-pixels", str(MIN_PIXELS),
-            "--max-pixels", str(MAX_PIXELS), "--prefix", "", "--mode", "generate",
+            "--max-pixels", str(MAX_PIXELS), "--prefix", "", "--mode", mode,
             "--max-new-tokens", str(MAX_NEW_TOKENS), "--quiet"]
 
 
@@ -133,15 +145,24 @@ def vllm_run(case: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> 
     return {"rows": read_rows(out), "metrics": json.loads(out.with_suffix(".metrics.json").read_text()), "wall": wall}
 
 
-@pytest.fixture(scope="module")
-def hf_rows(case: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], dict[str, Any]]:
-    """The Hugging Face engine's rows (the default engine, in this process: PIL resizing too,
-    since this venv has no torchvision)."""
+def _hf_extract(case: dict[str, Any], out: Path, **kw: str) -> dict[tuple[str, int], dict[str, Any]]:
     from tokcal.cli.main import main
 
-    out = tmp_path_factory.mktemp("hf-out") / "decisions.jsonl"
-    assert main(extract_args(case, out)) == 0
+    assert main(extract_args(case, out, **kw)) == 0
     return read_rows(out)
+
+
+@pytest.fixture(scope="module")
+def hf_rows(case: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], dict[str, Any]]:
+    """The Hugging Face engine's teacher-forced rows (the default engine, in this process: PIL
+    resizing too, since this venv has no torchvision)."""
+    return _hf_extract(case, tmp_path_factory.mktemp("hf-out") / "decisions.jsonl", mode="teacher-forced")
+
+
+@pytest.fixture(scope="module")
+def hf_gen_rows(case: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], dict[str, Any]]:
+    """The Hugging Face engine in generate mode, on the records it generates from."""
+    return _hf_extract(case, tmp_path_factory.mktemp("hf-gen") / "decisions.jsonl", data="early")
 
 
 # ---------------------------------------------------------------------- the reference
@@ -218,8 +239,18 @@ class Reference:
             end = ids.index(IM_END, s)
             j = next(k for k in range(s, end) if ids[k] in self.accept | self.reject)
             out.append({"p": self._label_probs(logits[j - 1]), "gt": "Accept" if ids[j] in self.accept else "Reject",
-                        "answer_start": s, "ids": ids, "pixels": pixels})
+                        "answer_start": s, "ids": ids, "pixels": self._pixels_before(pixels, ids[:s].count(IMAGE_TOKEN))})
         return out
+
+    @staticmethod
+    def _pixels_before(pixels: dict[str, Any], n_tokens: int) -> dict[str, Any]:
+        """The pixel inputs of the images whose ``n_tokens`` tokens a cut prompt holds."""
+        if not pixels:
+            return pixels
+        grids = pixels["image_grid_thw"]
+        rows = [int(g.prod()) for g in grids]
+        m = next(k for k in range(len(rows) + 1) if sum(rows[:k]) // 4 == n_tokens)
+        return {"pixel_values": pixels["pixel_values"][:sum(rows[:m])], "image_grid_thw": grids[:m]} if m else {}
 
     def greedy(self, ids: list[int], pixels: dict[str, Any]) -> dict[str, Any]:
         """Greedy answer to ``ids``, one full forward per token (no cache): the label
@@ -269,7 +300,8 @@ def test_teacher_forced_equals_hf_engine_and_full_forward(case, vllm_run, hf_row
     expected = set(reference)
     assert set(rows) == set(hf_rows) == expected
     # two images in one record, two decisions in one record, records without images between
-    assert {("two-turns", 0), ("two-turns", 1), ("alpaca", 0), ("text-a", 0), ("text-b", 0)} <= set(rows)
+    assert {("two-turns", 0), ("two-turns", 1), ("alpaca", 0), ("text-a", 0), ("text-b", 0), ("late-page", 0),
+            ("late-page", 1)} <= set(rows)
     worst_abs = worst_rel = 0.0
     for key, ref in reference.items():
         v, h = rows[key], hf_rows[key]
@@ -282,7 +314,7 @@ def test_teacher_forced_equals_hf_engine_and_full_forward(case, vllm_run, hf_row
             worst_rel = max(worst_rel, _rel(v[name], h[name]))
     meta = vllm_run["metrics"]["data"]
     assert meta["min_pixels"] == MIN_PIXELS and meta["max_pixels"] == MAX_PIXELS
-    assert meta["images"] == 1 + 2 + 1 + 2 + 2 + 2
+    assert meta["images"] == 1 + 2 + 1 + 2 + 2 + 2 + 2
     print(f"\nteacher-forced, vLLM vs HF over {len(expected)} decisions: max |dP| {worst_abs:.3g}, "
           f"max relative {worst_rel:.3g}")
 
@@ -298,23 +330,31 @@ def test_images_reach_the_model(case, vllm_run, ref_model):
             assert max(_rel(got["p_accept"], d["p"][0]), _rel(got["p_reject"], d["p"][1])) > 30 * REL, (rid, turn)
 
 
-def test_generate_equals_hf_engine_and_greedy_loop(vllm_run, hf_rows, reference):
+def test_generate_equals_hf_engine_and_greedy_loop(vllm_run, hf_gen_rows, reference):
+    """Every answer against the greedy loop (the page after the first answer is not in that
+    answer's prompt), and against the Hugging Face engine where it generates (it refuses records
+    with a page after an answer)."""
     rows = vllm_run["rows"]
+    late = {("late-page", 0), ("late-page", 1)}
+    assert set(hf_gen_rows) == set(reference) - late
     worst_rel = 0.0
-    for key, ref in reference.items():
-        g = ref["greedy"]
+    for key, g in ((k, r["greedy"]) for k, r in reference.items()):
         assert g["gap"] > 1e-3, (key, "a near tie in the reference's greedy choice; pick another seed")
-        v, h = rows[key], hf_rows[key]
-        assert v["gen_written"] and h["gen_written"], key  # the empty prefix: the first token is the decision
-        assert v["gen_text"] == h["gen_text"] == g["text"], key
-        assert v["gen_label_written"] == h["gen_label_written"] == g["label_first"], key
+        v = rows[key]
+        assert v["gen_written"], key  # the empty prefix: the first token written is the decision
+        assert v["gen_text"] == g["text"], key
+        assert v["gen_label_written"] == g["label_first"], key
         for j, name in enumerate(("gen_p_accept", "gen_p_reject")):
-            assert v[name] == pytest.approx(h[name], rel=REL, abs=0), (key, name)
             assert v[name] == pytest.approx(g["p"][j], rel=REL, abs=0), (key, name)
+        if key in late:
+            continue
+        h = hf_gen_rows[key]
+        assert (h["gen_written"], h["gen_text"], h["gen_label_written"]) == (True, g["text"], g["label_first"]), key
+        for j, name in enumerate(("gen_p_accept", "gen_p_reject")):
             assert h[name] == pytest.approx(g["p"][j], rel=1e-5, abs=0), (key, name)
+            assert v[name] == pytest.approx(h[name], rel=REL, abs=0), (key, name)
             worst_rel = max(worst_rel, _rel(v[name], h[name]))
-    assert any(ref["greedy"]["n"] > 1 for _, ref in reference.items())  # several tokens decoded
-    gen = vllm_run["metrics"]["scalars"]
-    assert gen["eval_decision_gen_missing"] == 0
-    print(f"\ngenerate, vLLM vs HF: max relative dP {worst_rel:.3g}; texts equal over "
-          f"{len(reference.items())} answers")
+    assert any(r["greedy"]["n"] > 1 for r in reference.values())  # several tokens decoded
+    assert vllm_run["metrics"]["scalars"]["eval_decision_gen_missing"] == 0
+    print(f"\ngenerate over {len(reference)} answers: texts equal to the greedy loop; vLLM vs HF max relative dP "
+          f"{worst_rel:.3g}")
