@@ -4,7 +4,8 @@ an independent plain transformers forward, teacher-forced and in generate mode.
 A tiny random Qwen2.5-VL (head_dim 64, as vLLM's CPU attention needs; windowed attention in
 its first vision block) scores page records of one and two images (resized up and down by
 ``--min-pixels``/``--max-pixels``), an alpaca record with an ``images`` column, a two-turn
-record with two decisions, and text-only records, all in one file. vLLM starts once for the
+record with two decisions, a record with a page after its first answer (each request gets
+only the pages before its cut), and text-only records, all in one file. vLLM starts once for the
 module: one ``tokcal extract --engine vllm --mode generate`` subprocess (vLLM spawns
 processes; ``python -m tokcal`` has the ``__main__`` guard), with ``tests/vllm/shim`` on
 ``PYTHONPATH`` (vLLM's Qwen2.5-VL code without torchvision; both engines resize with PIL).
@@ -102,7 +103,8 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     late = [
         {"role": "user", "content": [{"type": "image", "image": rel[4]}, {"type": "text", "text": "First page."}]},
         {"role": "assistant", "content": "Decision: \\boxed{Accept}"},
-        {"role": "user", "content": [{"type": "text", "text": "Here is one more page: "}, {"type": "image", "image": rel[5]}]},
+        {"role": "user", "content": [{"type": "text", "text": "Here is one more page: "},
+                                     {"type": "image", "image": rel[5]}]},
         {"role": "assistant", "content": "Decision: \\boxed{Reject}"}]
     recs.append({"id": "late-page", "messages": late})
     messages["late-page"] = json.loads(json.dumps(late))
