@@ -139,7 +139,8 @@ bench: setup-bench
 # The torchvision, torchaudio and torchcodec wheels it pulls are built for another torch and do
 # not load: they are uninstalled. vLLM's Qwen2-VL code and the Qwen2.5-VL processor import
 # torchvision, so the image tests put tests/vllm/shim on PYTHONPATH: a sitecustomize that points
-# transformers' torchvision resize code at its PIL twin (both engines then resize the same way).
+# transformers' torchvision resize code at its PIL twin (both engines then resize the same way)
+# and runs the Qwen2.5-VL processor and vLLM's model without their video part.
 # On a GPU machine set VLLM_SPEC=vllm==0.32.0 and TORCH_SPEC to the torch that vllm pins.
 VENV_VLLM ?= .venv-vllm
 PY_VLLM := $(VENV_VLLM)/bin/python

@@ -4,7 +4,8 @@ by vLLM's batched inference.
 Teacher-forced: one request per decision, its prompt the example's own tokens up to the
 decision (``prompt_token_ids``, so the tokens are the Hugging Face engine's by construction;
 vLLM's echo of them is checked), with the record's images before that point
-(``multi_modal_data``), ``max_tokens=1``, greedy, and ``logprob_token_ids`` set to every
+(``multi_modal_data``; each image's placeholder tokens go as one, which vLLM's processor
+expands again), ``max_tokens=1``, greedy, and ``logprob_token_ids`` set to every
 label token: vLLM returns those tokens' log-probabilities under the full-vocabulary softmax
 without materialising it per position. Generate mode: one more request per decision, from
 the answer's start, ``max_new_tokens`` greedy tokens with the label tokens' log-probabilities
@@ -161,25 +162,37 @@ class VLLMSession(Session):
         return outputs
 
     def _prompt(self, example: Example, cut: int) -> dict[str, Any]:
-        prompt: dict[str, Any] = {"prompt_token_ids": list(example.input_ids[:cut])}
+        """The request for ``example`` cut before ``cut``. vLLM's processor expands each image
+        placeholder itself, so each run of image tokens goes to it as one token (its echo of
+        the expanded prompt is checked against tokcal's tokens in :meth:`_run`)."""
+        ids = list(example.input_ids[:cut])
         images = self.source.prompt_images(example)
-        if images:
-            from tokcal.data.images import image_token_id
+        if not images:
+            return {"prompt_token_ids": ids}
+        from tokcal.data.images import image_token_id
 
-            n = _runs(prompt["prompt_token_ids"], image_token_id(self.tokenizer))
-            if n:
-                prompt["multi_modal_data"] = {"image": images[:n]}
+        ids, n = collapse_runs(ids, image_token_id(self.tokenizer))
+        prompt: dict[str, Any] = {"prompt_token_ids": ids}
+        if n:
+            prompt["multi_modal_data"] = {"image": images[:n]}
         return prompt
 
 
-def _runs(ids: Sequence[int], token: int) -> int:
-    """How many separate runs of ``token`` ``ids`` holds (one per image)."""
-    n, prev = 0, False
+def collapse_runs(ids: Sequence[int], token: int) -> tuple[list[int], int]:
+    """``ids`` with each run of ``token`` cut to one (one per image), and the number of runs.
+
+    Example:
+        >>> collapse_runs([1, 9, 9, 9, 2, 9, 3], 9)
+        ([1, 9, 2, 9, 3], 2)
+    """
+    out: list[int] = []
+    n = 0
     for t in ids:
-        cur = t == token
-        n += cur and not prev
-        prev = cur
-    return n
+        if t == token and out and out[-1] == token:
+            continue
+        n += t == token
+        out.append(int(t))
+    return out, n
 
 
 def _first_step(out: Any) -> dict[int, float]:
