@@ -132,6 +132,32 @@ def generated_from(rows: Sequence[tuple[np.ndarray, bool, bool, str | None, int]
                               np.array([r[4] for r in rows], np.int64))
 
 
+def collapse_runs(ids: Sequence[int], token: int) -> tuple[list[int], int]:
+    """``ids`` with each run of ``token`` cut to one (one per image), and the number of runs.
+
+    Example:
+        >>> collapse_runs([1, 9, 9, 9, 2, 9, 3], 9)
+        ([1, 9, 2, 9, 3], 2)
+    """
+    out: list[int] = []
+    n = 0
+    for t in ids:
+        if t == token and out and out[-1] == token:
+            continue
+        n += t == token
+        out.append(int(t))
+    return out, n
+
+
+def image_token_of(tokenizer: Any) -> int | None:
+    """The image placeholder token of a vision-language processor; ``None`` for a tokenizer."""
+    if not hasattr(tokenizer, "image_processor"):
+        return None
+    from tokcal.data.images import image_token_id
+
+    return image_token_id(tokenizer)
+
+
 class Session(ABC):
     """One checkpoint, loaded by an engine; closed (and its memory freed) by the engine's
     context manager."""

@@ -25,7 +25,15 @@ from tokcal.core.spec import DecisionSpec
 from tokcal.data.batches import count_rows, make_batches, pad_id_of
 from tokcal.data.conversation import Example
 from tokcal.data.sources import EvalSource
-from tokcal.engines.base import DecisionSite, Engine, Session, generated_from, read_generated
+from tokcal.engines.base import (
+    DecisionSite,
+    Engine,
+    Session,
+    collapse_runs,
+    generated_from,
+    image_token_of,
+    read_generated,
+)
 from tokcal.errors import TokcalError
 
 #: Batch keys that are laid out along the sequence (cut with the prompt); the model computes
@@ -158,15 +166,10 @@ class HFSession(Session):
         return generated_from(rows, len(resolved.token_ids))
 
     def _prompt(self, example: Example, site: DecisionSite, source: EvalSource) -> dict[str, Any]:
-        """The model inputs of ``example`` cut before its answer (images and all), as a batch of one."""
+        """The model inputs of ``example`` cut before its answer, as a batch of one: the
+        sequence cut, and the images whose tokens come after the cut left out."""
         batch = source.batches([example], self.tokenizer, max_tokens=max(len(example), 1), model=self.model)[0]
         ids = example.input_ids
-        if any(k.startswith("pixel_values") for k in batch):
-            from tokcal.data.images import image_token_id
-
-            if image_token_id(self.tokenizer) in ids[site.answer_start:]:
-                raise TokcalError(f"record {example.sample_id!r} has an image after an answer; generate mode needs "
-                                  "every image of a record before its first answer")
         t = len(ids)
         out = {}
         for k, v in batch.items():
@@ -175,6 +178,11 @@ class HFSession(Session):
             if k in _SEQUENCE_KEYS and hasattr(v, "shape") and v.shape[-1] == t:
                 v = v[..., :site.answer_start]
             out[k] = v
+        token = image_token_of(self.tokenizer)
+        if token is not None and "pixel_values" in out:
+            kept, total = collapse_runs(ids[:site.answer_start], token)[1], collapse_runs(ids, token)[1]
+            if kept < total:
+                _keep_images(out, kept, example)
         return out
 
 
@@ -201,6 +209,21 @@ class _LogprobsAt(Mapping[int, float]):
 
     def __len__(self) -> int:
         return len(self._ids)
+
+
+def _keep_images(inputs: dict[str, Any], kept: int, example: Example) -> None:
+    """Keep the first ``kept`` images of a processor's batch of one: Qwen2-VL-style processors
+    lay ``pixel_values`` out image after image, ``prod(image_grid_thw[i])`` rows each."""
+    grid = inputs.get("image_grid_thw")
+    if grid is None:
+        raise TokcalError(f"record {example.sample_id!r} has an image after an answer, and this processor's outputs do "
+                          "not say which pixels are whose; generate mode needs its images before the first answer")
+    rows = int(grid[:kept].prod(dim=-1).sum())
+    if kept:
+        inputs["pixel_values"] = inputs["pixel_values"][:rows]
+        inputs["image_grid_thw"] = grid[:kept]
+    else:
+        del inputs["pixel_values"], inputs["image_grid_thw"]
 
 
 def _greedy_kwargs(model: Any, tokenizer: Any, max_new_tokens: int) -> dict[str, Any]:

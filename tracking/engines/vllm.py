@@ -48,8 +48,10 @@ from tokcal.engines.base import (
     DecisionSite,
     Engine,
     Session,
+    collapse_runs,
     decision_sites,
     generated_from,
+    image_token_of,
     label_probs,
     missing_spans,
     read_generated,
@@ -166,33 +168,15 @@ class VLLMSession(Session):
         placeholder itself, so each run of image tokens goes to it as one token (its echo of
         the expanded prompt is checked against tokcal's tokens in :meth:`_run`)."""
         ids = list(example.input_ids[:cut])
-        images = self.source.prompt_images(example)
-        if not images:
+        token = image_token_of(self.tokenizer)
+        if token is None or token not in ids:
             return {"prompt_token_ids": ids}
-        from tokcal.data.images import image_token_id
-
-        ids, n = collapse_runs(ids, image_token_id(self.tokenizer))
-        prompt: dict[str, Any] = {"prompt_token_ids": ids}
-        if n:
-            prompt["multi_modal_data"] = {"image": images[:n]}
-        return prompt
-
-
-def collapse_runs(ids: Sequence[int], token: int) -> tuple[list[int], int]:
-    """``ids`` with each run of ``token`` cut to one (one per image), and the number of runs.
-
-    Example:
-        >>> collapse_runs([1, 9, 9, 9, 2, 9, 3], 9)
-        ([1, 9, 2, 9, 3], 2)
-    """
-    out: list[int] = []
-    n = 0
-    for t in ids:
-        if t == token and out and out[-1] == token:
-            continue
-        n += t == token
-        out.append(int(t))
-    return out, n
+        ids, n = collapse_runs(ids, token)
+        images = self.source.prompt_images(example)
+        if len(images) < n:
+            raise TokcalError(f"record {example.sample_id!r} has {n} images before its decision, but this eval source "
+                              f"gives vLLM {len(images)}; score it with --engine hf")
+        return {"prompt_token_ids": ids, "multi_modal_data": {"image": images[:n]}}
 
 
 def _first_step(out: Any) -> dict[int, float]:
