@@ -48,6 +48,7 @@ def test_generate_mode_equals_an_independent_greedy_loop(reasoning: dict, tmp_pa
     assert main(["extract", "--checkpoint", str(ckpt), "--data", str(reasoning["eval"]), "--output", str(out),
                  "--metrics", str(met), "--mode", "generate", "--max-new-tokens", str(MAX_NEW), "--quiet"]) == 0
     rows, scalars = _read(out), json.loads(met.read_text())["scalars"]
+    assert json.loads(met.read_text())["scoring"] == {"engine": "hf", "mode": "generate", "max_new_tokens": MAX_NEW}
     model = AutoModelForCausalLM.from_pretrained(str(ckpt)).eval()
     tok = AutoTokenizer.from_pretrained(str(ckpt))
     recs = read_records(reasoning["eval"])

@@ -161,6 +161,14 @@ def test_backfill_with_vllm_into_mlflow_equals_backfill_with_hf(trained: dict, m
         assert sorted(hist["vllm"]) == sorted(hist["hf"]) == [60, 150], key
         for step in (60, 150):
             assert hist["vllm"][step] == pytest.approx(hist["hf"][step], abs=TOL), (key, step)
+    for engine, run_id in runs.items():  # each evaluation says which engine scored it
+        bins = client.download_artifacts(run_id, "tokcal/eval/bins_step_000060.json", str(tmp_path / f"bins-{engine}"))
+        tags = json.loads(Path(bins).read_text())["tags"]
+        assert tags["tokcal_backfill"] == "true"
+        if engine == "vllm":
+            assert tags["tokcal_engine"] == "vllm" and tags["tokcal_vllm_version"].startswith("0.")
+        else:
+            assert "tokcal_engine" not in tags
     for step in (60, 150):
         rows = {e: [json.loads(x) for x in (tmp_path / e / f"checkpoint-{step}.decisions.jsonl").read_text().splitlines()]
                 for e in runs}

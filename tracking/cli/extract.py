@@ -79,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
     write_jsonl(args.output, scores.records())
     if args.metrics:
         write_json(args.metrics, {"scalars": metrics.scalars, **metrics.to_dict(),
-                                  "data": {"checkpoint": str(args.checkpoint), **source.metadata()}})
+                                  "data": {"checkpoint": str(args.checkpoint), **source.metadata()},
+                                  "scoring": {"engine": scoring["engine"], "mode": scoring["mode"],
+                                              "max_new_tokens": scoring["max_new_tokens"]
+                                              if scoring["mode"] == "generate" else None}})
     if args.quiet:
         return 0
     print(format_table(metrics.scalars))

@@ -181,6 +181,10 @@ class Engine(ABC):
 
     name: str = ""
 
+    def tags(self) -> dict[str, str]:
+        """Tags for the evaluations it scores, beside backfill's marker (none for the default engine)."""
+        return {}
+
     @abstractmethod
     def check(self, checkpoint: Path, examples: Sequence[Example] | None, *, source: EvalSource) -> None:
         """What can fail before the model loads (options, architecture, prompt lengths)."""

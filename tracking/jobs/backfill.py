@@ -385,7 +385,7 @@ def backfill(
             log.warning("the run has steps under '%s' already and no record of their eval set, so tokcal cannot "
                         "check that they used this one; if not, pass --metric-prefix %s", metric_prefix,
                         other_prefix(metric_prefix))
-        marker = {**MARKER, **dict(tags or {})}
+        marker = {**MARKER, **runner.tags(), **dict(tags or {})}
         history = history if history is not None else TrajectoryState()  # flips between the checkpoints scored
         with _bar(len(results), enabled=progress and dist.main) as bar:
             for res in results:
