@@ -6,7 +6,8 @@ turns (HF, vLLM, then vLLM, HF, ...), never two at once: vLLM's engine core is a
 of the worker and, on a GPU, takes most of the device's memory. In each worker the engine is
 opened once (its start: imports done, load, and for vLLM the engine processes and their
 warm-up), scores two samples to warm up, then scores every sample ``--repeats`` times in each
-mode, in turns, as ``tokcal extract`` does (:func:`tokcal.engines.base.score_with`):
+mode, in turns, as ``tokcal extract`` does (:func:`tokcal.engines.base.score_with`; vLLM's
+prefix cache emptied before each loop, so no loop reuses another's prompts):
 
 - ``teacher-forced``: P(label) at each decision of the gold answer;
 - ``generate``: the teacher-forced pass, then the model's own greedy answer to each decision's
@@ -40,8 +41,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
-EXAMPLE = ("python benchmarks/bench_engines.py --samples 48 --tokens 256 --max-new-tokens 32\n"
-           "  python benchmarks/bench_engines.py --device cuda --dtype bfloat16 --shape 3b --samples 256 --tokens 580")
+EXAMPLE = ("python benchmarks/bench_engines.py --samples 32 --tokens 256 --max-new-tokens 32  # make bench-vllm\n"
+           "  python benchmarks/bench_engines.py --device cuda --dtype bfloat16 --shape 3b --samples 128 --tokens 580 --repeats 2")
 ENGINES = ("hf", "vllm")
 MODES = ("teacher-forced", "generate")
 PREFIX = "BENCH "  # the lines of a worker's stdout meant for this script (vLLM writes its own there too)
@@ -87,8 +88,14 @@ def worker(a: Any) -> None:
         score_with(session, examples[:2], spec, mode="generate", **kw)  # warm-up
         walls: dict[str, list[float]] = {m: [] for m in MODES}
         last: dict[str, Any] = {}
+        # vLLM keeps the prompts it has seen (prefix caching): emptied before each loop, so that
+        # every loop scores as a fresh checkpoint does (the generate-mode answers still reuse
+        # their own loop's teacher-forced prompts, as in tokcal extract).
+        reset_cache = getattr(getattr(session, "llm", None), "reset_prefix_cache", None)
         for _ in range(a.repeats):
             for mode in MODES:
+                if reset_cache is not None and not reset_cache():
+                    raise SystemExit("vLLM could not empty its prefix cache; the loops would reuse each other's work")
                 t = time.perf_counter()
                 last[mode] = score_with(session, examples, spec, mode=mode, **kw)
                 walls[mode].append(time.perf_counter() - t)
@@ -233,8 +240,8 @@ def run_child(a: Any, args: list[str], log: Path, device: NvmlDevice | None) -> 
 
 def main() -> None:
     ap = common.parser(__doc__, EXAMPLE)
-    common.add_model_args(ap, samples=48, tokens=256, max_tokens=16384, shape="tiny-h64")
-    ap.add_argument("--repeats", type=int, default=3, help="scoring loops per mode in each worker (default: 3)")
+    common.add_model_args(ap, samples=32, tokens=256, max_tokens=16384, shape="tiny-h64")
+    ap.add_argument("--repeats", type=int, default=2, help="scoring loops per mode in each worker (default: 2)")
     ap.add_argument("--rounds", type=int, default=2,
                     help="worker starts per engine, the engines in turns (default: 2)")
     ap.add_argument("--max-new-tokens", type=int, default=32, help="tokens each generated answer may take (default: 32)")

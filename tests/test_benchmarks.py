@@ -59,3 +59,15 @@ def test_engine_benchmark_loads_no_engine_for_help_or_bad_flags() -> None:
         assert code in res.stderr, res.stderr[-800:]
         assert "LOADED []" in res.stdout, res.stdout[-800:]
     assert "expected --engines among hf, vllm, got 'hf,tgi'" in res.stderr
+
+
+def test_engine_benchmark_shape_has_heads_of_64() -> None:
+    """vLLM's CPU attention takes heads of 64 and no smaller: the shape bench_engines.py uses
+    by default has them, and is as small as the tiny one otherwise (two layers)."""
+    from tokcal.demo.model import build_qwen2
+
+    m = build_qwen2("tiny-h64", vocab_size=1024)
+    cfg = m.config
+    assert cfg.hidden_size // cfg.num_attention_heads == 64
+    assert m.model.layers[0].self_attn.head_dim == 64
+    assert cfg.num_hidden_layers == 2 and m.lm_head.out_features == 1024
