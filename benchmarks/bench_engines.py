@@ -441,11 +441,18 @@ def write_markdown(path: Path, report: common.Report) -> None:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
-    args = " ".join(shlex.quote(x) for x in sys.argv[1:])
+    argv, shown = sys.argv[1:], []
+    while argv:  # where this run wrote its files is no part of the command to rerun
+        x = argv.pop(0)
+        if x in ("--json", "--markdown", "--workdir"):
+            argv = argv[1:]
+        elif not x.startswith(("--json=", "--markdown=", "--workdir=")):
+            shown.append(x)
+    args = "".join(" " + shlex.quote(x) for x in shown)
     lines = [f"# {report.title}", "",
              "Written by `benchmarks/bench_engines.py` (`make bench-vllm`); rerun it to refresh this page.", "",
-             f"- when: {time.strftime('%Y-%m-%d %H:%M')}",
-             f"- command: `python benchmarks/bench_engines.py {args}`",
+             f"- when: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+             f"- command: `python benchmarks/bench_engines.py{args}`",
              (f"- machine: {info.get('cpu')}, {info.get('cores')} cores, {info.get('memory')} memory, GPU "
               f"{info.get('gpu', 'none')}"),
              "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), "",
