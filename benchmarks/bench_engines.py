@@ -80,7 +80,7 @@ def worker(a: Any) -> None:
     engine.check(a.checkpoint, examples, source=source)
     # vLLM picks its devices itself (the parent sets CUDA_VISIBLE_DEVICES); the HF engine is told.
     load_kw = {"dtype": a.dtype, **({"device": a.device} if a.worker == "hf" else {})}
-    kw = dict(source=source, max_tokens=a.max_tokens, max_new_tokens=a.max_new_tokens, progress=False)
+    kw = {"source": source, "max_tokens": a.max_tokens, "max_new_tokens": a.max_new_tokens, "progress": False}
     t0 = time.perf_counter()
     with engine.open(a.checkpoint, source=source, **load_kw) as session:
         start_s = time.perf_counter() - t0
@@ -119,7 +119,7 @@ class TreeMemory(threading.Thread):
     """Polls the resident memory of a process and all its descendants (and, with an NVML
     device, that device's memory in use) until stopped; keeps the peaks."""
 
-    def __init__(self, pid: int, device: "NvmlDevice | None", interval: float = 0.1) -> None:
+    def __init__(self, pid: int, device: NvmlDevice | None, interval: float = 0.1) -> None:
         super().__init__(daemon=True)
         import psutil
 
@@ -281,7 +281,7 @@ def main() -> None:
     if cuda:
         try:
             device = NvmlDevice(gpu_index(a.device))
-        except Exception as exc:  # pynvml missing or no driver: the device column stays empty, said below
+        except Exception as exc:  # noqa: BLE001 - pynvml missing, no driver, no such device: said here, the column stays empty
             print(f"no device memory readings ({type(exc).__name__}: {exc}); install nvidia-ml-py", file=sys.stderr)
     a.workdir = a.workdir.resolve()
     logs = a.workdir / "engines"
