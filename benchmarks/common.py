@@ -47,14 +47,18 @@ def parser(doc: str, example: str) -> argparse.ArgumentParser:
     )
 
 
-def add_model_args(ap: argparse.ArgumentParser, *, samples: int, tokens: int, max_tokens: int = 4096) -> None:
+def add_model_args(ap: argparse.ArgumentParser, *, samples: int, tokens: int, max_tokens: int = 4096,
+                   shape: str = "tiny") -> None:
     """The flags every model benchmark takes (the same on a CPU and a GPU)."""
+    from tokcal.demo.model import QWEN2_SHAPES
+
     g = ap.add_argument_group("model and data")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="weights and activations (default: float32)")
-    g.add_argument("--shape", default="tiny", choices=["tiny", "3b"],
-                   help="model shape: tiny (CPU) or Qwen2.5-3B's (GPU); vocabulary 151,936 either way")
+    g.add_argument("--shape", default=shape, choices=list(QWEN2_SHAPES),
+                   help="model shape: tiny (CPU), tiny-h64 (as small, heads of 64 as vLLM's CPU attention needs) "
+                        f"or Qwen2.5-3B's (GPU); vocabulary 151,936 in each (default: {shape})")
     g.add_argument("--samples", type=int, default=samples, help=f"eval samples (default: {samples})")
     g.add_argument("--tokens", type=int, default=tokens, help=f"about this many tokens per sample (default: {tokens})")
     g.add_argument("--max-tokens", type=int, default=max_tokens,
@@ -97,7 +101,7 @@ def checkpoint(workdir: Path, *, shape: str = "tiny", seed: int = 0, dtype: str 
 
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    device = "cuda" if shape != "tiny" and _cuda() else "cpu"
+    device = "cuda" if not shape.startswith("tiny") and _cuda() else "cpu"
     model = build_qwen2(shape, seed=seed, dtype=dtype, device=device)
     model.save_pretrained(str(tmp), safe_serialization=True)
     save_tokenizer(qwen25_tokenizer(), tmp)

@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 #: Qwen2 shapes by name. ``tiny`` runs on a laptop CPU (the real 151,936-row vocabulary
-#: makes the LM head most of the model); ``3b`` is Qwen2.5-3B's (about 3.1 B parameters).
+#: makes the LM head most of the model); ``tiny-h64`` is as small, with two attention heads of
+#: 64 (vLLM's CPU attention takes no smaller head); ``3b`` is Qwen2.5-3B's (about 3.1 B parameters).
 QWEN2_SHAPES: dict[str, dict[str, Any]] = {
     "tiny": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2, "tie_word_embeddings": False},
+    "tiny-h64": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 2,
+                 "num_key_value_heads": 1, "tie_word_embeddings": False},
     "3b": {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
            "num_key_value_heads": 2, "tie_word_embeddings": True},
 }
@@ -45,7 +48,7 @@ def build_qwen2(
     """A random ``Qwen2ForCausalLM`` of a named :data:`QWEN2_SHAPES` shape, in eval mode.
 
     Args:
-        shape: ``"tiny"`` or ``"3b"``.
+        shape: ``"tiny"``, ``"tiny-h64"`` or ``"3b"``.
         vocab_size: embedding rows (151,936 is Qwen2.5's).
         max_positions: longest sequence it takes.
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
