@@ -203,3 +203,29 @@ def test_engine_options_are_checked_before_any_model_loads(reasoning: dict, tmp_
         err = _err([*base, "--engine", "vllm"], capsys)
         assert "vLLM is not installed" in err and "pip install -e '.[vllm]'" in err and "make setup-vllm" in err
     assert not (tmp_path / "d.jsonl").exists()
+
+
+def test_vllm_section_of_a_tokcal_yaml(tmp_path: Path, capsys):
+    """A tokcal YAML may hold vLLM's options beside its other sections: the spec and the tracking
+    settings read past them, the scoring commands take them (and refuse them without vLLM)."""
+    from tokcal.cli.common import engine_kwargs
+    from tokcal.cli.main import build_parser
+    from tokcal.core.spec import DecisionSpec
+    from tokcal.jobs.settings import TrackingSettings
+
+    cfg = tmp_path / "tokcal.yaml"
+    cfg.write_text("tracking:\n  n_bins: 10\nvllm:\n  max_model_len: 4096\n  enforce_eager: true\n")
+    assert DecisionSpec.from_yaml(cfg) == DecisionSpec()
+    assert TrackingSettings.from_yaml(cfg).n_bins == 10
+    args = build_parser().parse_args(["extract", "--checkpoint", "c", "--data", "d", "--output", "o",
+                                      "--config", str(cfg), "--engine", "vllm", "--vllm-arg", "max_model_len=8192"])
+    assert engine_kwargs(args)["engine_options"] == {"max_model_len": 8192, "enforce_eager": True}  # the flag wins
+    args.engine = "hf"
+    with pytest.raises(Exception, match="given without --engine vllm"):
+        engine_kwargs(args)
+    cfg.write_text("vllm: [max_model_len]\n")
+    args = build_parser().parse_args(["extract", "--checkpoint", "c", "--data", "d", "--output", "o",
+                                      "--config", str(cfg), "--engine", "vllm"])
+    with pytest.raises(Exception, match="expected the 'vllm:' section of .* as a mapping of vLLM options, got list"):
+        engine_kwargs(args)
+

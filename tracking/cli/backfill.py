@@ -46,6 +46,10 @@ EXAMPLE = r"""examples:
   # several GPUs: each rank scores a share, rank 0 logs
   torchrun --nproc_per_node 4 -m tokcal.cli.main backfill out --data eval.jsonl
 
+  # with vLLM (it spreads the work over the GPUs itself; no torchrun), and the model's own
+  # answers beside the teacher-forced scores (gen_ metrics)
+  tokcal backfill out --data eval.jsonl --engine vllm --vllm-arg tensor_parallel_size=4 --mode generate
+
   # training with evaluation off: score each checkpoint as soon as it is saved, on a spare GPU,
   # into the training's own run; stops by itself when training ends
   tokcal backfill out --data eval.jsonl --watch --device cuda:7

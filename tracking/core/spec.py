@@ -98,10 +98,13 @@ class DecisionSpec:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "DecisionSpec":
-        """Read the ``spec:`` section of a tokcal YAML (or a file that is only a spec)."""
+        """Read the ``spec:`` section of a tokcal YAML (or a file that is only a spec); a file
+        with other sections (``tracking:``, ``vllm:``) and no ``spec:`` has the default spec."""
         from tokcal.config import load_yaml
 
         data = load_yaml(path)
+        if "spec" not in data and any(k in data for k in ("tracking", "vllm")):
+            return cls()
         return cls.from_dict(data.get("spec", data))
 
     def resolve(self, tokenizer: Any) -> "ResolvedSpec":

@@ -160,9 +160,10 @@ class TrackingSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrackingSettings":
-        """From ``{"spec": {...}, "tracking": {...}}`` or a flat mapping."""
+        """From ``{"spec": {...}, "tracking": {...}}`` or a flat mapping (a ``vllm:`` section,
+        the scoring commands' vLLM options, is not a tracking setting)."""
         flat = dict(data.get("tracking", {}))
-        flat.update({k: v for k, v in data.items() if k not in ("tracking", "spec")})
+        flat.update({k: v for k, v in data.items() if k not in ("tracking", "spec", "vllm")})
         spec = data.get("spec")
         if spec is not None:
             flat["spec"] = spec if isinstance(spec, DecisionSpec) else DecisionSpec.from_dict(spec)
