@@ -301,11 +301,16 @@ class VLLMEngine(Engine):
             gc.collect()
 
 
+#: Seconds the engine's processes get to exit after being asked; vLLM's own default (5 s) is
+#: shorter than its CPU engine takes to tear down, so it would kill them and warn each time.
+SHUTDOWN_TIMEOUT_S = 60.0
+
+
 def shutdown(llm: Any) -> None:
     """Stop the engine's processes so their memory returns before the next checkpoint."""
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):
-        core.shutdown()
+        core.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
