@@ -235,7 +235,9 @@ class VLLMEngine(Engine):
         config = _read_config(path)
         archs = [str(a) for a in config.get("architectures") or []]
         supported = set(vllm.ModelRegistry.get_supported_archs())
-        if archs and not any(a in supported for a in archs):
+        if archs and not any(a in supported or _in_transformers(a) for a in archs):
+            # vLLM runs its own model classes, and others through transformers' (its Transformers
+            # backend); an architecture that is neither cannot load.
             raise TokcalError(f"vLLM cannot load {path.name}: its architecture {archs[0]} is not one vLLM supports; "
                               "use --engine hf")
         limit = self.options.get("max_model_len") or _max_positions(config)
@@ -311,6 +313,15 @@ def shutdown(llm: Any) -> None:
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):
         core.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
+
+
+def _in_transformers(arch: str) -> bool:
+    import transformers
+
+    try:
+        return getattr(transformers, arch, None) is not None
+    except Exception:  # transformers' lazy module may fail to import one model's code: not loadable then
+        return False
 
 
 def _read_config(path: Path) -> dict[str, Any]:
