@@ -186,3 +186,30 @@ def test_live_records_take_the_backfilled_ids_by_index(tmp_path):
     clash = series_of("clash · eval", ids=True)
     clash.points[0].per_sample.ids = [f"x-{i}" for i in clash.points[0].per_sample.index]
     assert share_ids([live, back, clash])[0].points[0].per_sample.ids is None
+
+
+def test_evolution_draws_the_model_s_own_answers_where_a_run_has_them():
+    """Generate-mode scores add a dotted line to the accuracy and mass panels, at their values;
+    a run without them draws none (and no legend entry)."""
+    plain = series_of("plain")
+    fig = evolution_figure([plain])
+    assert not any(line.get_linestyle() == ":" for ax in fig.axes for line in ax.get_lines())
+    assert not any("own answers" in t.get_text() for t in fig.legends[0].get_texts())
+    gen = series_of("gen")
+    want = {}
+    for i, p in enumerate(gen.points):
+        acc, mass = 0.5 + 0.1 * i, 0.9 + 0.01 * i
+        p.metrics.scalars.update({"eval_decision_gen_accuracy": acc, "eval_decision_gen_prob_mass": mass})
+        want.setdefault("accuracy", []).append(acc)
+        want.setdefault("decision mass", []).append(mass)
+    fig = evolution_figure([gen])
+    for ax in fig.axes:
+        dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+        panel = next((k for k in want if ax.get_title().startswith(k)), None)
+        if panel is None:
+            assert not dotted, ax.get_title()
+            continue
+        assert len(dotted) == 1 and dotted[0].get_label() == "gen: own answers"
+        assert list(dotted[0].get_xdata()) == [10, 20, 30]
+        assert list(dotted[0].get_ydata()) == pytest.approx(want[panel])
+    assert any("own answers" in t.get_text() for t in fig.legends[0].get_texts())

@@ -59,11 +59,14 @@ WORDS = ("<b>confidence</b>: the raw P of the predicted label (the evolution, th
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 STEP_DPI = 60  # per-step figures: small, there are many
 _STYLES = ["-", "--", ":", "-."]
+#: Panels that also draw the model's own answers (generate mode), dotted, where a run has them.
+_GENERATED = {"decision_accuracy": "decision_gen_accuracy", "decision_prob_mass": "decision_gen_prob_mass"}
 
 
 def evolution_figure(series: Sequence[Series]) -> Figure:
     """Each panel of :data:`PANELS` against the step, one colour per series; backfilled
-    points are hollow, live ones filled."""
+    points are hollow, live ones filled. Where a series has generate-mode scores, the accuracy
+    and mass panels also draw those of the model's own answers, dotted."""
     from tokcal.core.spec import label_key
 
     fig = Figure(figsize=(15, 7.5), dpi=90)
@@ -75,6 +78,8 @@ def evolution_figure(series: Sequence[Series]) -> Figure:
             back = np.array([p.backfilled for p in s.points], dtype=bool)
             lines = [(f"avg_p_{label_key(lab)}", f"{s.name}: P({lab})", _STYLES[j % len(_STYLES)])
                      for j, lab in enumerate(s.labels)] if name is None else [(name, s.name, "-")]
+            if name in _GENERATED:
+                lines.append((_GENERATED[name], f"{s.name}: own answers", ":"))
             for key, label, style in lines:
                 y = np.array([p.scalar(key) for p in s.points])
                 if np.all(np.isnan(y)):
@@ -95,6 +100,8 @@ def evolution_figure(series: Sequence[Series]) -> Figure:
     labels = list(dict.fromkeys(lab for s in series for lab in s.labels))
     handles += [Line2D([], [], color="#444", ls=_STYLES[j % len(_STYLES)], label=f"P({lab}) (mean P per label)")
                 for j, lab in enumerate(labels)]
+    if any(not np.isnan(p.scalar(key)) for s in series for p in s.points for key in _GENERATED.values()):
+        handles.append(Line2D([], [], color="#444", ls=":", label="the model's own answers (generate mode)"))
     handles.append(Line2D([], [], ls="none", marker="o", mfc="white", mec="#444", label="backfilled point"))
     rows = -(-len(handles) // 4)
     fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
