@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.helpers.tokenizers import qwen25_tokenizer
+from tests.helpers.oracle import label_token_sets
 from tests.helpers.vision import (
     MAX_PIXELS,
     MIN_PIXELS,
@@ -109,13 +110,7 @@ def reference_inputs(tok, record: dict, base: Path, min_pixels: int, max_pixels:
 
 
 def decision_ids(tok) -> tuple[set[int], set[int]]:
-    def token_at(text: str, label: str) -> int:
-        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        c = text.index(label)
-        return next(i for i, (s, _) in zip(enc["input_ids"], enc["offset_mapping"]) if s == c)
-
-    return ({token_at("\\boxed{Accept}", "Accept"), token_at("\\boxed{accept}", "accept")},
-            {token_at("\\boxed{Reject}", "Reject"), token_at("\\boxed{reject}", "reject")})
+    return label_token_sets(tok)
 
 
 def reference_probs(ckpt: Path, records: list[dict], base: Path, *, min_pixels: int = MIN_PIXELS,

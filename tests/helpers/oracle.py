@@ -13,14 +13,7 @@ def independent_probs(model: Any, tok: Any, recs: Sequence[dict]) -> list[tuple[
     without ``\\boxed{`` are skipped."""
     from tokcal.data.records import to_messages
 
-    # Decision ids, found in context: the token that starts at the label's character.
-    def token_at(text: str, label: str) -> int:
-        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        c = text.index(label)
-        return next(i for i, (s, e) in zip(enc["input_ids"], enc["offset_mapping"]) if s == c)
-
-    accept = {token_at("\\boxed{Accept}", "Accept"), token_at("\\boxed{accept}", "accept")}
-    reject = {token_at("\\boxed{Reject}", "Reject"), token_at("\\boxed{reject}", "reject")}
+    accept, reject = label_token_sets(tok)  # found in context: the token that starts at the label's character
     out = []
     for r in recs:
         msgs = to_messages(r)
