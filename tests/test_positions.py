@@ -81,3 +81,23 @@ def test_torch_input_and_nothing_supervised():
 def test_bad_shape():
     with pytest.raises(ValueError, match="expected labels of shape"):
         find_answer_positions(np.array([1, 2, 3]), RESOLVED)
+
+
+def test_found_decisions_give_each_decision_s_position_and_answer_start():
+    """find_decisions: one example at a time, the same decisions as a batch, with where each
+    answer starts (what a generation prompt is cut at), against a walk back over the labels."""
+    from tokcal.core.positions import find_decisions
+
+    rows = [[X, 7, 8, 9, 20, 5, 7, 8, 9, 30, 99, X, X, 7, 8, 9, 20, 99],  # two turns
+            [X, X, 5, 5, 99],                                           # no decision
+            [],                                                         # nothing at all
+            [7, 8, 9, 30, 99]]                                          # supervised from the start
+    found = find_decisions([(r, r) for r in rows], RESOLVED)
+    assert found.sample_index.tolist() == [0, 0, 3] and found.gt.tolist() == [1, 0, 1]
+    assert found.cols.tolist() == [9, 16, 3] and found.missing == 1
+    for i, col, start in zip(found.sample_index, found.cols, found.answer_starts):
+        walk = col
+        while walk > 0 and rows[i][walk - 1] != X:
+            walk -= 1
+        assert start == walk
+    assert found.answer_starts.tolist() == [1, 13, 0]

@@ -7,7 +7,7 @@ predict it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -106,12 +106,16 @@ class FoundDecisions:
         missing: supervised spans with no decision token.
         first_miss: the supervised tokens (at most 24) of the first answer without a
             decision, for a message; ``None`` when every answer has one.
+        cols: (N,) position of each decision token in its example.
+        answer_starts: (N,) first position of the supervised answer that holds it.
     """
 
     sample_index: np.ndarray
     gt: np.ndarray
     missing: int
     first_miss: list[int] | None = None
+    cols: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    answer_starts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __len__(self) -> int:
         return len(self.gt)
@@ -129,6 +133,8 @@ def find_decisions(rows: Sequence[tuple[Sequence[int], Sequence[int]]], resolved
     """
     index: list[np.ndarray] = []
     gts: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    starts: list[np.ndarray] = []
     missing, first_miss = 0, None
     for i, (ids, labels) in enumerate(rows):
         lab = np.asarray(labels, dtype=np.int64).reshape(1, -1)
@@ -137,11 +143,15 @@ def find_decisions(rows: Sequence[tuple[Sequence[int], Sequence[int]]], resolved
         pos = find_answer_positions(lab, resolved, np.asarray(ids, dtype=np.int64).reshape(1, -1))
         index.append(np.full(len(pos), i, dtype=np.int64))
         gts.append(pos.gt)
+        cols.append(pos.cols)
+        # An answer starts after the last unsupervised token before its decision.
+        unsupervised = np.flatnonzero(lab[0] == IGNORE_INDEX)
+        starts.append(np.array([unsupervised[unsupervised < c].max(initial=-1) + 1 for c in pos.cols], np.int64))
         missing += pos.missing
         if first_miss is None and pos.missing:
             first_miss = [int(x) for x in lab[0][lab[0] != IGNORE_INDEX][:24]]
-    cat = (lambda parts: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
-    return FoundDecisions(cat(index), cat(gts), missing, first_miss)
+    cat = (lambda parts: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64))
+    return FoundDecisions(cat(index), cat(gts), missing, first_miss, cat(cols), cat(starts))
 
 
 def missing_decisions_message(resolved: ResolvedSpec, tokenizer: Any, first_miss: Sequence[int] | None,

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from tokcal.core.generated import GeneratedDecisions, written_decision_at
-from tokcal.core.positions import IGNORE_INDEX, find_answer_positions
+from tokcal.core.positions import find_decisions
 from tokcal.core.scores import DecisionScores
 from tokcal.core.spec import DecisionSpec, ResolvedSpec
 from tokcal.data.conversation import Example
@@ -56,36 +56,19 @@ class DecisionSite:
     gt: int
 
 
-def decision_sites(examples: Sequence[Example], resolved: ResolvedSpec) -> list[DecisionSite]:
+def decision_sites(examples: Sequence[Example], resolved: ResolvedSpec) -> tuple[list[DecisionSite], int]:
     """Every decision of the examples, in the order the scores come in (example, then position),
-    found exactly as the Hugging Face engine finds them in a batch.
+    found exactly as the Hugging Face engine finds them in a batch
+    (:func:`~tokcal.core.positions.find_decisions`), and how many supervised answers hold none.
 
     Example:
-        >>> sites = decision_sites(examples, spec.resolve(tokenizer))  # doctest: +SKIP
+        >>> sites, missing = decision_sites(examples, spec.resolve(tokenizer))  # doctest: +SKIP
         >>> examples[sites[0].example].input_ids[:sites[0].col]  # the teacher-forced prompt  # doctest: +SKIP
     """
-    out: list[DecisionSite] = []
-    for i, e in enumerate(examples):
-        if not e.labels:
-            continue
-        lab = np.asarray(e.labels, dtype=np.int64).reshape(1, -1)
-        pos = find_answer_positions(lab, resolved, np.asarray(e.input_ids, dtype=np.int64).reshape(1, -1))
-        for col, gt in zip(pos.cols.tolist(), pos.gt.tolist()):
-            start = col
-            while start > 0 and e.labels[start - 1] != IGNORE_INDEX:
-                start -= 1
-            out.append(DecisionSite(i, int(col), int(start), int(gt)))
-    return out
-
-
-def missing_spans(examples: Sequence[Example], resolved: ResolvedSpec) -> int:
-    """Supervised answers without a decision token, over all examples."""
-    n = 0
-    for e in examples:
-        if e.labels:
-            lab = np.asarray(e.labels, dtype=np.int64).reshape(1, -1)
-            n += find_answer_positions(lab, resolved, np.asarray(e.input_ids, dtype=np.int64).reshape(1, -1)).missing
-    return n
+    found = find_decisions([(e.input_ids, e.labels) for e in examples], resolved)
+    sites = [DecisionSite(int(i), int(c), int(a), int(g))
+             for i, c, a, g in zip(found.sample_index, found.cols, found.answer_starts, found.gt)]
+    return sites, found.missing
 
 
 def label_probs(logprobs: Mapping[int, float], resolved: ResolvedSpec) -> np.ndarray:
@@ -96,15 +79,10 @@ def label_probs(logprobs: Mapping[int, float], resolved: ResolvedSpec) -> np.nda
         >>> label_probs({5: np.log(0.2), 6: np.log(0.1), 7: np.log(0.3)}, R()).round(3).tolist()
         [0.3, 0.3]
     """
-    out = np.empty(len(resolved.token_ids))
-    for j, ids in enumerate(resolved.token_ids):
-        vals = np.array([logprobs.get(int(t), -np.inf) for t in ids], dtype=np.float64)
-        if np.isnan(vals).any():
-            out[j] = np.nan
-            continue
-        top = vals.max()
-        out[j] = 0.0 if top == -np.inf else float(np.exp(top) * np.exp(vals - top).sum())
-    return out
+    from scipy.special import logsumexp
+
+    return np.array([np.exp(logsumexp([logprobs.get(int(t), -np.inf) for t in ids])) for ids in resolved.token_ids],
+                    dtype=np.float64)
 
 
 def read_generated(site: DecisionSite, example: Example, generated: Sequence[int],
@@ -230,7 +208,7 @@ def score_with(session: Session, examples: Sequence[Example], spec: DecisionSpec
         if shard is not None and shard[1] > 1:
             raise TokcalError("generate mode runs in one process; start it without torchrun")
         text_tok = getattr(session.tokenizer, "tokenizer", session.tokenizer)
-        sites = decision_sites(examples, spec.resolve(text_tok))
+        sites, _ = decision_sites(examples, spec.resolve(text_tok))
         check_aligned(scores, sites)
         scores.generated = session.generate(examples, spec, sites, source=source, max_new_tokens=max_new_tokens,
                                             progress=progress, desc=f"{desc}: generating")

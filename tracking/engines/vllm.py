@@ -53,7 +53,6 @@ from tokcal.engines.base import (
     generated_from,
     image_token_of,
     label_probs,
-    missing_spans,
     read_generated,
 )
 from tokcal.errors import TokcalError, first_line
@@ -117,13 +116,13 @@ class VLLMSession(Session):
             raise TokcalError("--engine vllm runs in one process; vLLM spreads the work itself "
                               "(--vllm-arg tensor_parallel_size=N or data_parallel_size=N), so start it without torchrun")
         resolved = spec.resolve(self._text_tokenizer)
-        sites = decision_sites(examples, resolved)
+        sites, missing = decision_sites(examples, resolved)
         outputs = self._run([(examples[s.example], s.col) for s in sites], resolved, max_new_tokens=1, progress=progress)
         probs = np.stack([label_probs(_first_step(o), resolved) for o in outputs]) if outputs else \
             np.zeros((0, len(resolved.labels)))
         scores = DecisionScores(list(resolved.labels), probs.reshape(-1, len(resolved.labels)),
                                 np.array([s.gt for s in sites], np.int64), np.array([s.example for s in sites], np.int64),
-                                missing_spans(examples, resolved))
+                                missing)
         scores.sample_ids = [e.sample_id for e in examples]
         return scores
 
