@@ -229,3 +229,39 @@ def test_vllm_section_of_a_tokcal_yaml(tmp_path: Path, capsys):
     with pytest.raises(Exception, match="expected the 'vllm:' section of .* as a mapping of vLLM options, got list"):
         engine_kwargs(args)
 
+
+
+@pytest.mark.slow
+def test_generate_mode_is_plain_greedy_whatever_the_checkpoint_s_generation_config(reasoning: dict, tmp_path: Path):
+    """A checkpoint whose generation config penalises repeats (as Qwen2.5's instruct models' does)
+    still gets plain greedy answers, as vLLM's temperature 0 gives; the penalty would change them."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.helpers.oracle import greedy_answer
+    from tokcal.core.spec import DecisionSpec
+    from tokcal.data.records import read_records
+    from tokcal.jobs.extract import score_checkpoint
+
+    ckpt = tmp_path / "checkpoint-120"
+    shutil.copytree(reasoning["checkpoints"][-1], ckpt)
+    gen_cfg = json.loads((ckpt / "generation_config.json").read_text())
+    gen_cfg.update(repetition_penalty=1.5, no_repeat_ngram_size=2)
+    (ckpt / "generation_config.json").write_text(json.dumps(gen_cfg))
+    rows = score_checkpoint(ckpt, reasoning["eval"], DecisionSpec(), mode="generate", max_new_tokens=MAX_NEW,
+                            progress=False).records()
+    model = AutoModelForCausalLM.from_pretrained(str(ckpt)).eval()
+    tok = AutoTokenizer.from_pretrained(str(ckpt))
+    assert model.generation_config.repetition_penalty == 1.5  # the setting is there to be ignored
+    changed = 0
+    for rec, row in zip(read_records(reasoning["eval"]), rows):
+        prompt = tok(tok.apply_chat_template(rec["messages"][:-1], tokenize=False, add_generation_prompt=True),
+                     add_special_tokens=False, return_tensors="pt")
+        ref = greedy_answer(model, tok, prompt["input_ids"][0].tolist(), MAX_NEW)
+        assert row["gen_text"] == ref["text"], rec["id"]
+        assert (row["gen_p_accept"], row["gen_p_reject"]) == pytest.approx(ref["probs"], abs=1e-5)
+        with torch.no_grad():
+            penalised = model.generate(**prompt, max_new_tokens=MAX_NEW)[0, prompt["input_ids"].shape[1]:]
+        changed += tok.decode(penalised, skip_special_tokens=True) != ref["text"]
+    assert changed  # with the checkpoint's own settings the answers would differ

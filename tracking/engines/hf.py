@@ -134,7 +134,7 @@ class HFSession(Session):
         label_ids = sorted({int(t) for ids in resolved.token_ids for t in ids})
         model = self.model
         dev = next(model.parameters()).device
-        gen_kw = _greedy_kwargs(model, text_tok, max_new_tokens)
+        greedy = plain_greedy(model, text_tok, max_new_tokens)
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -149,9 +149,8 @@ class HFSession(Session):
                 inputs = self._prompt(example, site, source)
                 inputs = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
                 n_prompt = int(inputs["input_ids"].shape[1])
-                with torch.inference_mode(), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # sampling settings of the checkpoint's generation config
-                    out = model.generate(**inputs, **gen_kw)
+                with torch.inference_mode(), _generation_config(model, greedy):
+                    out = model.generate(**inputs, generation_config=greedy)
                 generated = out.sequences[0, n_prompt:].tolist()
                 steps = [_LogprobsAt(logits, label_ids) for logits in out.logits]
                 probs, written, label_written = read_generated(site, example, generated, steps, resolved)
@@ -226,8 +225,13 @@ def _keep_images(inputs: dict[str, Any], kept: int, example: Example) -> None:
         del inputs["pixel_values"], inputs["image_grid_thw"]
 
 
-def _greedy_kwargs(model: Any, tokenizer: Any, max_new_tokens: int) -> dict[str, Any]:
-    """``generate`` options: greedy, the raw logits of each step, the checkpoint's end tokens."""
+def plain_greedy(model: Any, tokenizer: Any, max_new_tokens: int) -> Any:
+    """Plain greedy decoding (the argmax at each step, as vLLM's ``temperature=0``) with the raw
+    logits of each step and the checkpoint's end tokens, and nothing else of the checkpoint's
+    generation config: its repetition penalty, banned n-grams or sampling settings would change
+    which answer is "the model's own" and make the two engines disagree."""
+    from transformers import GenerationConfig
+
     cfg = getattr(model, "generation_config", None)
     eos = getattr(cfg, "eos_token_id", None)
     if eos is None:
@@ -236,8 +240,21 @@ def _greedy_kwargs(model: Any, tokenizer: Any, max_new_tokens: int) -> dict[str,
     if pad is None:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
             eos[0] if isinstance(eos, list) else eos)
-    return dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, output_logits=True,
-                return_dict_in_generate=True, eos_token_id=eos, pad_token_id=pad)
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, output_logits=True,
+                            return_dict_in_generate=True, eos_token_id=eos, pad_token_id=pad,
+                            bos_token_id=getattr(cfg, "bos_token_id", None))
+
+
+@contextmanager
+def _generation_config(model: Any, config: Any) -> Iterator[None]:
+    """``model.generation_config`` is ``config`` inside: ``generate`` fills a setting that the
+    given config leaves unset from the model's own, so the model's own must be the plain one too."""
+    saved = model.generation_config
+    model.generation_config = config
+    try:
+        yield
+    finally:
+        model.generation_config = saved
 
 
 class HFEngine(Engine):
