@@ -31,11 +31,12 @@ EXAMPLE = "python benchmarks/bench_backfill.py --counts 1,2,4,8,16 --samples 32 
 @contextmanager
 def timed_steps() -> Iterator[dict[str, list[float]]]:
     """Time the backfill job's load, score and log steps where the job looks them up."""
+    from tokcal.engines import hf
     from tokcal.jobs import backfill as job
-    from tokcal.jobs import checkpoints, extract
+    from tokcal.jobs import checkpoints
 
     spent: dict[str, list[float]] = defaultdict(list)
-    originals = [(checkpoints, "load_checkpoint", "load"), (extract, "score_examples", "score"),
+    originals = [(checkpoints, "load_checkpoint", "load"), (hf, "score_examples", "score"),
                  (job, "log_one", "log")]
 
     def wrap(fn: Any, name: str) -> Any:
