@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,11 +26,8 @@ MAX_NEW = 48
 @pytest.fixture(scope="module")
 def engine_run(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("vllm-run") / "run.json"
-    cmd = ["python", str(REPO / "tests/vllm/run_engine.py"), str(out), str(trained["eval"]),
+    cmd = [sys.executable, str(REPO / "tests/vllm/run_engine.py"), str(out), str(trained["eval"]),
            *map(str, trained["checkpoints"])]
-    import sys
-
-    cmd[0] = sys.executable
     proc = subprocess.run(cmd, cwd=REPO, env=vllm_env(), capture_output=True, text=True, timeout=ENGINE_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(out.read_text())

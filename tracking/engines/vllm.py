@@ -195,6 +195,11 @@ class VLLMEngine(Engine):
 
     name = "vllm"
 
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        if options is not None and not isinstance(options, Mapping):
+            raise TokcalError(f"expected vLLM options as a mapping, got {type(options).__name__}")
+        self.options = dict(options or {})
+
     def tags(self) -> dict[str, str]:
         """``tokcal_engine: vllm`` and vLLM's version, so a run says which points vLLM scored."""
         from importlib.metadata import PackageNotFoundError, version
@@ -207,11 +212,6 @@ class VLLMEngine(Engine):
             except PackageNotFoundError:
                 continue
         return {"tokcal_engine": "vllm", "tokcal_vllm_version": found}
-
-    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
-        if options is not None and not isinstance(options, Mapping):
-            raise TokcalError(f"expected vLLM options as a mapping, got {type(options).__name__}")
-        self.options = dict(options or {})
 
     def check(self, checkpoint: Path, examples: Sequence[Example] | None, *, source: EvalSource) -> None:
         """vLLM installed, the options known to it, a full checkpoint of an architecture it
